@@ -148,9 +148,7 @@ def _check_ndim(array: np.ndarray, ndim: int, where: str, field: str) -> None:
 def _to_int64(array: np.ndarray, where: str, field: str) -> np.ndarray:
     if array.dtype.kind == "f":
         if array.size and not bool(np.all(np.isfinite(array)) and np.all(array == np.round(array))):
-            raise DTypeError(
-                where, field, "expected integers, got non-integral floats.", "pass integer token ids."
-            )
+            raise DTypeError(where, field, "expected integers, got non-integral floats.", "pass integer token ids.")
         if array.size and float(np.max(np.abs(array))) >= 2.0**63:
             raise DTypeError(where, field, "values do not fit in int64.", "pass smaller integers.")
     elif array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
@@ -159,7 +157,8 @@ def _to_int64(array: np.ndarray, where: str, field: str) -> np.ndarray:
 
 
 def _to_float32(array: np.ndarray, where: str, field: str, allow_nan: bool) -> np.ndarray:
-    result = np.array(array, dtype=np.float32, copy=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf and are reported below
+        result = np.array(array, dtype=np.float32, copy=True)
     finite = np.isfinite(result)
     if not bool(finite.all()):
         bad = np.isinf(result) if allow_nan else ~finite

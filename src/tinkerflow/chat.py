@@ -40,7 +40,7 @@ JsonObject: TypeAlias = Mapping[str, object]
 def _json_object_text(value: object, where: str, field: str) -> str:
     """Validate that ``value`` is JSON text of an object; return it unchanged (its exact text is kept)."""
     require_type(value, str, where, field)
-    text = cast(str, value)
+    text = cast("str", value)
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as error:
@@ -120,7 +120,7 @@ class ToolCall:
 
     def arguments_dict(self) -> dict[str, object]:
         """The arguments parsed from JSON."""
-        return cast(dict[str, object], json.loads(self.arguments))
+        return cast("dict[str, object]", json.loads(self.arguments))
 
 
 @attrs.frozen
@@ -157,17 +157,17 @@ class ToolSpec:
 
     def parameters_dict(self) -> dict[str, object]:
         """The parameter schema parsed from JSON."""
-        return cast(dict[str, object], json.loads(self.parameters))
+        return cast("dict[str, object]", json.loads(self.parameters))
 
 
 def _content_converter(value: object) -> Content:
     if isinstance(value, list):
-        return tuple(cast(list[ContentPart], value))
-    return cast(Content, value)
+        return tuple(cast("list[ContentPart]", value))
+    return cast("Content", value)
 
 
 def _tuple_converter(value: object) -> object:
-    return tuple(cast(list[object], value)) if isinstance(value, list) else value
+    return tuple(cast("list[object]", value)) if isinstance(value, list) else value
 
 
 @attrs.frozen
@@ -203,7 +203,9 @@ class Message:
                 require_type(part, (TextPart, ThinkingPart, ImagePart), where, f"content[{index}]")
                 if isinstance(part, ThinkingPart) and self.role != "assistant":
                     raise ValidationError(
-                        where, f"content[{index}]", f"a thinking part in a {self.role!r} message.",
+                        where,
+                        f"content[{index}]",
+                        f"a thinking part in a {self.role!r} message.",
                         "only assistant messages carry thinking.",
                     )
         else:
@@ -268,7 +270,10 @@ class Conversation:
             require_type(tool, ToolSpec, "Conversation", f"tools[{index}]")
             if tool.name in names:
                 raise ValidationError(
-                    "Conversation", f"tools[{index}].name", f"duplicate tool name {tool.name!r}.", "name tools uniquely."
+                    "Conversation",
+                    f"tools[{index}].name",
+                    f"duplicate tool name {tool.name!r}.",
+                    "name tools uniquely.",
                 )
             names.add(tool.name)
 

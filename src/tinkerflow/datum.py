@@ -55,11 +55,24 @@ def _targets(value: object) -> np.ndarray:
     return as_int64_1d(value, "Datum", "target_tokens_T")
 
 
-def _optional_float(field: str) -> attrs.Converter[object, np.ndarray | None]:
-    def convert(value: object) -> np.ndarray | None:
-        return None if value is None else as_float32_1d(value, "Datum", field)
+def _weights(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_1d(value, "Datum", "weights_T")
 
-    return attrs.Converter(convert)
+
+def _logprobs(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_1d(value, "Datum", "logprobs_T")
+
+
+def _advantages(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_1d(value, "Datum", "advantages_T")
+
+
+def _mask(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_1d(value, "Datum", "mask_T")
+
+
+def _sequence_ratio_mask(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_1d(value, "Datum", "sequence_ratio_mask_T")
 
 
 @attrs.frozen
@@ -73,20 +86,12 @@ class Datum:
 
     model_input: ModelInput
     target_tokens_T: Int64_T = attrs.field(converter=_targets, eq=_ARRAY_EQ, hash=False)
-    weights_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional_float("weights_T"), eq=_ARRAY_EQ, hash=False
-    )
-    logprobs_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional_float("logprobs_T"), eq=_ARRAY_EQ, hash=False
-    )
-    advantages_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional_float("advantages_T"), eq=_ARRAY_EQ, hash=False
-    )
-    mask_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional_float("mask_T"), eq=_ARRAY_EQ, hash=False
-    )
+    weights_T: Float32_T | None = attrs.field(default=None, converter=_weights, eq=_ARRAY_EQ, hash=False)
+    logprobs_T: Float32_T | None = attrs.field(default=None, converter=_logprobs, eq=_ARRAY_EQ, hash=False)
+    advantages_T: Float32_T | None = attrs.field(default=None, converter=_advantages, eq=_ARRAY_EQ, hash=False)
+    mask_T: Float32_T | None = attrs.field(default=None, converter=_mask, eq=_ARRAY_EQ, hash=False)
     sequence_ratio_mask_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional_float("sequence_ratio_mask_T"), eq=_ARRAY_EQ, hash=False
+        default=None, converter=_sequence_ratio_mask, eq=_ARRAY_EQ, hash=False
     )
 
     def __attrs_post_init__(self) -> None:

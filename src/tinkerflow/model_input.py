@@ -58,7 +58,9 @@ class ImageChunk:
         require_type(self.expected_tokens, int, "ImageChunk", "expected_tokens")
         if self.expected_tokens <= 0:
             raise ValidationError(
-                "ImageChunk", "expected_tokens", f"must be positive, got {self.expected_tokens}.",
+                "ImageChunk",
+                "expected_tokens",
+                f"must be positive, got {self.expected_tokens}.",
                 "give the number of positions the image occupies for this model.",
             )
 
@@ -72,8 +74,8 @@ Chunk: TypeAlias = TokenChunk | ImageChunk
 
 def _chunks_converter(value: object) -> tuple[Chunk, ...]:
     if isinstance(value, list):
-        return tuple(cast(list[Chunk], value))
-    return cast(tuple[Chunk, ...], value)
+        return tuple(cast("list[Chunk]", value))
+    return cast("tuple[Chunk, ...]", value)
 
 
 @attrs.frozen
@@ -110,7 +112,9 @@ class ModelInput:
         for index, chunk in enumerate(self.chunks):
             if isinstance(chunk, ImageChunk):
                 raise ValidationError(
-                    "ModelInput", f"chunks[{index}]", "is an image; a token array cannot represent it.",
+                    "ModelInput",
+                    f"chunks[{index}]",
+                    "is an image; a token array cannot represent it.",
                     "iterate over chunks instead of calling to_tokens().",
                 )
             token_chunks.append(chunk.tokens_T)

@@ -8,8 +8,16 @@ import attrs
 import numpy as np
 
 from tinkerflow._validate import finite_float, in_range, require_type
-from tinkerflow.arrays import Float32_T, Float32_T_K, Int64_T, Int64_T_K, as_float32_1d, as_float32_2d, as_int64_1d
-from tinkerflow.arrays import as_int64_2d
+from tinkerflow.arrays import (
+    Float32_T,
+    Float32_T_K,
+    Int64_T,
+    Int64_T_K,
+    as_float32_1d,
+    as_float32_2d,
+    as_int64_1d,
+    as_int64_2d,
+)
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
 
@@ -23,11 +31,11 @@ _ARRAY_EQ = attrs.cmp_using(eq=arrays_equal)
 def _str_tuple(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
-    return tuple(cast(list[str], value))
+    return tuple(cast("list[str]", value))
 
 
 def _int_tuple(value: object) -> tuple[int, ...]:
-    return tuple(cast(list[int], value))
+    return tuple(cast("list[int]", value))
 
 
 @attrs.frozen
@@ -73,7 +81,9 @@ class SamplingParams:
                 raise ConfigError(where, f"stop_tokens[{index}]", f"must be a token id >= 0, got {token}.")
         if self.stop_strings and self.stop_tokens:
             raise ConfigError(
-                where, "stop_tokens", "both stop_strings and stop_tokens are set; Tinker takes one kind.",
+                where,
+                "stop_tokens",
+                "both stop_strings and stop_tokens are set; Tinker takes one kind.",
                 "convert the strings to token ids with the tokenizer, or use strings only.",
             )
         if self.seed is not None:
@@ -84,17 +94,32 @@ def _tokens(value: object) -> np.ndarray:
     return as_int64_1d(value, "SampledSequence", "tokens_T")
 
 
-def _optional(convert_where: str, field: str, two_d: bool = False, int_: bool = False, allow_nan: bool = False):  # noqa: ANN202
-    def convert(value: object) -> np.ndarray | None:
-        if value is None:
-            return None
-        if int_:
-            return as_int64_2d(value, convert_where, field)
-        if two_d:
-            return as_float32_2d(value, convert_where, field)
-        return as_float32_1d(value, convert_where, field, allow_nan=allow_nan)
+def _seq_logprobs(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_1d(value, "SampledSequence", "logprobs_T")
 
-    return attrs.Converter(convert)
+
+def _seq_topk_ids(value: object) -> np.ndarray | None:
+    return None if value is None else as_int64_2d(value, "SampledSequence", "topk_token_ids_T_K")
+
+
+def _seq_topk_logprobs(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_2d(value, "SampledSequence", "topk_logprobs_T_K")
+
+
+def _prompt_logprobs(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_1d(value, "SampleResponse", "prompt_logprobs_T", allow_nan=True)
+
+
+def _prompt_topk_ids(value: object) -> np.ndarray | None:
+    return None if value is None else as_int64_2d(value, "SampleResponse", "topk_prompt_token_ids_T_K")
+
+
+def _prompt_topk_logprobs(value: object) -> np.ndarray | None:
+    return None if value is None else as_float32_2d(value, "SampleResponse", "topk_prompt_logprobs_T_K")
+
+
+def _sequences(value: object) -> tuple[SampledSequence, ...]:
+    return tuple(cast("list[SampledSequence]", value))
 
 
 def _check_topk(where: str, ids: np.ndarray | None, logprobs: np.ndarray | None, length: int, name: str) -> None:
@@ -119,15 +144,11 @@ class SampledSequence:
 
     tokens_T: Int64_T = attrs.field(converter=_tokens, eq=_ARRAY_EQ, hash=False)
     stop_reason: StopReason
-    logprobs_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional("SampledSequence", "logprobs_T"), eq=_ARRAY_EQ, hash=False
-    )
+    logprobs_T: Float32_T | None = attrs.field(default=None, converter=_seq_logprobs, eq=_ARRAY_EQ, hash=False)
     sequence_id: str = ""
-    topk_token_ids_T_K: Int64_T_K | None = attrs.field(
-        default=None, converter=_optional("SampledSequence", "topk_token_ids_T_K", int_=True), eq=_ARRAY_EQ, hash=False
-    )
+    topk_token_ids_T_K: Int64_T_K | None = attrs.field(default=None, converter=_seq_topk_ids, eq=_ARRAY_EQ, hash=False)
     topk_logprobs_T_K: Float32_T_K | None = attrs.field(
-        default=None, converter=_optional("SampledSequence", "topk_logprobs_T_K", two_d=True), eq=_ARRAY_EQ, hash=False
+        default=None, converter=_seq_topk_logprobs, eq=_ARRAY_EQ, hash=False
     )
 
     def __attrs_post_init__(self) -> None:
@@ -148,18 +169,18 @@ class SampleResponse:
     ``prompt_logprobs_T`` has one entry per prompt token; NaN marks positions with no logprob (the first).
     """
 
-    sequences: tuple[SampledSequence, ...] = attrs.field(converter=lambda value: tuple(cast(list[SampledSequence], value)))
+    sequences: tuple[SampledSequence, ...] = attrs.field(converter=_sequences)
     prompt_logprobs_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional("SampleResponse", "prompt_logprobs_T", allow_nan=True), eq=_ARRAY_EQ, hash=False
+        default=None, converter=_prompt_logprobs, eq=_ARRAY_EQ, hash=False
     )
     topk_prompt_token_ids_T_K: Int64_T_K | None = attrs.field(
         default=None,
-        converter=_optional("SampleResponse", "topk_prompt_token_ids_T_K", int_=True),
+        converter=_prompt_topk_ids,
         eq=_ARRAY_EQ,
         hash=False,
     )
     topk_prompt_logprobs_T_K: Float32_T_K | None = attrs.field(
-        default=None, converter=_optional("SampleResponse", "topk_prompt_logprobs_T_K", two_d=True), eq=_ARRAY_EQ, hash=False
+        default=None, converter=_prompt_topk_logprobs, eq=_ARRAY_EQ, hash=False
     )
 
     def __attrs_post_init__(self) -> None:

@@ -53,9 +53,7 @@ class LossFnOutput:
     """Per-datum output of a forward(/backward) pass: logprobs of the target tokens (and optional per-token loss)."""
 
     logprobs_T: Float32_T = attrs.field(converter=_logprobs, eq=_ARRAY_EQ, hash=False)
-    elementwise_loss_T: Float32_T | None = attrs.field(
-        default=None, converter=_optional_loss, eq=_ARRAY_EQ, hash=False
-    )
+    elementwise_loss_T: Float32_T | None = attrs.field(default=None, converter=_optional_loss, eq=_ARRAY_EQ, hash=False)
 
     def __attrs_post_init__(self) -> None:
         loss = self.elementwise_loss_T
@@ -68,16 +66,16 @@ class LossFnOutput:
 def _metrics(value: object) -> Mapping[str, float]:
     if not isinstance(value, Mapping):
         raise ValidationError("ForwardBackwardOutput", "metrics", f"expected a mapping, got {type(value).__name__}.")
-    items = cast(Mapping[object, object], value)
+    items = cast("Mapping[object, object]", value)
     clean: dict[str, float] = {}
     for key, number in items.items():
         require_type(key, str, "ForwardBackwardOutput", "metrics key")
-        clean[cast(str, key)] = finite_float(number, "ForwardBackwardOutput", f"metrics[{key!r}]")
+        clean[cast("str", key)] = finite_float(number, "ForwardBackwardOutput", f"metrics[{key!r}]")
     return types.MappingProxyType(clean)
 
 
 def _outputs(value: object) -> tuple[LossFnOutput, ...]:
-    return tuple(cast(list[LossFnOutput], value))
+    return tuple(cast("list[LossFnOutput]", value))
 
 
 @attrs.frozen

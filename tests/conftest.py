@@ -1,0 +1,29 @@
+"""Shared test configuration: hypothesis profiles.
+
+``ci`` (selected when CI=true or HYPOTHESIS_PROFILE=ci): derandomized with a fixed database-free seed, so a CI run
+is reproducible; ``dev`` (default): random, with the example database, for finding new failures locally.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=60,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+_default = "ci" if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else "dev"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
