@@ -6,17 +6,13 @@ Run: ``python benchmarks/bench_checks.py``. ``TINKERFLOW_RUNTIME_CHECKS=0`` remo
 
 from __future__ import annotations
 
-import pathlib
-import sys
 import timeit
 
 import numpy as np
 from jaxtyping import Float32
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import emit  # noqa: E402
-
-from tinkerflow.arrays import checked, runtime_checks  # noqa: E402
+from _common import emit
+from tinkerflow.arrays import checked, runtime_checks
 
 
 def center(rewards_G: Float32[np.ndarray, " G"]) -> Float32[np.ndarray, " G"]:

@@ -9,18 +9,13 @@ Run: ``python benchmarks/bench_interop.py`` (or ``nox -s bench -- bench_interop`
 
 from __future__ import annotations
 
-import sys
-import pathlib
-
 import numpy as np
 import tinker.types as tt
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import best_of, emit  # noqa: E402
-
-from tinkerflow import Datum, ModelInput  # noqa: E402
-from tinkerflow.interop import datum_from_tinker, datum_to_tinker  # noqa: E402
-from tinkerflow.serde import converter  # noqa: E402
+from _common import best_of, emit
+from tinkerflow import Datum, ModelInput
+from tinkerflow.interop import datum_from_tinker, datum_to_tinker
+from tinkerflow.serde import converter
 
 N = 10_000
 LENGTH = 256
@@ -43,7 +38,10 @@ def main() -> None:
         return [
             tt.Datum(
                 model_input=tt.ModelInput.from_ints(row[:-1].tolist()),
-                loss_fn_inputs={"target_tokens": tt.TensorData.from_numpy(row[1:]), "weights": tt.TensorData.from_numpy(w)},
+                loss_fn_inputs={
+                    "target_tokens": tt.TensorData.from_numpy(row[1:]),
+                    "weights": tt.TensorData.from_numpy(w),
+                },
             )
             for row, w in zip(tokens, weights, strict=True)
         ]
