@@ -1,0 +1,261 @@
+"""Supervised learning, pure core: datum construction, learning-rate schedules, recommended learning rates.
+
+Matches tinker-cookbook 0.6.1 where it does the same job (``supervised/common.py``,
+``utils/lr_scheduling.py``, ``hyperparam_utils.get_lr``); the differential tests in
+``tests/test_supervised.py`` prove it. Deliberate differences: weights of the wrong length are an error here
+(the cookbook silently cuts them), and the reduction is an explicit typed choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Final, Literal, TypeAlias
+
+import attrs
+import numpy as np
+
+from tinkerflow._validate import finite_float, in_range, require_type
+from tinkerflow.arrays import as_float32_1d
+from tinkerflow.datum import Datum
+from tinkerflow.errors import ConfigError, ShapeError, ValidationError
+from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
+
+__all__ = [
+    "DEFAULT_LR_TABLE",
+    "KNOWN_HIDDEN_SIZES",
+    "LRFamily",
+    "LRSchedule",
+    "Reduction",
+    "learning_rate_at",
+    "lr_multiplier",
+    "recommended_lr",
+    "supervised_datum",
+    "truncate_model_input",
+]
+
+Reduction: TypeAlias = Literal["none", "sum", "mean"]
+"""How per-token weights are scaled after the shift.
+
+* ``"none"`` / ``"sum"`` (the same weights): raw weights; Tinker's loss is then the token *sum* of the NLL.
+  ``"none"`` is the cookbook's spelling, ``"sum"`` says what the loss becomes.
+* ``"mean"``: weights divided by their sum (when positive), so each datum contributes its token-mean NLL and
+  long and short examples weigh the same.
+"""
+
+
+def truncate_model_input(model_input: ModelInput, max_length: int) -> tuple[Chunk, ...]:
+    """Chunks of ``model_input`` cut from the right to at most ``max_length`` positions.
+
+    Token chunks are cut partially; an image chunk that does not fit is dropped whole.
+    """
+    chunks = list(model_input.chunks)
+    total = model_input.length
+    while total > max_length and chunks:
+        last = chunks[-1]
+        overflow = total - max_length
+        if isinstance(last, TokenChunk) and overflow < last.length:
+            chunks[-1] = TokenChunk(tokens_T=last.tokens_T[: last.length - overflow])
+            total = max_length
+        else:
+            chunks.pop()
+            total -= last.length
+    return tuple(chunks)
+
+
+def supervised_datum(
+    model_input: ModelInput,
+    weights_T: np.ndarray,
+    *,
+    max_length: int | None = None,
+    reduction: Reduction = "none",
+) -> Datum:
+    """A next-token-prediction datum from a rendered sequence and its per-token weights.
+
+    Steps (as the cookbook's ``datum_from_model_input_weights``): cut from the right to ``max_length``; drop
+    empty token chunks and trailing images; shift: the input is the sequence minus its last position, the
+    targets are the tokens from position 1 on (image positions get target 0), weights are ``weights_T[1:]``
+    cut to the targets' length; then apply ``reduction``.
+
+    Raises:
+        ShapeError: ``weights_T`` is not one weight per position of ``model_input``.
+        ValidationError: fewer than 2 positions remain, or a bad ``max_length`` / ``reduction``.
+
+    Example: tokens [10, 20, 30, 40, 50, 60], weights [0, 0, 1, 1, 1, 1], ``max_length=4``, ``"mean"`` gives input
+    [10, 20, 30], targets [20, 30, 40], weights [0, .5, .5].
+    """
+    where = "supervised_datum"
+    require_type(model_input, ModelInput, where, "model_input")
+    weights = as_float32_1d(weights_T, where, "weights_T")
+    if weights.shape[0] != model_input.length:
+        raise ShapeError(
+            where,
+            "weights_T",
+            f"has {weights.shape[0]} weights for a model input of {model_input.length} positions.",
+            "give one weight per position (renderers return them aligned).",
+        )
+    if reduction not in ("none", "sum", "mean"):
+        raise ValidationError(where, "reduction", f"unknown reduction {reduction!r}.", "use 'none', 'sum' or 'mean'.")
+    chunks: tuple[Chunk, ...] = model_input.chunks
+    if max_length is not None:
+        require_type(max_length, int, where, "max_length")
+        if max_length < 2:
+            raise ValidationError(where, "max_length", f"must be >= 2, got {max_length}.", "allow at least 2 tokens.")
+        chunks = truncate_model_input(model_input, max_length)
+    kept = [chunk for chunk in chunks if not (isinstance(chunk, TokenChunk) and chunk.length == 0)]
+    while kept and isinstance(kept[-1], ImageChunk):
+        kept.pop()
+    total = sum(chunk.length for chunk in kept)
+    if total < 2:
+        raise ValidationError(
+            where, "model_input", f"has {total} usable positions; next-token training needs at least 2.", "drop it."
+        )
+    last = kept[-1]
+    assert isinstance(last, TokenChunk)
+    input_chunks: list[Chunk] = kept[:-1]
+    if last.length > 1:
+        input_chunks.append(TokenChunk(tokens_T=last.tokens_T[:-1]))
+    pieces = [
+        chunk.tokens_T if isinstance(chunk, TokenChunk) else np.zeros(chunk.length, dtype=np.int64) for chunk in kept
+    ]
+    all_tokens = np.concatenate(pieces)
+    targets = all_tokens[1:]
+    shifted = weights[1 : targets.shape[0] + 1]
+    if reduction == "mean":
+        mass = float(shifted.sum())
+        if mass > 0:
+            shifted = shifted / np.float32(mass)
+    return Datum(model_input=ModelInput(chunks=tuple(input_chunks)), target_tokens_T=targets, weights_T=shifted)
+
+
+ScheduleKind: TypeAlias = Literal["constant", "linear", "cosine"]
+
+
+@attrs.frozen
+class LRSchedule:
+    """A learning-rate schedule: optional linear warmup, then constant / linear / cosine decay.
+
+    After ``warmup_steps`` the multiplier decays from 1 to ``final_ratio`` over the remaining steps (linear or
+    cosine); with ``warmup_steps=0`` and ``final_ratio=0`` linear and cosine equal the cookbook's schedules.
+    """
+
+    kind: ScheduleKind = "constant"
+    warmup_steps: int = 0
+    final_ratio: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in ("constant", "linear", "cosine"):
+            raise ConfigError("LRSchedule", "kind", f"unknown schedule {self.kind!r}.", "use constant, linear, cosine.")
+        require_type(self.warmup_steps, int, "LRSchedule", "warmup_steps")
+        if self.warmup_steps < 0:
+            raise ConfigError("LRSchedule", "warmup_steps", f"must be >= 0, got {self.warmup_steps}.")
+        ratio = finite_float(self.final_ratio, "LRSchedule", "final_ratio")
+        in_range(ratio, "LRSchedule", "final_ratio", low=0.0, high=1.0)
+
+
+def lr_multiplier(schedule: LRSchedule, step: int, total_steps: int) -> float:
+    """The factor by which the base learning rate is scaled at ``step`` (0-indexed) of ``total_steps``."""
+    if total_steps <= 0:
+        raise ConfigError("lr_multiplier", "total_steps", f"must be positive, got {total_steps}.")
+    if step < 0:
+        raise ConfigError("lr_multiplier", "step", f"must be >= 0, got {step}.")
+    if step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    if schedule.kind == "constant":
+        return 1.0
+    decay_steps = total_steps - schedule.warmup_steps
+    if decay_steps <= 0:
+        return 1.0
+    progress = (step - schedule.warmup_steps) / decay_steps
+    shape = 1.0 - progress if schedule.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return schedule.final_ratio + (1.0 - schedule.final_ratio) * shape
+
+
+def learning_rate_at(base_lr: float, schedule: LRSchedule, step: int, total_steps: int) -> float:
+    """``base_lr * lr_multiplier(schedule, step, total_steps)``."""
+    return base_lr * lr_multiplier(schedule, step, total_steps)
+
+
+@attrs.frozen
+class LRFamily:
+    """A model family's learning-rate rule: ``base * (lora_multiplier if LoRA) * (2000 / hidden) ** exponent``.
+
+    ``match`` is a lower-case substring of model names of the family (first match in table order wins).
+    """
+
+    name: str
+    match: str
+    exponent: float
+    base: float = 5e-5
+    lora_multiplier: float = 10.0
+
+
+DEFAULT_LR_TABLE: Final[tuple[LRFamily, ...]] = (
+    LRFamily(name="llama", match="llama", exponent=0.781),
+    LRFamily(name="qwen", match="qwen", exponent=0.0775),
+    # SmolLM/SmolLM2 are Llama-architecture models; the Llama exponent is used for them (not calibrated on Tinker).
+    LRFamily(name="smollm", match="smollm", exponent=0.781),
+)
+
+KNOWN_HIDDEN_SIZES: Final[Mapping[str, int]] = {
+    "meta-llama/Llama-3.2-1B": 2048,
+    "meta-llama/Llama-3.2-3B": 3072,
+    "meta-llama/Llama-3.1-8B": 4096,
+    "meta-llama/Llama-3.1-8B-Instruct": 4096,
+    "meta-llama/Llama-3.1-70B": 8192,
+    "meta-llama/Llama-3.3-70B-Instruct": 8192,
+    "Qwen/Qwen3-235B-A22B-Instruct-2507": 4096,
+    "Qwen/Qwen3-30B-A3B-Instruct-2507": 2048,
+    "Qwen/Qwen3-30B-A3B": 2048,
+    "Qwen/Qwen3-30B-A3B-Base": 2048,
+    "Qwen/Qwen3-32B": 5120,
+    "Qwen/Qwen3-8B": 4096,
+    "Qwen/Qwen3-8B-Base": 4096,
+    "Qwen/Qwen3-4B-Instruct-2507": 2560,
+    "Qwen/Qwen3-VL-235B-A22B-Instruct": 4096,
+    "Qwen/Qwen3-VL-30B-A3B-Instruct": 2048,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": 576,
+    "HuggingFaceTB/SmolLM2-360M-Instruct": 960,
+    "HuggingFaceTB/SmolLM2-1.7B-Instruct": 2048,
+}
+
+
+def recommended_lr(
+    model_name: str,
+    *,
+    lora: bool = True,
+    hidden_size: int | None = None,
+    table: tuple[LRFamily, ...] = DEFAULT_LR_TABLE,
+    hidden_sizes: Mapping[str, int] = KNOWN_HIDDEN_SIZES,
+) -> float:
+    """Recommended (LoRA) learning rate for ``model_name`` from a family table.
+
+    Extend it without touching globals: ``recommended_lr(name, table=(*DEFAULT_LR_TABLE, LRFamily("gemma",
+    "gemma", 0.5)), hidden_size=640)``. Tinker's variant suffixes (``name:peft:...``) are ignored.
+
+    Raises:
+        ConfigError: no family in ``table`` matches, or the hidden size is unknown; the message says how to fix it.
+    """
+    base_name = model_name.split(":", 1)[0]
+    lowered = base_name.lower()
+    family = next((entry for entry in table if entry.match in lowered), None)
+    if family is None:
+        known = ", ".join(entry.name for entry in table)
+        raise ConfigError(
+            "recommended_lr",
+            "model_name",
+            f"no learning-rate rule for {model_name!r} (families: {known}).",
+            "pass table=(*DEFAULT_LR_TABLE, LRFamily(name, match, exponent)) or set the learning rate explicitly.",
+        )
+    size = hidden_size if hidden_size is not None else hidden_sizes.get(base_name)
+    if size is None:
+        raise ConfigError(
+            "recommended_lr",
+            "hidden_size",
+            f"hidden size of {model_name!r} is unknown.",
+            "pass hidden_size= (the model config's hidden_size) or add it to hidden_sizes.",
+        )
+    if size <= 0:
+        raise ConfigError("recommended_lr", "hidden_size", f"must be positive, got {size}.")
+    lr = family.base * (family.lora_multiplier if lora else 1.0)
+    return float(lr * (2000 / size) ** family.exponent)
