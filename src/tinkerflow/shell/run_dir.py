@@ -1,0 +1,181 @@
+"""Run directories: atomic files, a resumable metrics log, and the resume-state record. (Shell: does file I/O.)
+
+Layout of a run directory::
+
+    run/
+      config.json        the run's config (cattrs JSON), written once, atomically
+      pipeline.txt       what the data pipeline is (its description), for people
+      state.json         RunState of the last completed checkpoint, written atomically *after* the checkpoint
+      metrics.jsonl      one JSON object per step, flushed and fsynced per row
+      checkpoints/...    backend checkpoints (the backend writes them atomically)
+
+Exact resume: a restarted run reads ``state.json``, loads the checkpoint it names, and continues at
+``state.step``. :class:`MetricsLog` drops rows at or after that step (written after the checkpoint by the
+killed run, and about to be written again identically) and any torn last line, so the log never holds a
+duplicated or half-written row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import IO, TypeVar
+
+import attrs
+
+from tinkerflow.errors import TinkerflowError
+from tinkerflow.serde import from_json, to_json
+
+__all__ = [
+    "MetricsLog",
+    "RunDirError",
+    "RunState",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_state",
+    "write_state",
+]
+
+T = TypeVar("T")
+
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunDirError(TinkerflowError):
+    """A run directory is unusable (unreadable state, a config that differs from the one being resumed, ...)."""
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@attrs.frozen
+class RunState:
+    """Where a run stands after its last completed checkpoint.
+
+    Attributes:
+        step: optimizer steps completed (the next step to run).
+        checkpoint: the backend path of the state saved at ``step`` (``local://...`` or ``tinker://...``).
+        data_state_json: the data pipeline's position after ``step`` steps, as JSON text of its state record.
+        sampler_checkpoint: weights for sampling saved at ``step``, when the loop saves them.
+        extra_json: loop-specific JSON (e.g. the RL loop's staleness bookkeeping); ``"{}"`` when unused.
+    """
+
+    step: int
+    checkpoint: str
+    data_state_json: str = "null"
+    sampler_checkpoint: str | None = None
+    extra_json: str = "{}"
+
+
+def write_state(run_dir: str | os.PathLike[str], state: RunState) -> None:
+    """Atomically record ``state`` as the run's resume point. Call it only after the checkpoint is durable."""
+    atomic_write_text(pathlib.Path(run_dir) / STATE_FILE, to_json(state, indent=2))
+
+
+def read_state(run_dir: str | os.PathLike[str]) -> RunState | None:
+    """The run's resume point, or ``None`` for a fresh run directory."""
+    path = pathlib.Path(run_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        return from_json(path.read_bytes(), RunState)
+    except TinkerflowError as error:
+        raise RunDirError(f"{path}: unreadable resume state ({error}); move it away to start over.") from error
+
+
+class MetricsLog:
+    """Append-only JSONL metrics, one object per step, each row flushed and fsynced.
+
+    Opening a log for a run resumed at ``resume_step`` keeps only complete rows with ``step < resume_step``
+    (rewritten atomically), so the resumed run's rows follow without gaps or duplicates.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, resume_step: int = 0) -> None:
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [row for row in self.read(self.path) if _row_step(row) < resume_step]
+        if self.path.exists():
+            atomic_write_text(self.path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
+        self._rows_written = len(kept)
+        self._handle: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    @staticmethod
+    def read(path: str | os.PathLike[str]) -> list[dict[str, object]]:
+        """All complete rows of a metrics file (a torn last line from a killed writer is ignored)."""
+        file = pathlib.Path(path)
+        if not file.exists():
+            return []
+        rows: list[dict[str, object]] = []
+        for line in file.read_text(encoding="utf-8").splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+    def log(self, step: int, metrics: Mapping[str, float | int | str | None]) -> None:
+        """Append the row ``{"step": step, **metrics}`` durably."""
+        if self._handle is None:
+            raise RunDirError(f"{self.path}: the metrics log is closed.")
+        row = {"step": step, **metrics}
+        self._handle.write(json.dumps(row, sort_keys=True, allow_nan=True) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._rows_written += 1
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[dict[str, object]]:
+        return iter(self.read(self.path))
+
+
+def _row_step(row: Mapping[str, object]) -> int:
+    step = row.get("step")
+    return step if isinstance(step, int) else -1
