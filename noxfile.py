@@ -26,14 +26,14 @@ PY_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py"]
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check."""
-    session.run("ruff", "check", *PY_PATHS)
-    session.run("ruff", "format", "--check", *PY_PATHS)
+    session.run(sys.executable, "-m", "ruff", "check", *PY_PATHS)
+    session.run(sys.executable, "-m", "ruff", "format", "--check", *PY_PATHS)
 
 
 @nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src/ (configured in pyproject.toml)."""
-    session.run("mypy")
+    session.run(sys.executable, "-m", "mypy")
 
 
 def _pytest(session: nox.Session, *args: str) -> None:
