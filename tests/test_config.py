@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tinkerflow.config import SLConfig, apply_overrides, config_to_dict
+from tinkerflow.errors import ConfigError, TinkerflowError
+from tinkerflow.serde import from_json, to_json
+from tinkerflow.shell.run_dir import RunState
+from tinkerflow.supervised import LRSchedule
+
+schedules = st.builds(
+    LRSchedule,
+    kind=st.sampled_from(["constant", "linear", "cosine"]),
+    warmup_steps=st.integers(0, 100),
+    final_ratio=st.floats(0.0, 1.0),
+)
+configs = st.builds(
+    SLConfig,
+    train_data=st.text(min_size=1, max_size=20),
+    renderer=st.one_of(st.none(), st.sampled_from(["chatml", "llama3"])),
+    test_fraction=st.floats(0.0, 0.99),
+    max_steps=st.one_of(st.none(), st.integers(1, 1000)),
+    learning_rate=st.one_of(st.none(), st.floats(1e-7, 1.0)),
+    lr_schedule=schedules,
+    batch_size=st.integers(1, 64),
+    seed=st.integers(0, 2**31),
+    bad_rows=st.sampled_from(["raise", "skip"]),
+)
+
+
+@given(configs)
+def test_sl_config_round_trips(config: SLConfig) -> None:
+    assert from_json(to_json(config), SLConfig) == config
+
+
+@given(schedules, st.integers(0, 10**6), st.text(max_size=30))
+def test_schedule_and_state_round_trip(schedule: LRSchedule, step: int, path: str) -> None:
+    assert from_json(to_json(schedule), LRSchedule) == schedule
+    state = RunState(step=step, checkpoint=path, data_state_json='{"epoch": 1}')
+    assert from_json(to_json(state), RunState) == state
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"train_data": ""}, "train_data"),
+        ({"backend": "cloud"}, "backend"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"train_on": "everything"}, "train_on"),
+        ({"reduction": "avg"}, "reduction"),
+        ({"max_length": 1}, "max_length"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"lora_rank": -1}, "lora_rank"),
+        ({"eval_every": -1}, "eval_every"),
+        ({"bad_rows": "ignore"}, "bad_rows"),
+    ],
+)
+def test_sl_config_validation(kwargs: dict[str, object], field: str) -> None:
+    arguments: dict[str, object] = {"train_data": "x.jsonl", **kwargs}
+    with pytest.raises(ConfigError) as info:
+        SLConfig(**arguments)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_overrides() -> None:
+    base = config_to_dict(SLConfig(train_data="a.jsonl"))
+    config = apply_overrides(
+        base,
+        ["max_steps=20", "run_dir=runs/x", "lr_schedule.warmup_steps=3", "renderer=null", "learning_rate=1e-3"],
+        SLConfig,
+    )
+    assert config.max_steps == 20
+    assert config.run_dir == "runs/x"
+    assert config.lr_schedule.warmup_steps == 3
+    assert config.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(base, ["max_steps"], SLConfig)
+    with pytest.raises(TinkerflowError, match="colour"):
+        apply_overrides(base, ["colour=red"], SLConfig)
+    with pytest.raises(TinkerflowError, match="batch_size"):
+        apply_overrides(base, ["batch_size=0"], SLConfig)
