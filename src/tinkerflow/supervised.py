@@ -30,7 +30,11 @@ __all__ = [
     "learning_rate_at",
     "lr_multiplier",
     "recommended_lr",
+    "batch_indices",
+    "split_indices",
+    "steps_per_epoch",
     "supervised_datum",
+    "token_nll_totals",
     "truncate_model_input",
 ]
 
@@ -259,3 +263,43 @@ def recommended_lr(
         raise ConfigError("recommended_lr", "hidden_size", f"must be positive, got {size}.")
     lr = family.base * (family.lora_multiplier if lora else 1.0)
     return float(lr * (2000 / size) ** family.exponent)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over ``num_examples`` (the last batch may be smaller: no example is dropped)."""
+    if num_examples <= 0 or batch_size <= 0:
+        raise ConfigError("steps_per_epoch", "num_examples", "examples and batch size must be positive.")
+    return -(-num_examples // batch_size)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the examples in batch ``step``: epoch ``e = step // steps_per_epoch`` uses the permutation
+    seeded by ``(seed, e)``. A pure function of its arguments, so the data order is a function of the step and
+    resuming at step ``k`` needs nothing else (no replayed batch, no skipped one)."""
+    per_epoch = steps_per_epoch(num_examples, batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def split_indices(num_examples: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded train/test split of ``range(num_examples)``: ``(train, test)`` index arrays, each sorted."""
+    order = np.random.default_rng([seed, 2**31 - 1]).permutation(num_examples)
+    num_test = round(num_examples * test_fraction)
+    if test_fraction > 0 and num_examples > 1:
+        num_test = min(max(num_test, 1), num_examples - 1)
+    return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
+def token_nll_totals(logprobs_D: tuple[np.ndarray, ...], weights_D: tuple[np.ndarray, ...]) -> tuple[float, int]:
+    """``(sum of -logprob over trained tokens, number of trained tokens)``; a token is trained when its weight
+    is positive (so the totals do not depend on the reduction)."""
+    nll = 0.0
+    count = 0
+    for index, (logprobs, weights) in enumerate(zip(logprobs_D, weights_D, strict=True)):
+        if logprobs.shape != weights.shape:
+            raise ShapeError("token_nll_totals", f"logprobs_D[{index}]", f"shape {logprobs.shape} != {weights.shape}.")
+        trained = weights > 0
+        nll -= float(logprobs[trained].astype(np.float64).sum())
+        count += int(trained.sum())
+    return nll, count
