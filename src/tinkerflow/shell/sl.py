@@ -31,6 +31,7 @@ from tinkerflow.config import SLConfig, TrainOn
 from tinkerflow.datum import Datum
 from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.model_input import ModelInput
+from tinkerflow.plot import metrics_chart_html
 from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import to_json
 from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, TrainingClient
@@ -335,6 +336,8 @@ def run_sl(
         metrics.close()
 
     eval_after, bpb_after = _evaluate(client, data).result()
+    chart = metrics_chart_html(MetricsLog.read(run_dir / "metrics.jsonl"), ["train_nll", "eval_nll"], "SL loss")
+    atomic_write_text(run_dir / "loss.html", chart)
     sampler_path = client.save_weights_for_sampler("final").result()
     sampler = client.create_sampling_client(sampler_path).result()
     samples_after = _samples(sampler, renderer, data, config)
