@@ -207,26 +207,6 @@ def test_recommended_lr_smollm_and_extension() -> None:
     assert recommended_lr("Qwen/Qwen3-8B:peft:131072") == recommended_lr("Qwen/Qwen3-8B")
 
 
-@given(st.integers(1, 200), st.integers(1, 32), st.integers(0, 2**32 - 1), st.integers(0, 5))
-def test_batches_of_an_epoch_partition_the_data(n: int, batch_size: int, seed: int, epoch: int) -> None:
-    from tinkerflow.supervised import batch_indices, steps_per_epoch
-
-    per_epoch = steps_per_epoch(n, batch_size)
-    batches = [batch_indices(n, batch_size, seed, epoch * per_epoch + k) for k in range(per_epoch)]
-    assert sorted(np.concatenate(batches).tolist()) == list(range(n))
-    assert all(len(batch) == batch_size for batch in batches[:-1])
-    again = batch_indices(n, batch_size, seed, epoch * per_epoch)
-    np.testing.assert_array_equal(again, batches[0])
-
-
-def test_epochs_reshuffle() -> None:
-    from tinkerflow.supervised import batch_indices
-
-    first = [batch_indices(50, 50, 7, 0).tolist(), batch_indices(50, 50, 7, 1).tolist()]
-    assert first[0] != first[1]
-    assert sorted(first[0]) == sorted(first[1])
-
-
 @given(st.integers(1, 500), st.floats(0.0, 0.9), st.integers(0, 1000))
 def test_split_is_a_seeded_partition(n: int, fraction: float, seed: int) -> None:
     from tinkerflow.supervised import split_indices

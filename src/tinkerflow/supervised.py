@@ -30,9 +30,7 @@ __all__ = [
     "learning_rate_at",
     "lr_multiplier",
     "recommended_lr",
-    "batch_indices",
     "split_indices",
-    "steps_per_epoch",
     "supervised_datum",
     "token_nll_totals",
     "truncate_model_input",
@@ -263,23 +261,6 @@ def recommended_lr(
         raise ConfigError("recommended_lr", "hidden_size", f"must be positive, got {size}.")
     lr = family.base * (family.lora_multiplier if lora else 1.0)
     return float(lr * (2000 / size) ** family.exponent)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Optimizer steps in one pass over ``num_examples`` (the last batch may be smaller: no example is dropped)."""
-    if num_examples <= 0 or batch_size <= 0:
-        raise ConfigError("steps_per_epoch", "num_examples", "examples and batch size must be positive.")
-    return -(-num_examples // batch_size)
-
-
-def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Indices of the examples in batch ``step``: epoch ``e = step // steps_per_epoch`` uses the permutation
-    seeded by ``(seed, e)``. A pure function of its arguments, so the data order is a function of the step and
-    resuming at step ``k`` needs nothing else (no replayed batch, no skipped one)."""
-    per_epoch = steps_per_epoch(num_examples, batch_size)
-    epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    return order[position * batch_size : (position + 1) * batch_size]
 
 
 def split_indices(num_examples: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

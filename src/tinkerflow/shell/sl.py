@@ -3,14 +3,16 @@
 The loop is short on purpose; everything that turns data into data is a pure function from the core
 (:mod:`tinkerflow.supervised`, :mod:`tinkerflow.chat_format`, the renderer). What it does per step:
 
-1. take batch ``step`` (a pure function of seed and step: :func:`tinkerflow.supervised.batch_indices`);
+1. take the next batch from the data pipeline (:mod:`tinkerflow.pipeline`: seeded per-epoch shuffle, batches
+   that do not span epochs); its position is a small record saved with every checkpoint;
 2. submit ``forward_backward`` and ``optim_step`` back to back, then finish the *previous* step (await its
    result, log its metrics) while the backend works on this one;
 3. every ``eval_every`` steps, held-out NLL and bits per byte (a ``forward`` queued in order);
 4. every ``save_every`` steps and at the end, ``save_state`` and, once it is durable, ``state.json``.
 
-Exact resume: a restarted run loads the checkpoint named in ``state.json`` and continues at its step with the
-same data order; the metrics log drops rows written after that checkpoint (they are written again, identically).
+Exact resume: a restarted run loads the checkpoint named in ``state.json``, restores the pipeline position
+saved with it, and continues at its step with the same data order; the metrics log drops rows written after
+that checkpoint (they are written again, identically).
 """
 
 from __future__ import annotations
@@ -31,23 +33,22 @@ from tinkerflow.config import SLConfig, TrainOn
 from tinkerflow.datum import Datum
 from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.model_input import ModelInput
+from tinkerflow.pipeline import Pipeline, PipelineState
 from tinkerflow.plot import metrics_chart_html
 from tinkerflow.sampling import SamplingParams
-from tinkerflow.serde import to_json
+from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.run_dir import MetricsLog, RunState, atomic_write_text, read_state, write_state
 from tinkerflow.supervised import (
-    batch_indices,
     learning_rate_at,
     recommended_lr,
     split_indices,
-    steps_per_epoch,
     supervised_datum,
     token_nll_totals,
 )
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
-__all__ = ["ChatRenderer", "SLData", "SLResult", "load_chat_jsonl", "prepare_sl_data", "run_sl"]
+__all__ = ["ChatRenderer", "SLData", "SLResult", "load_chat_jsonl", "prepare_sl_data", "run_sl", "train_pipeline"]
 
 
 class ChatRenderer(Protocol):
@@ -233,6 +234,17 @@ class _Progress:
         self.stream.write("\n")
 
 
+def train_pipeline(data: SLData, config: SLConfig) -> Pipeline[tuple[Datum, ...]]:
+    """The training batches: a fresh seeded shuffle per epoch, ``batch_size`` datums per batch (the last batch of
+    an epoch may be smaller; no datum is dropped)."""
+    return (
+        Pipeline.from_source(list(data.train), item_type=Datum, name="train datums")
+        .shuffle(seed=config.seed)
+        .repeat(config.epochs)
+        .batch(config.batch_size)
+    )
+
+
 def run_sl(
     config: SLConfig,
     backend: Backend,
@@ -250,7 +262,8 @@ def run_sl(
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else prepare_sl_data(config, renderer)
-    per_epoch = steps_per_epoch(len(data.train), config.batch_size)
+    pipeline = train_pipeline(data, config)
+    per_epoch = -(-len(data.train) // config.batch_size)
     total = per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, per_epoch * config.epochs)
     base_lr = config.learning_rate if config.learning_rate is not None else recommended_lr(config.base_model)
 
@@ -259,6 +272,7 @@ def run_sl(
     if state is not None and config_file.exists() and config_file.read_text() != to_json(config, indent=2):
         raise TinkerflowError(f"{run_dir}: holds a run with another config; use a new run_dir to start over.")
     atomic_write_text(config_file, to_json(config, indent=2))
+    atomic_write_text(run_dir / "pipeline.txt", pipeline.describe() + "\n")
     if state is None:
         client = backend.create_lora_training_client(
             config.base_model, rank=config.lora_rank, seed=config.seed
@@ -279,6 +293,7 @@ def run_sl(
         samples_before = _samples(client.save_weights_and_get_sampling_client().result(), renderer, data, config)
         stream.write(f"held-out NLL before training: {eval_before:.4f}\n")
 
+    batches = pipeline.iterate(None if state is None else from_json(state.data_state_json, PipelineState))
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start)
     progress = _Progress(total, start, stream)
     pending: (
@@ -318,7 +333,7 @@ def run_sl(
             eval_future = (
                 _evaluate(client, data) if config.eval_every and step % config.eval_every == 0 and step > 0 else None
             )
-            batch = tuple(data.train[i] for i in batch_indices(len(data.train), config.batch_size, config.seed, step))
+            batch = next(batches)
             lr = learning_rate_at(base_lr, config.lr_schedule, step, total)
             future = client.forward_backward(list(batch), "cross_entropy")
             client.optim_step(AdamParams(learning_rate=lr, beta1=0.9, beta2=0.95, eps=1e-8))
@@ -330,7 +345,9 @@ def run_sl(
                 finish(pending)
                 pending = None
                 checkpoint = client.save_state(f"step-{done:06d}").result()
-                write_state(run_dir, RunState(step=done, checkpoint=checkpoint))
+                write_state(
+                    run_dir, RunState(step=done, checkpoint=checkpoint, data_state_json=to_json(batches.state()))
+                )
     finally:
         progress.close()
         metrics.close()
