@@ -35,6 +35,7 @@ from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.pipeline import Pipeline, PipelineState
 from tinkerflow.plot import metrics_chart_html
+from tinkerflow.render import Renderer, build_generation_prompt, build_supervised_example, parse_response
 from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, TrainingClient
@@ -48,7 +49,16 @@ from tinkerflow.supervised import (
 )
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
-__all__ = ["ChatRenderer", "SLData", "SLResult", "load_chat_jsonl", "prepare_sl_data", "run_sl", "train_pipeline"]
+__all__ = [
+    "ChatRenderer",
+    "RendererAdapter",
+    "SLData",
+    "SLResult",
+    "load_chat_jsonl",
+    "prepare_sl_data",
+    "run_sl",
+    "train_pipeline",
+]
 
 
 class ChatRenderer(Protocol):
@@ -376,3 +386,28 @@ def run_sl(
         samples_before=samples_before,
         samples_after=samples_after,
     )
+
+
+@attrs.frozen
+class RendererAdapter:
+    """A :class:`tinkerflow.render.Renderer` seen through the narrow :class:`ChatRenderer` the loop needs."""
+
+    renderer: Renderer
+
+    def supervised_example(self, conversation: Conversation, train_on: TrainOn) -> tuple[ModelInput, np.ndarray]:
+        example = build_supervised_example(self.renderer, conversation, train_on)
+        return example.model_input, example.weights_T
+
+    def generation_prompt(self, conversation: Conversation) -> ModelInput:
+        return build_generation_prompt(self.renderer, conversation)
+
+    def parse_response(self, tokens_T: np.ndarray) -> Message:
+        return parse_response(self.renderer, tokens_T).message
+
+    def stop_tokens(self) -> tuple[int, ...]:
+        return self.renderer.stop_sequences().tokens
+
+    def count_text_bytes(self, tokens_T: np.ndarray) -> int:
+        special = np.fromiter(self.renderer.tokenizer.added_tokens.values(), dtype=np.int64)
+        plain = tokens_T[~np.isin(tokens_T, special)]
+        return len(self.renderer.tokenizer.decode(plain).encode("utf-8"))

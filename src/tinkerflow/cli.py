@@ -1,0 +1,92 @@
+"""The ``tinkerflow`` command.
+
+``tinkerflow sl CONFIG.json [key=value ...] [--dry-run]``: resolve the config (file + dotted overrides), print
+it, validate it and the data before any work starts, then train (or resume) with the config's backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from tinkerflow.config import SLConfig, apply_overrides
+from tinkerflow.errors import TinkerflowError
+from tinkerflow.serde import to_json
+
+__all__ = ["main"]
+
+
+def _load_config(path: str, overrides: Sequence[str]) -> SLConfig:
+    file = pathlib.Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise TinkerflowError(f"{file}: config file not found.") from error
+    except json.JSONDecodeError as error:
+        raise TinkerflowError(f"{file}: not valid JSON ({error}).") from error
+    if not isinstance(data, dict):
+        raise TinkerflowError(f"{file}: a config must be a JSON object.")
+    return apply_overrides(data, overrides, SLConfig)
+
+
+def _run_sl(args: argparse.Namespace) -> int:
+    config = _load_config(args.config, args.overrides)
+    print("resolved config:")
+    print(to_json(config, indent=2))
+
+    from tinkerflow import render
+    from tinkerflow.shell.sl import RendererAdapter, prepare_sl_data, run_sl
+    from tinkerflow.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(config.base_model)
+    renderer = (
+        render.get_renderer(config.renderer, tokenizer)
+        if config.renderer is not None
+        else render.renderer_for_model(config.base_model, tokenizer)
+    )
+    adapter = RendererAdapter(renderer)
+    data = prepare_sl_data(config, adapter)
+    print(
+        f"data: {len(data.train)} training and {len(data.test)} held-out conversations "
+        f"({data.skipped_rows} bad rows skipped); renderer {renderer.name}"
+    )
+    if args.dry_run:
+        return 0
+    if config.backend == "local":
+        from tinkerflow.shell.local import LocalBackend
+
+        backend = LocalBackend(checkpoint_dir=pathlib.Path(config.run_dir) / "checkpoints")
+        result = run_sl(config, backend, adapter, data=data)
+    else:
+        from tinkerflow.shell.tinker_backend import TinkerBackend
+
+        result = run_sl(config, TinkerBackend(), adapter, data=data)
+    print(f"\nrun directory: {config.run_dir} (metrics.jsonl, loss.html, checkpoints)")
+    if result.eval_nll_before is not None and result.eval_nll_after is not None:
+        print(f"held-out NLL: before {result.eval_nll_before:.4f} -> after {result.eval_nll_after:.4f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tinkerflow`` command; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="tinkerflow", description="Typed post-training pipelines.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sl = commands.add_parser("sl", help="supervised fine-tuning from a JSON config")
+    sl.add_argument("config", help="path of a JSON SLConfig")
+    sl.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
+    sl.add_argument("--dry-run", action="store_true", help="resolve and validate config and data, then stop")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "sl":
+            return _run_sl(args)
+    except TinkerflowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
