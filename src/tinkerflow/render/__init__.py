@@ -1,0 +1,95 @@
+"""Renderers: chat messages <-> token sequences, as values plus pure functions.
+
+Start here::
+
+    from tinkerflow.tokenizers import load_tokenizer
+    from tinkerflow import render
+
+    tokenizer = load_tokenizer("Qwen/Qwen3-8B")          # hub cache, or the offline qwen3 vocabulary
+    renderer = render.get_renderer("qwen3", tokenizer)  # or render.renderer_for_model("Qwen/Qwen3-8B", tokenizer)
+    example = render.build_supervised_example(renderer, conversation, train_on="all_assistant_messages")
+    prompt = render.build_generation_prompt(renderer, conversation.messages[:-1])
+    parsed = render.parse_response(renderer, sampled_tokens)   # message + Termination
+
+See ``docs/rendering.md`` for the train-on modes, parsing and terminations, and how to add a renderer.
+"""
+
+from tinkerflow.render.base import (
+    ParsedResponse,
+    Piece,
+    PieceList,
+    RenderContext,
+    RenderedMessage,
+    Renderer,
+    RenderError,
+    StopSequences,
+    SupervisedExample,
+    Termination,
+    TrainOn,
+    TrainOnWhat,
+    build_generation_prompt,
+    build_supervised_batch,
+    build_supervised_example,
+    build_supervised_examples,
+    encode_control_text,
+    parse_response,
+)
+from tinkerflow.render.chatml import ChatMLRenderer, SmolLM2Renderer
+from tinkerflow.render.deepseek_v3 import DeepSeekV3Renderer, DeepSeekV3ThinkingRenderer
+from tinkerflow.render.gpt_oss import GptOssRenderer
+from tinkerflow.render.llama3 import Llama3Renderer
+from tinkerflow.render.qwen3 import (
+    Qwen3DisableThinkingRenderer,
+    Qwen3InstructRenderer,
+    Qwen3Renderer,
+    Qwen3VLInstructRenderer,
+    Qwen3VLRenderer,
+)
+from tinkerflow.render.registry import (
+    DEFAULT_REGISTRY,
+    RendererFactory,
+    RendererRegistry,
+    get_renderer,
+    renderer_for_model,
+    renderer_name_for_model,
+)
+from tinkerflow.render.role_colon import RoleColonRenderer
+
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "ChatMLRenderer",
+    "DeepSeekV3Renderer",
+    "DeepSeekV3ThinkingRenderer",
+    "GptOssRenderer",
+    "Llama3Renderer",
+    "ParsedResponse",
+    "Piece",
+    "PieceList",
+    "Qwen3DisableThinkingRenderer",
+    "Qwen3InstructRenderer",
+    "Qwen3Renderer",
+    "Qwen3VLInstructRenderer",
+    "Qwen3VLRenderer",
+    "RenderContext",
+    "RenderError",
+    "RenderedMessage",
+    "Renderer",
+    "RendererFactory",
+    "RendererRegistry",
+    "RoleColonRenderer",
+    "SmolLM2Renderer",
+    "StopSequences",
+    "SupervisedExample",
+    "Termination",
+    "TrainOn",
+    "TrainOnWhat",
+    "build_generation_prompt",
+    "build_supervised_batch",
+    "build_supervised_example",
+    "build_supervised_examples",
+    "encode_control_text",
+    "get_renderer",
+    "parse_response",
+    "renderer_for_model",
+    "renderer_name_for_model",
+]

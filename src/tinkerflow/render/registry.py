@@ -1,0 +1,164 @@
+"""Which renderer a name or a model uses: an immutable registry value.
+
+``DEFAULT_REGISTRY`` maps every built-in renderer name to a factory and hub model names to renderer names. Add
+your own renderer by deriving a new registry (nothing global is mutated)::
+
+    registry = DEFAULT_REGISTRY.with_renderer("my_format", MyRenderer).with_model(r"me/my-model", "my_format")
+    renderer = registry.create("my_format", tokenizer)
+    renderer = registry.for_model("me/my-model-7b", tokenizer)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Final
+
+import attrs
+
+from tinkerflow.render.base import Renderer, RenderError
+from tinkerflow.render.chatml import ChatMLRenderer, SmolLM2Renderer
+from tinkerflow.render.deepseek_v3 import DeepSeekV3Renderer, DeepSeekV3ThinkingRenderer
+from tinkerflow.render.gpt_oss import GptOssRenderer
+from tinkerflow.render.llama3 import Llama3Renderer
+from tinkerflow.render.qwen3 import (
+    Qwen3DisableThinkingRenderer,
+    Qwen3InstructRenderer,
+    Qwen3Renderer,
+    Qwen3VLInstructRenderer,
+    Qwen3VLRenderer,
+)
+from tinkerflow.render.role_colon import RoleColonRenderer
+from tinkerflow.tokenizers import Tokenizer
+
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "RendererFactory",
+    "RendererRegistry",
+    "get_renderer",
+    "renderer_for_model",
+    "renderer_name_for_model",
+]
+
+RendererFactory = Callable[..., Renderer]
+"""Called as ``factory(tokenizer, **options)``; a renderer class is a factory."""
+
+
+def _freeze(value: Mapping[str, RendererFactory]) -> Mapping[str, RendererFactory]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class RendererRegistry:
+    """Renderer names -> factories, and model-name patterns -> renderer names (first match wins)."""
+
+    factories: Mapping[str, RendererFactory] = attrs.field(converter=_freeze)
+    models: tuple[tuple[str, str], ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        """Every registered renderer name, sorted."""
+        return tuple(sorted(self.factories))
+
+    def with_renderer(self, name: str, factory: RendererFactory, *, replace: bool = False) -> RendererRegistry:
+        """A new registry that also knows ``name``; ``replace=True`` to override an existing name."""
+        if name in self.factories and not replace:
+            raise RenderError(
+                "RendererRegistry", "name", f"{name!r} is already registered.", "pass replace=True or pick a new name."
+            )
+        return RendererRegistry(factories={**self.factories, name: factory}, models=self.models)
+
+    def with_model(self, pattern: str, renderer_name: str) -> RendererRegistry:
+        """A new registry in which model names matching ``pattern`` (a regex, case-insensitive, anchored at the
+        start) use ``renderer_name``; it takes precedence over the existing patterns."""
+        if renderer_name not in self.factories:
+            raise RenderError(
+                "RendererRegistry", "renderer_name", f"{renderer_name!r} is not registered.", "register it first."
+            )
+        re.compile(pattern)
+        return RendererRegistry(factories=self.factories, models=((pattern, renderer_name), *self.models))
+
+    def create(self, name: str, tokenizer: Tokenizer, **options: object) -> Renderer:
+        """The renderer ``name`` for ``tokenizer`` (``options`` go to its factory, e.g. ``current_date``)."""
+        factory = self.factories.get(name)
+        if factory is None:
+            raise RenderError(
+                "get_renderer", "name", f"unknown renderer {name!r}.", f"use one of {', '.join(self.names())}."
+            )
+        return factory(tokenizer, **options)
+
+    def renderer_name_for_model(self, model_name: str) -> str:
+        """The renderer name for a hub model name (``"Qwen/Qwen3-8B"`` -> ``"qwen3"``)."""
+        for pattern, name in self.models:
+            if re.match(pattern, model_name, flags=re.IGNORECASE):
+                return name
+        raise RenderError(
+            "renderer_name_for_model",
+            "model_name",
+            f"no renderer is registered for {model_name!r}.",
+            "pass a renderer name explicitly, or register the model with RendererRegistry.with_model().",
+        )
+
+    def for_model(self, model_name: str, tokenizer: Tokenizer, **options: object) -> Renderer:
+        """The renderer registered for ``model_name``."""
+        return self.create(self.renderer_name_for_model(model_name), tokenizer, **options)
+
+
+def _gpt_oss(effort: str | None) -> RendererFactory:
+    def factory(tokenizer: Tokenizer, **options: object) -> Renderer:
+        return GptOssRenderer(tokenizer, reasoning_effort=effort, **options)  # type: ignore[arg-type]  # options are typed by GptOssRenderer's fields and checked by attrs at run time
+
+    return factory
+
+
+DEFAULT_REGISTRY: Final[RendererRegistry] = RendererRegistry(
+    factories={
+        "role_colon": RoleColonRenderer,
+        "llama3": Llama3Renderer,
+        "qwen3": Qwen3Renderer,
+        "qwen3_disable_thinking": Qwen3DisableThinkingRenderer,
+        "qwen3_instruct": Qwen3InstructRenderer,
+        "qwen3_vl": Qwen3VLRenderer,
+        "qwen3_vl_instruct": Qwen3VLInstructRenderer,
+        "deepseekv3": DeepSeekV3Renderer,
+        "deepseekv3_disable_thinking": DeepSeekV3Renderer,
+        "deepseekv3_thinking": DeepSeekV3ThinkingRenderer,
+        "gpt_oss_no_sysprompt": _gpt_oss(None),
+        "gpt_oss_low_reasoning": _gpt_oss("low"),
+        "gpt_oss_medium_reasoning": _gpt_oss("medium"),
+        "gpt_oss_high_reasoning": _gpt_oss("high"),
+        "chatml": ChatMLRenderer,
+        "smollm2": SmolLM2Renderer,
+    },
+    models=(
+        (r"meta-llama/(meta-)?llama-3", "llama3"),
+        (r"qwen/qwen3-vl-.*instruct", "qwen3_vl_instruct"),
+        (r"qwen/qwen3-vl-", "qwen3_vl"),
+        (r"qwen/qwen3-.*instruct-2507", "qwen3_instruct"),
+        (r"qwen/qwen3-", "qwen3"),
+        (r"deepseek-ai/deepseek-v3", "deepseekv3"),
+        (r"openai/gpt-oss-", "gpt_oss_medium_reasoning"),
+        (r"huggingfacetb/smollm2-.*instruct", "smollm2"),
+        (r"huggingfacetb/smollm2-", "role_colon"),
+        (r"(openai-community/)?gpt2", "role_colon"),
+    ),
+)
+
+
+def get_renderer(
+    name: str, tokenizer: Tokenizer, *, registry: RendererRegistry = DEFAULT_REGISTRY, **options: object
+) -> Renderer:
+    """The renderer ``name`` (see ``DEFAULT_REGISTRY.names()``) for ``tokenizer``."""
+    return registry.create(name, tokenizer, **options)
+
+
+def renderer_name_for_model(model_name: str, *, registry: RendererRegistry = DEFAULT_REGISTRY) -> str:
+    """The renderer name registered for a hub model name."""
+    return registry.renderer_name_for_model(model_name)
+
+
+def renderer_for_model(
+    model_name: str, tokenizer: Tokenizer, *, registry: RendererRegistry = DEFAULT_REGISTRY, **options: object
+) -> Renderer:
+    """The renderer registered for a hub model name, for ``tokenizer``."""
+    return registry.for_model(model_name, tokenizer, **options)
