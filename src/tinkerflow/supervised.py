@@ -17,9 +17,11 @@ import numpy as np
 
 from tinkerflow._validate import finite_float, in_range, require_type
 from tinkerflow.arrays import as_float32_1d
+from tinkerflow.chat import Conversation
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
+from tinkerflow.render import Renderer, TrainOn, build_supervised_example
 
 __all__ = [
     "DEFAULT_LR_TABLE",
@@ -27,6 +29,7 @@ __all__ = [
     "LRFamily",
     "LRSchedule",
     "Reduction",
+    "conversation_datum",
     "learning_rate_at",
     "lr_multiplier",
     "recommended_lr",
@@ -284,3 +287,21 @@ def token_nll_totals(logprobs_D: tuple[np.ndarray, ...], weights_D: tuple[np.nda
         nll -= float(logprobs[trained].astype(np.float64).sum())
         count += int(trained.sum())
     return nll, count
+
+
+def conversation_datum(
+    conversation: Conversation,
+    *,
+    renderer: Renderer,
+    train_on: TrainOn = "all_assistant_messages",
+    max_length: int | None = None,
+    reduction: Reduction = "mean",
+) -> Datum:
+    """Conversation -> training datum: render with ``renderer`` and ``train_on``, then :func:`supervised_datum`.
+
+    One item in, one datum out, settings by keyword: ``functools.partial(conversation_datum, renderer=r)`` is a
+    pipeline stage as it is. Defaults follow the cookbook's ``conversation_to_datum`` (all assistant messages,
+    mean reduction).
+    """
+    example = build_supervised_example(renderer, conversation, train_on)
+    return supervised_datum(example.model_input, example.weights_T, max_length=max_length, reduction=reduction)
