@@ -115,6 +115,14 @@ def families() -> list[Family]:
             lambda: cb.cookbook_renderer("qwen3_vl", "qwen3", image_processor=cb.qwen3_vl_image_processor()),
         )
     )
+    result.append(
+        Family(
+            "qwen3_vl_instruct",
+            "qwen3",
+            attrs.evolve(qwen_profile, images=True, max_messages=5),
+            lambda: cb.cookbook_renderer("qwen3_vl_instruct", "qwen3", image_processor=cb.qwen3_vl_image_processor()),
+        )
+    )
     harmony = Profile(
         roles=("system",),
         thinking=True,
