@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TextIO
 
@@ -34,12 +32,12 @@ from tinkerflow.datum import Datum
 from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.pipeline import Pipeline, PipelineState
-from tinkerflow.plot import metrics_chart_html
 from tinkerflow.render import Renderer, build_generation_prompt, build_supervised_example, parse_response
 from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, TrainingClient
-from tinkerflow.shell.run_dir import MetricsLog, RunState, atomic_write_text, read_state, write_state
+from tinkerflow.shell.run_dir import atomic_write_text
+from tinkerflow.shell.runner import MetricsSink, Run
 from tinkerflow.supervised import (
     learning_rate_at,
     recommended_lr,
@@ -224,26 +222,6 @@ def _samples(sampler: SamplingClient, renderer: ChatRenderer, data: SLData, conf
     return tuple(renderer.parse_response(future.result().sequences[0].tokens_T).text() for future in futures)
 
 
-class _Progress:
-    """A one-line progress display with ETA (plain text; no dependency)."""
-
-    def __init__(self, total: int, start: int, stream: TextIO) -> None:
-        self.total, self.start, self.stream = total, start, stream
-        self.began = time.monotonic()
-
-    def update(self, step: int, loss: float) -> None:
-        done = step + 1 - self.start
-        elapsed = time.monotonic() - self.began
-        eta = elapsed / done * (self.total - step - 1) if done else 0.0
-        self.stream.write(
-            f"\rstep {step + 1}/{self.total}  train_nll {loss:.4f}  {elapsed:5.0f}s elapsed, ETA {eta:4.0f}s "
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-
-
 def train_pipeline(data: SLData, config: SLConfig) -> Pipeline[tuple[Datum, ...]]:
     """The training batches: a fresh seeded shuffle per epoch, ``batch_size`` datums per batch (the last batch of
     an epoch may be smaller; no datum is dropped)."""
@@ -263,38 +241,30 @@ def run_sl(
     data: SLData | None = None,
     out: TextIO | None = None,
     after_step: Callable[[int], None] | None = None,
+    sinks: Sequence[MetricsSink] = (),
 ) -> SLResult:
     """Run (or resume) supervised fine-tuning as ``config`` says; see the module docstring.
 
-    ``after_step(step)`` is called once step ``step``'s metrics are logged (tests use it to kill a run).
+    ``after_step(step)`` is called once step ``step``'s metrics are logged (tests use it to kill a run);
+    ``sinks`` receive every metrics row too (W&B, TensorBoard; see :mod:`tinkerflow.shell.runner`).
     """
-    stream = out if out is not None else sys.stdout
-    run_dir = pathlib.Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else prepare_sl_data(config, renderer)
     pipeline = train_pipeline(data, config)
     per_epoch = -(-len(data.train) // config.batch_size)
     total = per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, per_epoch * config.epochs)
     base_lr = config.learning_rate if config.learning_rate is not None else recommended_lr(config.base_model)
 
-    state = read_state(run_dir)
-    config_file = run_dir / "config.json"
-    if state is not None and config_file.exists() and config_file.read_text() != to_json(config, indent=2):
-        raise TinkerflowError(f"{run_dir}: holds a run with another config; use a new run_dir to start over.")
-    atomic_write_text(config_file, to_json(config, indent=2))
-    atomic_write_text(run_dir / "pipeline.txt", pipeline.describe() + "\n")
-    if state is None:
-        client = backend.create_lora_training_client(
-            config.base_model, rank=config.lora_rank, seed=config.seed
-        ).result()
-        start = 0
+    run = Run.open(
+        config.run_dir, to_json(config, indent=2), total_steps=total, out=out, progress_label="train_nll", sinks=sinks
+    )
+    stream = run.out
+    atomic_write_text(run.run_dir / "pipeline.txt", pipeline.describe() + "\n")
+    if not run.resumed:
         stream.write(
             f"training {config.base_model} (LoRA rank {config.lora_rank}) for {total} steps, lr {base_lr:.3g}\n"
         )
-    else:
-        client = backend.create_training_client_from_state(state.checkpoint, with_optimizer=True).result()
-        start = state.step
-        stream.write(f"resuming at step {start}/{total} from {state.checkpoint}\n")
+    client = run.training_client(backend, config.base_model, lora_rank=config.lora_rank, seed=config.seed)
+    start = run.start_step
 
     samples_before: tuple[str, ...] = ()
     eval_before: float | None = None
@@ -303,14 +273,11 @@ def run_sl(
         samples_before = _samples(client.save_weights_and_get_sampling_client().result(), renderer, data, config)
         stream.write(f"held-out NLL before training: {eval_before:.4f}\n")
 
-    batches = pipeline.iterate(None if state is None else from_json(state.data_state_json, PipelineState))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start)
-    progress = _Progress(total, start, stream)
+    batches = pipeline.iterate(None if run.state is None else from_json(run.state.data_state_json, PipelineState))
     pending: (
         tuple[int, float, APIFuture[ForwardBackwardOutput], tuple[Datum, ...], APIFuture[tuple[float, float]] | None]
         | None
     ) = None
-    checkpoint = state.checkpoint if state is not None else ""
 
     def finish(
         item: tuple[
@@ -333,8 +300,7 @@ def run_sl(
         if eval_future is not None:
             eval_nll, bpb = eval_future.result()
             row.update({"eval_nll": eval_nll, "eval_bits_per_byte": bpb})
-        metrics.log(step, row)
-        progress.update(step, nll / count if count else math.nan)
+        run.log(step, row, nll / count if count else math.nan)
         if after_step is not None:
             after_step(step)
 
@@ -354,17 +320,13 @@ def run_sl(
             if done == total or (config.save_every and done % config.save_every == 0):
                 finish(pending)
                 pending = None
-                checkpoint = client.save_state(f"step-{done:06d}").result()
-                write_state(
-                    run_dir, RunState(step=done, checkpoint=checkpoint, data_state_json=to_json(batches.state()))
-                )
+                run.checkpoint(client, done, to_json(batches.state()))
     finally:
-        progress.close()
-        metrics.close()
+        run.close()
+    checkpoint = run.last_checkpoint
 
     eval_after, bpb_after = _evaluate(client, data).result()
-    chart = metrics_chart_html(MetricsLog.read(run_dir / "metrics.jsonl"), ["train_nll", "eval_nll"], "SL loss")
-    atomic_write_text(run_dir / "loss.html", chart)
+    run.write_chart(["train_nll", "eval_nll"], "SL loss", "loss.html")
     sampler_path = client.save_weights_for_sampler("final").result()
     sampler = client.create_sampling_client(sampler_path).result()
     samples_after = _samples(sampler, renderer, data, config)

@@ -1,0 +1,1 @@
+"""Reinforcement learning: records and pure steps (this package), rollouts and loops in :mod:`tinkerflow.shell`."""

@@ -1,0 +1,318 @@
+"""Reinforcement-learning records and protocols (pure: no torch, no network, no clock).
+
+Data flows as records:
+
+* an environment (:class:`Env`, single use) gives an initial observation and a :class:`StopCondition`; each
+  sampled action (a :class:`~tinkerflow.sampling.SampledSequence`) goes to ``await env.step(action)`` which
+  answers a :class:`StepResult` (reward, next observation, done);
+* the rollout records each (observation, action, reward) as a :class:`Transition`; an episode is a
+  :class:`Trajectory`;
+* an :class:`EnvGroupBuilder` makes a group of environments (the samples of one prompt, or the players of one
+  game) and may add group-level rewards once every member has finished: a :class:`TrajectoryGroup`;
+* an :class:`RLDataset` hands out builders batch by batch.
+
+Identity: every group carries a ``group_id`` and each trajectory is named ``f"{group_id}/{index}"``
+(:func:`trajectory_id`). Metrics, transcripts and datums are keyed by these ids, never by list position, so
+filtering groups cannot misalign them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
+
+import attrs
+import numpy as np
+
+from tinkerflow._validate import require_type
+from tinkerflow.arrays import Float32_T, Int64_T, as_float32_1d, as_int64_1d
+from tinkerflow.datum import arrays_equal
+from tinkerflow.errors import NonFiniteError, ShapeError, ValidationError
+from tinkerflow.model_input import ModelInput
+from tinkerflow.sampling import SampledSequence, StopReason
+
+__all__ = [
+    "Env",
+    "EnvGroupBuilder",
+    "FailureKind",
+    "Metrics",
+    "RLDataset",
+    "RolloutFailure",
+    "StepResult",
+    "StopCondition",
+    "Trajectory",
+    "TrajectoryGroup",
+    "Transition",
+    "trajectory_id",
+]
+
+#: Numeric values aggregated into the metrics log (means over a batch).
+Metrics: TypeAlias = Mapping[str, float]
+
+#: Why a rollout of one group member failed: it raised, it exceeded its time limit, or its reward was not finite.
+FailureKind: TypeAlias = Literal["exception", "timeout", "non_finite_reward"]
+
+_ARRAY_EQ = attrs.cmp_using(eq=arrays_equal)
+
+
+def trajectory_id(group_id: str, index: int) -> str:
+    """The id of member ``index`` of group ``group_id`` (``"group/3"``)."""
+    return f"{group_id}/{index}"
+
+
+def _metrics(value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValidationError("metrics", "metrics", f"must be a mapping of str to float, got {type(value).__name__}.")
+    out: dict[str, float] = {}
+    for key, number in value.items():
+        if not isinstance(key, str) or isinstance(number, bool) or not isinstance(number, int | float):
+            raise ValidationError("metrics", f"metrics[{key!r}]", f"must map str to a number, got {number!r}.")
+        out[key] = float(number)
+    return out
+
+
+def _metrics_tuple(value: Sequence[object]) -> tuple[dict[str, float], ...]:
+    return tuple(_metrics(item) for item in value)
+
+
+def _logs(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValidationError("logs", "logs", f"must be a mapping of str to str, got {type(value).__name__}.")
+    return {str(key): str(text) for key, text in value.items()}
+
+
+def _finite(value: float, where: str, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(where, field, f"must be a number, got {type(value).__name__}.")
+    if not math.isfinite(value):
+        raise NonFiniteError(where, field, f"is {value}.", "rewards must be finite; fix the environment's grader.")
+    return float(value)
+
+
+def _action_tokens(value: object) -> np.ndarray:
+    return as_int64_1d(value, "Transition", "action_tokens_T")
+
+
+def _action_logprobs(value: object) -> np.ndarray:
+    return as_float32_1d(value, "Transition", "action_logprobs_T")
+
+
+@attrs.frozen
+class StopCondition:
+    """When sampling one action stops: on one of ``stop_tokens`` / ``stop_strings``, or after ``max_tokens``."""
+
+    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    max_tokens: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for index, token in enumerate(self.stop_tokens):
+            require_type(token, int, "StopCondition", f"stop_tokens[{index}]")
+        for index, text in enumerate(self.stop_strings):
+            require_type(text, str, "StopCondition", f"stop_strings[{index}]")
+        if self.stop_tokens and self.stop_strings:
+            raise ValidationError(
+                "StopCondition", "stop_strings", "given together with stop_tokens.", "use one kind of stop condition."
+            )
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens <= 0):
+            raise ValidationError("StopCondition", "max_tokens", f"must be a positive int, got {self.max_tokens!r}.")
+
+
+@attrs.frozen
+class StepResult:
+    """What an environment answers to one action.
+
+    Attributes:
+        reward: immediate reward for the action (finite).
+        done: the episode ended with this action.
+        next_observation: what the model reads next (ignored when ``done``; give ``ModelInput.empty()``).
+        next_stop: stop condition of the next action.
+        parse_error: the action could not be parsed; the turn is kept in the transcript but carries no loss
+            (mask 0, advantage 0 on its tokens) when the environment asks for masking (``mask_turn``).
+        mask_turn: exclude this action's tokens from training.
+        metrics: numbers averaged into the metrics log.
+        logs: text shown in transcripts.
+    """
+
+    reward: float
+    done: bool
+    next_observation: ModelInput = attrs.field(factory=ModelInput.empty)
+    next_stop: StopCondition = attrs.field(factory=StopCondition)
+    parse_error: bool = False
+    mask_turn: bool = False
+    metrics: dict[str, float] = attrs.field(factory=dict, converter=_metrics)
+    logs: dict[str, str] = attrs.field(factory=dict, converter=_logs)
+
+    def __attrs_post_init__(self) -> None:
+        _finite(self.reward, "StepResult", "reward")
+        require_type(self.done, bool, "StepResult", "done")
+        require_type(self.next_observation, ModelInput, "StepResult", "next_observation")
+
+
+@attrs.frozen
+class Transition:
+    """One observation, the action sampled for it (tokens with their sampling logprobs) and its reward."""
+
+    observation: ModelInput
+    action_tokens_T: Int64_T = attrs.field(converter=_action_tokens, eq=_ARRAY_EQ, hash=False)
+    action_logprobs_T: Float32_T = attrs.field(converter=_action_logprobs, eq=_ARRAY_EQ, hash=False)
+    reward: float
+    done: bool
+    stop_reason: StopReason = "stop"
+    mask_turn: bool = False
+    metrics: dict[str, float] = attrs.field(factory=dict, converter=_metrics)
+    logs: dict[str, str] = attrs.field(factory=dict, converter=_logs)
+
+    def __attrs_post_init__(self) -> None:
+        where = "Transition"
+        require_type(self.observation, ModelInput, where, "observation")
+        if self.action_logprobs_T.shape != self.action_tokens_T.shape:
+            raise ShapeError(
+                where,
+                "action_logprobs_T",
+                f"has length {self.action_logprobs_T.shape[0]}, action_tokens_T has {self.action_tokens_T.shape[0]}.",
+                "give one sampling logprob per action token.",
+            )
+        if not np.all(np.isfinite(self.action_logprobs_T)):
+            raise NonFiniteError(where, "action_logprobs_T", "holds NaN or infinity.", "check the sampler's output.")
+        _finite(self.reward, where, "reward")
+        require_type(self.done, bool, where, "done")
+
+    @classmethod
+    def from_sample(cls, observation: ModelInput, action: SampledSequence, result: StepResult) -> Transition:
+        """The transition of ``action`` (sampled for ``observation``) and the environment's ``result``."""
+        if action.logprobs_T is None:
+            raise ValidationError(
+                "Transition.from_sample", "action.logprobs_T", "is missing.", "sample with logprobs (RL needs them)."
+            )
+        return cls(
+            observation=observation,
+            action_tokens_T=action.tokens_T,
+            action_logprobs_T=action.logprobs_T,
+            reward=result.reward,
+            done=result.done,
+            stop_reason=action.stop_reason,
+            mask_turn=result.mask_turn,
+            metrics=result.metrics,
+            logs=result.logs,
+        )
+
+
+@attrs.frozen
+class Trajectory:
+    """One episode: its transitions in order and the observation after the last action."""
+
+    transitions: tuple[Transition, ...] = attrs.field(converter=tuple)
+    final_observation: ModelInput = attrs.field(factory=ModelInput.empty)
+
+    def __attrs_post_init__(self) -> None:
+        for index, transition in enumerate(self.transitions):
+            require_type(transition, Transition, "Trajectory", f"transitions[{index}]")
+
+    @property
+    def total_step_reward(self) -> float:
+        """Sum of the per-step rewards."""
+        return float(sum(transition.reward for transition in self.transitions))
+
+
+@attrs.frozen
+class RolloutFailure:
+    """A group member whose rollout failed (kept for metrics; it yields no trajectory)."""
+
+    index: int
+    kind: FailureKind
+    message: str
+
+
+@attrs.frozen
+class TrajectoryGroup:
+    """The finished members of one group.
+
+    Attributes:
+        group_id: unique within a run (the loop names groups ``"step{n}/{k}"``).
+        trajectories: finished members, in member order (failed members are left out and listed in ``failures``).
+        member_indices: the member index of each trajectory (ids are ``f"{group_id}/{member_index}"``).
+        group_rewards_G: group-level reward of each trajectory (from ``compute_group_rewards``), added to the
+            per-step rewards.
+        metrics_G: group-level metrics of each trajectory.
+        failures: members that failed, with why.
+        tags: names under which the group's metrics are also aggregated (``env/arithmetic``).
+    """
+
+    group_id: str
+    trajectories: tuple[Trajectory, ...] = attrs.field(converter=tuple)
+    member_indices: tuple[int, ...] = attrs.field(converter=tuple)
+    group_rewards_G: tuple[float, ...] = attrs.field(converter=tuple)
+    metrics_G: tuple[dict[str, float], ...] = attrs.field(converter=_metrics_tuple)
+    failures: tuple[RolloutFailure, ...] = attrs.field(default=(), converter=tuple)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        where = "TrajectoryGroup"
+        require_type(self.group_id, str, where, "group_id")
+        size = len(self.trajectories)
+        for name, value in (
+            ("member_indices", self.member_indices),
+            ("group_rewards_G", self.group_rewards_G),
+            ("metrics_G", self.metrics_G),
+        ):
+            if len(value) != size:
+                raise ShapeError(where, name, f"has {len(value)} entries for {size} trajectories.", "give one each.")
+        for index, reward in enumerate(self.group_rewards_G):
+            _finite(reward, where, f"group_rewards_G[{index}]")
+        if len(set(self.member_indices)) != size:
+            raise ValidationError(where, "member_indices", "repeats an index.", "give each member its own index.")
+
+    @property
+    def trajectory_ids(self) -> tuple[str, ...]:
+        """``f"{group_id}/{member_index}"`` for each trajectory."""
+        return tuple(trajectory_id(self.group_id, index) for index in self.member_indices)
+
+    def total_rewards_G(self) -> np.ndarray:
+        """Per-step rewards summed, plus the group reward, per trajectory (float64)."""
+        return np.array(
+            [t.total_step_reward + g for t, g in zip(self.trajectories, self.group_rewards_G, strict=True)],
+            dtype=np.float64,
+        )
+
+
+@runtime_checkable
+class Env(Protocol):
+    """A single-use environment: one episode, then discard it."""
+
+    async def initial_observation(self) -> tuple[ModelInput, StopCondition]:
+        """The first observation and the stop condition of the first action."""
+        ...
+
+    async def step(self, action: SampledSequence) -> StepResult:
+        """Take one sampled action; answer its reward, the next observation and whether the episode ended."""
+        ...
+
+
+class EnvGroupBuilder(Protocol):
+    """Makes the environments of one group and, once all have finished, their group-level rewards."""
+
+    async def make_envs(self) -> Sequence[Env]:
+        """The group's environments (fresh ones on every call)."""
+        ...
+
+    async def compute_group_rewards(self, trajectories: Sequence[Trajectory]) -> Sequence[tuple[float, Metrics]]:
+        """One (reward, metrics) per finished trajectory, in order; return zeros when rewards are per step only."""
+        ...
+
+    def tags(self) -> tuple[str, ...]:
+        """Names under which this group's metrics are also aggregated."""
+        ...
+
+
+class RLDataset(Protocol):
+    """Batches of environment-group builders, addressed by index (deterministic, so a run can resume)."""
+
+    def __len__(self) -> int:
+        """Number of batches."""
+        ...
+
+    def get_batch(self, index: int) -> Sequence[EnvGroupBuilder]:
+        """The builders of batch ``index`` (``0 <= index < len(self)``)."""
+        ...
