@@ -18,7 +18,7 @@ schedules = st.builds(
 )
 configs = st.builds(
     SLConfig,
-    train_data=st.text(min_size=1, max_size=20),
+    train_data=st.text(min_size=1, max_size=20).filter(lambda text: not text.startswith(("hf:", "hf-disk:"))),
     renderer=st.one_of(st.none(), st.sampled_from(["chatml", "llama3"])),
     test_fraction=st.floats(0.0, 0.99),
     max_steps=st.one_of(st.none(), st.integers(1, 1000)),
@@ -27,12 +27,21 @@ configs = st.builds(
     batch_size=st.integers(1, 64),
     seed=st.integers(0, 2**31),
     bad_rows=st.sampled_from(["raise", "skip"]),
+    log_to=st.lists(st.sampled_from(["wandb", "tensorboard"]), unique=True, max_size=2).map(tuple),
+)
+hf_configs = st.builds(
+    SLConfig,
+    train_data=st.sampled_from(["hf:org/chat", "hf-disk:/data/chat"]),
+    test_data=st.sampled_from([None, "hf:org/test", "held_out.jsonl"]),
+    hf_split=st.one_of(st.none(), st.sampled_from(["train", "train_sft"])),
+    hf_messages_field=st.sampled_from(["messages", "conversations"]),
 )
 
 
-@given(configs)
+@given(st.one_of(configs, hf_configs))
 def test_sl_config_round_trips(config: SLConfig) -> None:
     assert from_json(to_json(config), SLConfig) == config
+    assert apply_overrides(config_to_dict(config), [], SLConfig) == config
 
 
 @given(schedules, st.integers(0, 10**6), st.text(max_size=30))
@@ -58,6 +67,20 @@ def test_schedule_and_state_round_trip(schedule: LRSchedule, step: int, path: st
         ({"lora_rank": -1}, "lora_rank"),
         ({"eval_every": -1}, "eval_every"),
         ({"bad_rows": "ignore"}, "bad_rows"),
+        ({"train_data": "hf:"}, "train_data"),
+        ({"train_data": "hf-disk: "}, "train_data"),
+        ({"test_data": ""}, "test_data"),
+        ({"test_data": "hf:"}, "test_data"),
+        ({"hf_split": "train"}, "hf_split"),
+        ({"train_data": "hf:org/x", "hf_split": ""}, "hf_split"),
+        ({"hf_test_split": "test"}, "hf_test_split"),
+        ({"train_data": "hf:org/x", "test_data": "t.jsonl", "hf_test_split": "test"}, "hf_test_split"),
+        ({"hf_subset": "en"}, "hf_subset"),
+        ({"train_data": "hf-disk:/d", "hf_subset": "en"}, "hf_subset"),
+        ({"hf_messages_field": "conversations"}, "hf_messages_field"),
+        ({"log_to": ("mlflow",)}, "log_to[0]"),
+        ({"log_to": ("wandb", "tensorboard", "wandb")}, "log_to[2]"),
+        ({"log_to": 3}, "log_to"),
     ],
 )
 def test_sl_config_validation(kwargs: dict[str, object], field: str) -> None:
@@ -84,3 +107,25 @@ def test_overrides() -> None:
         apply_overrides(base, ["colour=red"], SLConfig)
     with pytest.raises(TinkerflowError, match="batch_size"):
         apply_overrides(base, ["batch_size=0"], SLConfig)
+
+
+def test_hf_fields_that_apply_are_accepted() -> None:
+    hub = SLConfig(train_data="hf:org/x", hf_split="train_sft", hf_test_split="test_sft", hf_subset="en")
+    assert (hub.hf_split, hub.hf_test_split, hub.hf_subset) == ("train_sft", "test_sft", "en")
+    # a JSONL train_data with a hub test_data: the test split and the subset apply to the test data
+    mixed = SLConfig(train_data="a.jsonl", test_data="hf:org/x", hf_test_split="validation", hf_subset="en")
+    assert mixed.hf_test_split == "validation"
+    disk = SLConfig(train_data="hf-disk:/d", hf_messages_field="conversations")
+    assert disk.hf_messages_field == "conversations"
+
+
+def test_log_to_overrides_and_spellings() -> None:
+    base = config_to_dict(SLConfig(train_data="a.jsonl"))
+    assert apply_overrides(base, ["log_to=tensorboard"], SLConfig).log_to == ("tensorboard",)
+    assert apply_overrides(base, ['log_to=["wandb", "tensorboard"]'], SLConfig).log_to == ("wandb", "tensorboard")
+    assert apply_overrides(base, ["log_to=[]"], SLConfig).log_to == ()
+    assert SLConfig(train_data="a.jsonl", log_to=["wandb"]).log_to == ("wandb",)  # type: ignore[arg-type]
+    assert SLConfig(train_data="a.jsonl", log_to="wandb").log_to == ("wandb",)  # type: ignore[arg-type]
+    with pytest.raises(TinkerflowError, match="log_to"):
+        apply_overrides(base, ['log_to=["tb"]'], SLConfig)
+    assert apply_overrides(base, ["run_dir=runs/x"], SLConfig).run_dir == "runs/x"  # plain strings stay strings

@@ -1,11 +1,16 @@
 """The SL loop on the real local backend (a tiny random-init Llama, byte-level tokens): it learns, and a run
-killed mid-way and resumed ends with the same weights and the same metric rows as an uninterrupted run."""
+killed mid-way and resumed ends with the same weights and the same metric rows as an uninterrupted run, also
+when it is killed inside a checkpoint write (files half written; all written but not yet renamed into place) or
+after the checkpoint is durable but before ``state.json`` names it."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
+import types
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -17,8 +22,13 @@ from tinkerflow.shell.run_dir import MetricsLog
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+import tinkerflow.shell.checkpoint as checkpoint_module
+import tinkerflow.shell.local as local_module
+import tinkerflow.shell.runner as runner_module
+from tinkerflow.shell.checkpoint import CheckpointMeta, read_meta
 from tinkerflow.shell.local import LocalBackend
-from tinkerflow.shell.sl import run_sl
+from tinkerflow.shell.run_dir import RunState, read_state
+from tinkerflow.shell.sl import SLResult, run_sl
 
 
 def _config(tmp_path: pathlib.Path, name: str) -> SLConfig:
@@ -54,12 +64,34 @@ class KilledError(Exception):
     pass
 
 
-def test_sl_on_tiny_model_learns_and_resumes_exactly(tmp_path: pathlib.Path) -> None:
-    reference_backend = LocalBackend(checkpoint_dir=tmp_path / "ref" / "checkpoints")
-    reference = run_sl(_config(tmp_path, "ref"), reference_backend, ByteRenderer(), out=io.StringIO())
-    assert reference.eval_nll_before is not None
-    assert reference.eval_nll_after is not None
-    assert reference.eval_nll_after < reference.eval_nll_before * 0.7
+Reference = tuple[dict[str, np.ndarray], list[dict[str, object]], SLResult]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from intra-op threads, and they slow it down badly on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """The uninterrupted run every resumed run is compared with (trained once per module)."""
+    root = tmp_path_factory.mktemp("reference")
+    backend = LocalBackend(checkpoint_dir=root / "ref" / "checkpoints")
+    result = run_sl(_config(root, "ref"), backend, ByteRenderer(), out=io.StringIO())
+    return _params(backend, root / "ref"), MetricsLog.read(root / "ref" / "metrics.jsonl"), result
+
+
+def test_sl_on_tiny_model_learns_and_resumes_exactly(tmp_path: pathlib.Path, reference: Reference) -> None:
+    theirs, reference_rows, reference_result = reference
+    assert reference_result.eval_nll_before is not None
+    assert reference_result.eval_nll_after is not None
+    assert reference_result.eval_nll_after < reference_result.eval_nll_before * 0.7
 
     def kill(step: int) -> None:
         if step == 6:
@@ -73,17 +105,136 @@ def test_sl_on_tiny_model_learns_and_resumes_exactly(tmp_path: pathlib.Path) -> 
     resumed = run_sl(config, resumed_backend, ByteRenderer(), out=io.StringIO())
 
     ours = _params(resumed_backend, tmp_path / "killed")
-    theirs = _params(reference_backend, tmp_path / "ref")
     assert ours.keys() == theirs.keys()
     for key in ours:
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    rows, reference_rows = (
-        MetricsLog.read(tmp_path / "killed" / "metrics.jsonl"),
-        MetricsLog.read(tmp_path / "ref" / "metrics.jsonl"),
-    )
+    rows = MetricsLog.read(tmp_path / "killed" / "metrics.jsonl")
     assert [row["step"] for row in rows] == [row["step"] for row in reference_rows]
     for row, reference_row in zip(rows, reference_rows, strict=True):
         assert row.keys() == reference_row.keys()
         for key in row:
             assert row[key] == pytest.approx(reference_row[key], rel=1e-5, abs=1e-7), (row["step"], key)
-    assert resumed.eval_nll_after == pytest.approx(reference.eval_nll_after, rel=1e-5)
+    assert resumed.eval_nll_after == pytest.approx(reference_result.eval_nll_after, rel=1e-5)
+
+
+# -- kills around a checkpoint write -------------------------------------------------------------------------------
+# save_every=3 over 12 steps: checkpoints after steps 3, 6, 9 and 12. Each test kills the run while it saves the
+# step-6 checkpoint, resumes it with a fresh backend (a new process, as it were) and compares with an uninterrupted
+# run. A real kill runs no cleanup, so the temporary directory a killed write leaves is kept (rmtree disabled while
+# killing), and the resumed run must not be confused by it.
+
+KILLED_NAME = "step-000006"
+
+
+def _visible_checkpoints(checkpoints: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(path for path in checkpoints.glob("*/*/*") if not path.name.startswith("."))
+
+
+def _leftovers(checkpoints: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(path for path in checkpoints.glob(f"*/weights/.{KILLED_NAME}.*"))
+
+
+def _kill_then_resume(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reference: Reference,
+    arm: Callable[[list[bool]], None],
+) -> tuple[RunState, pathlib.Path]:
+    """Run with the kill armed (``arm`` installs it; ``killing[0]`` says whether it is live), check the state it
+    leaves, resume, and compare with the reference run. Returns the state after the kill and the checkpoints."""
+    reference_params, reference_rows, reference_result = reference
+    killing = [True]
+    arm(killing)
+    real_rmtree = checkpoint_module.shutil.rmtree
+
+    def rmtree(path: str | os.PathLike[str], ignore_errors: bool = False) -> None:
+        if not killing[0]:  # a killed process cleans nothing up
+            real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(checkpoint_module, "shutil", types.SimpleNamespace(rmtree=rmtree))
+    config = _config(tmp_path, "killed")
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    with pytest.raises(KilledError):
+        run_sl(config, LocalBackend(checkpoint_dir=checkpoints), ByteRenderer(), out=io.StringIO())
+    killing[0] = False
+    state = read_state(tmp_path / "killed")
+    assert state is not None
+    assert state.step == 3  # still the last checkpoint that state.json recorded
+    assert [row["step"] for row in MetricsLog.read(tmp_path / "killed" / "metrics.jsonl")] == list(range(6))
+    for directory in _visible_checkpoints(checkpoints):  # whatever is visible is complete
+        assert isinstance(read_meta(directory, str(directory)), CheckpointMeta)
+
+    resumed_backend = LocalBackend(checkpoint_dir=checkpoints)
+    resumed = run_sl(config, resumed_backend, ByteRenderer(), out=io.StringIO())
+    params = _params(resumed_backend, tmp_path / "killed")
+    assert params.keys() == reference_params.keys()
+    for key in params:
+        np.testing.assert_allclose(params[key], reference_params[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert MetricsLog.read(tmp_path / "killed" / "metrics.jsonl") == reference_rows  # no timing fields: identical
+    assert resumed.eval_nll_after == pytest.approx(reference_result.eval_nll_after, rel=1e-6)
+    final = read_state(tmp_path / "killed")
+    assert final is not None
+    assert final.step == 12
+    for directory in _visible_checkpoints(checkpoints):
+        assert isinstance(read_meta(directory, str(directory)), CheckpointMeta)
+    return state, checkpoints
+
+
+@pytest.mark.parametrize("moment", ["files half written", "files written, not renamed"])
+def test_kill_inside_a_local_checkpoint_write_resumes_exactly(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, reference: Reference, moment: str
+) -> None:
+    def arm(killing: list[bool]) -> None:
+        if moment == "files half written":
+            # checkpoint.json is the last file the local backend writes: weights and optimizer are on disk by then
+            real_write_meta = local_module.write_meta
+
+            def write_meta(directory: pathlib.Path, meta: CheckpointMeta) -> None:
+                if killing[0] and directory.name.startswith(f".{KILLED_NAME}."):
+                    raise KilledError
+                real_write_meta(directory, meta)
+
+            monkeypatch.setattr(local_module, "write_meta", write_meta)
+        else:
+
+            class Os(types.SimpleNamespace):
+                def __getattr__(self, name: str) -> object:
+                    return getattr(os, name)
+
+                @staticmethod
+                def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+                    if killing[0] and pathlib.Path(target).name == KILLED_NAME:
+                        raise KilledError  # every file is written and fsynced; the rename never happens
+                    os.replace(source, target)
+
+            monkeypatch.setattr(checkpoint_module, "os", Os())
+
+    _, checkpoints = _kill_then_resume(tmp_path, monkeypatch, reference, arm)
+    leftovers = _leftovers(checkpoints)
+    assert len(leftovers) == 1  # the killed write's temporary directory, hidden; never named by any path
+    written = {path.name for path in leftovers[0].iterdir()}
+    assert "optimizer.safetensors" in written
+    assert ("checkpoint.json" in written) == (moment == "files written, not renamed")
+    killed_run = leftovers[0].parent
+    assert not (killed_run / KILLED_NAME).exists()
+
+
+def test_kill_after_a_durable_checkpoint_before_state_json(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, reference: Reference
+) -> None:
+    def arm(killing: list[bool]) -> None:
+        real_write_state = runner_module.write_state
+
+        def write_state(run_dir: str | os.PathLike[str], state: RunState) -> None:
+            if killing[0] and state.step == 6:
+                raise KilledError  # the step-6 checkpoint is complete and durable; state.json still says step 3
+            real_write_state(run_dir, state)
+
+        monkeypatch.setattr(runner_module, "write_state", write_state)
+
+    _, checkpoints = _kill_then_resume(tmp_path, monkeypatch, reference, arm)
+    assert _leftovers(checkpoints) == []
+    # the orphaned step-6 checkpoint of the killed client is complete; the resumed client wrote its own
+    step6 = [path for path in _visible_checkpoints(checkpoints) if path.name == KILLED_NAME]
+    assert len(step6) == 2
+    assert len({path.parent.parent.name for path in step6}) == 2

@@ -153,5 +153,6 @@ def test_too_long_row_error_names_the_row(tmp_path: pathlib.Path) -> None:
     )
     from tinkerflow.errors import ValidationError
 
-    with pytest.raises(ValidationError, match="max_length"):
+    with pytest.raises(ValidationError, match="max_length") as info:
         prepare_sl_data(_config(tmp_path, "long", train_data=str(data), test_fraction=0.0), ByteRenderer())
+    assert info.value.where == f"{data}:1"  # the file and line, also after the train/test split

@@ -38,8 +38,11 @@ def _run_sl(args: argparse.Namespace) -> int:
     print(to_json(config, indent=2))
 
     from tinkerflow import render
+    from tinkerflow.shell.sinks import check_sinks
     from tinkerflow.shell.sl import RendererAdapter, prepare_sl_data, run_sl
     from tinkerflow.tokenizers import load_tokenizer
+
+    check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
 
     tokenizer = load_tokenizer(config.base_model)
     renderer = (

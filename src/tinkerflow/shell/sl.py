@@ -1,7 +1,10 @@
 """The supervised-learning loop (shell): data -> datums -> forward_backward + optim_step -> metrics/checkpoints.
 
 The loop is short on purpose; everything that turns data into data is a pure function from the core
-(:mod:`tinkerflow.supervised`, :mod:`tinkerflow.chat_format`, the renderer). What it does per step:
+(:mod:`tinkerflow.supervised`, :mod:`tinkerflow.chat_format`, the renderer). :func:`prepare_sl_data` reads the
+conversations first, from a JSONL file, a Hugging Face dataset (``hf:org/name``, ``hf-disk:/path``; the
+``datasets`` package is imported only then) or rows given in code, all under one bad-row policy, with every bad
+row named by its source and position. What the loop does per step:
 
 1. take the next batch from the data pipeline (:mod:`tinkerflow.pipeline`: seeded per-epoch shuffle, batches
    that do not span epochs); its position is a small record saved with every checkpoint;
@@ -17,19 +20,21 @@ that checkpoint (they are written again, identically).
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
-from collections.abc import Callable, Sequence
-from typing import Protocol, TextIO
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import ModuleType
+from typing import Final, Protocol, TextIO, TypeAlias, cast
 
 import attrs
 import numpy as np
 
 from tinkerflow.chat import Conversation, Message
-from tinkerflow.chat_format import ChatFormatError, parse_chat_line
-from tinkerflow.config import SLConfig, TrainOn
+from tinkerflow.chat_format import ChatFormatError, conversation_from_json, parse_chat_line
+from tinkerflow.config import HF_DISK_PREFIX, HF_PREFIX, BadRowPolicy, SLConfig, TrainOn, config_to_dict, is_hf_source
 from tinkerflow.datum import Datum
-from tinkerflow.errors import TinkerflowError, ValidationError
+from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.pipeline import Pipeline, PipelineState
 from tinkerflow.render import Renderer, build_generation_prompt, build_supervised_example, parse_response
@@ -38,6 +43,7 @@ from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.run_dir import atomic_write_text
 from tinkerflow.shell.runner import MetricsSink, Run
+from tinkerflow.shell.sinks import close_sinks, make_sinks
 from tinkerflow.supervised import (
     learning_rate_at,
     recommended_lr,
@@ -48,11 +54,17 @@ from tinkerflow.supervised import (
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
 __all__ = [
+    "MEMORY_SOURCE",
+    "MEMORY_TEST_SOURCE",
     "ChatRenderer",
+    "ChatRow",
+    "DataError",
     "RendererAdapter",
     "SLData",
     "SLResult",
+    "load_chat_hf",
     "load_chat_jsonl",
+    "parse_chat_rows",
     "prepare_sl_data",
     "run_sl",
     "train_pipeline",
@@ -84,31 +96,206 @@ class ChatRenderer(Protocol):
 
 
 class DataError(ValidationError):
-    """A data file or row that cannot be used; ``where`` names the file and line."""
+    """A data source or row that cannot be used; ``where`` names the source and row."""
 
 
-def load_chat_jsonl(path: str | pathlib.Path, policy: str = "raise") -> tuple[list[Conversation], int]:
+#: A conversation given in code: a record, or one row of the common chat format (parsed by
+#: :func:`tinkerflow.chat_format.conversation_from_json`).
+ChatRow: TypeAlias = Conversation | Mapping[str, object]
+
+#: Where rows given in code are said to come from (``<memory>[3]``; held-out rows ``<memory:test>[3]``).
+MEMORY_SOURCE: Final = "<memory>"
+MEMORY_TEST_SOURCE: Final = "<memory:test>"
+
+
+@attrs.frozen
+class _Row:
+    """A parsed conversation and the position it came from (``file.jsonl:17``, ``hf:org/name[train][4]``)."""
+
+    where: str
+    conversation: Conversation
+
+
+def _collect(rows: Iterable[tuple[str, Callable[[], Conversation]]], policy: BadRowPolicy) -> tuple[list[_Row], int]:
+    """Parse every row (a thunk raising :class:`ChatFormatError` for a bad one) under the bad-row policy."""
+    kept: list[_Row] = []
+    skipped = 0
+    for where, parse in rows:
+        try:
+            kept.append(_Row(where, parse()))
+        except ChatFormatError:
+            if policy == "raise":
+                raise
+            skipped += 1
+    return kept, skipped
+
+
+def _jsonl_rows(path: str | pathlib.Path) -> Iterator[tuple[str, Callable[[], Conversation]]]:
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise DataError(str(file), "path", "does not exist or is not a file.", "check the data path in the config.")
+    with open(file, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield f"{file}:{number}", functools.partial(parse_chat_line, line, f"{file}:{number}")
+
+
+def load_chat_jsonl(path: str | pathlib.Path, policy: BadRowPolicy = "raise") -> tuple[list[Conversation], int]:
     """Conversations of a JSONL file and the number of skipped bad rows (``policy="skip"``).
 
     Blank lines are ignored. With ``policy="raise"`` the first bad row raises :class:`ChatFormatError` naming
     ``file:line`` and the field.
     """
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise DataError(str(file), "path", "does not exist or is not a file.", "check the data path in the config.")
-    conversations: list[Conversation] = []
-    skipped = 0
-    with open(file, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                conversations.append(parse_chat_line(line, f"{file}:{number}"))
-            except ChatFormatError:
-                if policy == "raise":
-                    raise
-                skipped += 1
-    return conversations, skipped
+    rows, skipped = _collect(_jsonl_rows(path), policy)
+    return [row.conversation for row in rows], skipped
+
+
+def _parse_row(row: ChatRow, where: str) -> Conversation:
+    return row if isinstance(row, Conversation) else conversation_from_json(row, where)
+
+
+def _memory_rows(rows: Sequence[ChatRow], source: str) -> Iterator[tuple[str, Callable[[], Conversation]]]:
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise DataError(source, "rows", f"must be a sequence of conversations, got {type(rows).__name__}.")
+    for index, row in enumerate(rows):
+        yield f"{source}[{index}]", functools.partial(_parse_row, row, f"{source}[{index}]")
+
+
+def parse_chat_rows(
+    rows: Sequence[ChatRow], policy: BadRowPolicy = "raise", *, source: str = MEMORY_SOURCE
+) -> tuple[list[Conversation], int]:
+    """Conversations given in code (records, or OpenAI-style row dicts parsed like JSONL rows) and the number of
+    skipped bad rows; errors name the row as ``<memory>[i]``."""
+    kept, skipped = _collect(_memory_rows(rows, source), policy)
+    return [row.conversation for row in kept], skipped
+
+
+# -- Hugging Face datasets (the optional ``hf`` extra; imported lazily) ------------------------------------------
+
+
+class _HFDataset(Protocol):
+    """The part of ``datasets.Dataset`` the loader uses."""
+
+    @property
+    def column_names(self) -> list[str]: ...
+    def select_columns(self, column_names: list[str]) -> _HFDataset: ...
+    def __iter__(self) -> Iterator[Mapping[str, object]]: ...
+
+
+def _import_datasets(source: str, field: str) -> ModuleType:
+    try:
+        import datasets
+    except ImportError as error:
+        raise ConfigError(
+            "load_chat_hf" if field == "source" else "SLConfig",
+            field,
+            f"reading {source} needs the Hugging Face `datasets` package, which is not installed.",
+            "pip install 'tinkerflow[hf]'.",
+        ) from error
+    return cast("ModuleType", datasets)
+
+
+def _open_hf(
+    source: str, split: str | None, default_split: str, subset: str | None, field: str
+) -> tuple[_HFDataset, str]:
+    """The dataset (one split: ``split``, else ``default_split`` where there are splits) ``source`` names and the
+    prefix its rows are named with."""
+    datasets = _import_datasets(source, field)
+    fix = "check the name, the split and (for hf:) network access or the HF cache."
+    if source.startswith(HF_PREFIX):
+        name, split = source[len(HF_PREFIX) :], split or default_split
+        try:
+            loaded: object = datasets.load_dataset(name, subset, split=split)
+        except Exception as error:  # the hub, the cache and the builders raise many kinds of errors
+            raise DataError(source, field, f"could not be loaded (split {split!r}): {error}", fix) from error
+        return cast("_HFDataset", loaded), f"{source}[{split}]"
+    path = source[len(HF_DISK_PREFIX) :]
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as error:
+        raise DataError(
+            source, field, f"could not be loaded: {error}", "give the folder save_to_disk wrote."
+        ) from error
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = cast("Mapping[str, _HFDataset]", loaded)
+        split = split or default_split
+        if split not in splits:
+            raise DataError(
+                source, field, f"has no split {split!r} (it has {sorted(splits)}).", "set hf_split / hf_test_split."
+            )
+        return splits[split], f"{source}[{split}]"
+    if split is not None:
+        raise DataError(
+            source,
+            field,
+            f"is a single dataset without splits, but split {split!r} was asked for.",
+            "remove hf_split / hf_test_split, or save a DatasetDict.",
+        )
+    return cast("_HFDataset", loaded), source
+
+
+def _hf_row(row: Mapping[str, object], messages_field: str, where: str) -> Conversation:
+    tools = row.get("tools")
+    try:
+        return conversation_from_json({"messages": row.get(messages_field), "tools": tools}, where)
+    except ChatFormatError as error:
+        if messages_field == "messages" or not error.field.startswith("messages"):
+            raise
+        raise ChatFormatError(
+            error.where, messages_field + error.field[len("messages") :], error.problem, error.fix
+        ) from error
+
+
+def _hf_rows(
+    source: str, split: str | None, *, default_split: str, subset: str | None, messages_field: str, field: str
+) -> Iterator[tuple[str, Callable[[], Conversation]]]:
+    dataset, prefix = _open_hf(source, split, default_split, subset, field)
+    columns = dataset.column_names
+    if messages_field not in columns:
+        raise DataError(
+            source, field, f"has no column {messages_field!r} (it has {columns}).", "set hf_messages_field."
+        )
+    wanted = [messages_field, *(["tools"] if "tools" in columns and messages_field != "tools" else [])]
+    for index, row in enumerate(dataset.select_columns(wanted)):
+        yield f"{prefix}[{index}]", functools.partial(_hf_row, row, messages_field, f"{prefix}[{index}]")
+
+
+def load_chat_hf(
+    source: str,
+    split: str | None = None,
+    *,
+    subset: str | None = None,
+    messages_field: str = "messages",
+    policy: BadRowPolicy = "raise",
+) -> tuple[list[Conversation], int]:
+    """Conversations of a Hugging Face dataset and the number of skipped bad rows (needs the ``hf`` extra).
+
+    ``source`` is ``hf:org/name`` (``datasets.load_dataset(name, subset, split=split or "train")``) or
+    ``hf-disk:/path`` (``datasets.load_from_disk``: a ``DatasetDict``'s ``split``, default ``train``, or a single
+    dataset, which takes no split). Each row's ``messages_field`` column holds the messages in the common chat
+    format (a ``tools`` column is read when present); bad rows are named ``hf:org/name[split][row]``.
+    """
+    rows, skipped = _collect(
+        _hf_rows(source, split, default_split="train", subset=subset, messages_field=messages_field, field="source"),
+        policy,
+    )
+    return [row.conversation for row in rows], skipped
+
+
+def _load_source(
+    config: SLConfig, source: str, split: str | None, default_split: str, field: str
+) -> tuple[list[_Row], int]:
+    if is_hf_source(source):
+        rows = _hf_rows(
+            source,
+            split,
+            default_split=default_split,
+            subset=config.hf_subset,
+            messages_field=config.hf_messages_field,
+            field=field,
+        )
+        return _collect(rows, config.bad_rows)
+    return _collect(_jsonl_rows(source), config.bad_rows)
 
 
 @attrs.frozen
@@ -123,23 +310,23 @@ class SLData:
 
 
 def _to_datums(
-    conversations: Sequence[Conversation], renderer: ChatRenderer, config: SLConfig, source: str
+    rows: Sequence[_Row], renderer: ChatRenderer, config: SLConfig
 ) -> tuple[list[Datum], list[Conversation], int]:
     datums: list[Datum] = []
     kept: list[Conversation] = []
     skipped = 0
-    for index, conversation in enumerate(conversations):
+    for row in rows:
         try:
-            model_input, weights = renderer.supervised_example(conversation, config.train_on)
+            model_input, weights = renderer.supervised_example(row.conversation, config.train_on)
             if model_input.length > config.max_length:
                 raise DataError(
-                    f"{source}[{index}]",
+                    row.where,
                     "messages",
                     f"renders to {model_input.length} tokens, more than max_length={config.max_length}.",
                     "raise max_length, shorten the row, or set bad_rows=skip.",
                 )
             datums.append(supervised_datum(model_input, weights, reduction=config.reduction))
-            kept.append(conversation)
+            kept.append(row.conversation)
         except TinkerflowError:
             if config.bad_rows == "raise":
                 raise
@@ -147,21 +334,47 @@ def _to_datums(
     return datums, kept, skipped
 
 
-def prepare_sl_data(config: SLConfig, renderer: ChatRenderer) -> SLData:
-    """Load, split, render and check the data of ``config`` (raising or counting bad rows per its policy)."""
-    rows, skipped = load_chat_jsonl(config.train_data, config.bad_rows)
-    if config.test_data is not None:
-        train_rows = rows
-        test_rows, test_skipped = load_chat_jsonl(config.test_data, config.bad_rows)
-        skipped += test_skipped
+def prepare_sl_data(
+    config: SLConfig,
+    renderer: ChatRenderer,
+    *,
+    train_rows: Sequence[ChatRow] | None = None,
+    test_rows: Sequence[ChatRow] | None = None,
+) -> SLData:
+    """Load, split, render and check the data of ``config`` (raising or counting bad rows per its policy).
+
+    Training conversations come from ``train_rows`` when given (records or OpenAI-style row dicts; bad rows are
+    named ``<memory>[i]``), else from ``config.train_data`` (JSONL, ``hf:``, ``hf-disk:``). Held-out ones come
+    from ``test_rows``, else ``config.test_data``, else the ``hf_test_split`` of an HF ``train_data``, else a
+    seeded ``test_fraction`` split of the training conversations.
+
+    Rows given in code are not in the run's ``config.json``: set ``train_data`` to a label that names them (e.g.
+    ``"<memory>"``) and pass the same rows again to resume.
+    """
+    if train_rows is not None:
+        rows, skipped = _collect(_memory_rows(train_rows, MEMORY_SOURCE), config.bad_rows)
+        train_source = MEMORY_SOURCE
+    else:
+        rows, skipped = _load_source(config, config.train_data, config.hf_split, "train", "train_data")
+        train_source = config.train_data
+    held_out: tuple[list[_Row], int] | None = None
+    if test_rows is not None:
+        held_out = _collect(_memory_rows(test_rows, MEMORY_TEST_SOURCE), config.bad_rows)
+    elif config.test_data is not None:
+        held_out = _load_source(config, config.test_data, config.hf_test_split, "test", "test_data")
+    elif config.hf_test_split is not None:
+        held_out = _load_source(config, config.train_data, config.hf_test_split, "test", "hf_test_split")
+    if held_out is not None:
+        train_part, test_part = rows, held_out[0]
+        skipped += held_out[1]
     else:
         train_index, test_index = split_indices(len(rows), config.test_fraction, config.seed)
-        train_rows = [rows[i] for i in train_index]
-        test_rows = [rows[i] for i in test_index]
-    train, _, bad_train = _to_datums(train_rows, renderer, config, config.train_data)
-    test, test_kept, bad_test = _to_datums(test_rows, renderer, config, config.test_data or config.train_data)
+        train_part = [rows[i] for i in train_index]
+        test_part = [rows[i] for i in test_index]
+    train, _, bad_train = _to_datums(train_part, renderer, config)
+    test, test_kept, bad_test = _to_datums(test_part, renderer, config)
     if not train:
-        raise DataError(config.train_data, "rows", "no usable training conversation.", "check the file and bad_rows.")
+        raise DataError(train_source, "rows", "no usable training conversation.", "check the data and bad_rows.")
     test_bytes = sum(
         renderer.count_text_bytes(datum.target_tokens_T[datum.weights_T > 0])
         for datum in test
@@ -241,12 +454,13 @@ def run_sl(
     data: SLData | None = None,
     out: TextIO | None = None,
     after_step: Callable[[int], None] | None = None,
-    sinks: Sequence[MetricsSink] = (),
+    sinks: Sequence[MetricsSink] | None = None,
 ) -> SLResult:
     """Run (or resume) supervised fine-tuning as ``config`` says; see the module docstring.
 
-    ``after_step(step)`` is called once step ``step``'s metrics are logged (tests use it to kill a run);
-    ``sinks`` receive every metrics row too (W&B, TensorBoard; see :mod:`tinkerflow.shell.runner`).
+    ``after_step(step)`` is called once step ``step``'s metrics are logged (tests use it to kill a run).
+    ``sinks`` receive every metrics row too and are closed when the loop ends; ``None`` makes the ones
+    ``config.log_to`` asks for (:func:`tinkerflow.shell.sinks.make_sinks`: W&B, TensorBoard), ``()`` none.
     """
     data = data if data is not None else prepare_sl_data(config, renderer)
     pipeline = train_pipeline(data, config)
@@ -254,26 +468,24 @@ def run_sl(
     total = per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, per_epoch * config.epochs)
     base_lr = config.learning_rate if config.learning_rate is not None else recommended_lr(config.base_model)
 
-    run = Run.open(
-        config.run_dir, to_json(config, indent=2), total_steps=total, out=out, progress_label="train_nll", sinks=sinks
-    )
-    stream = run.out
-    atomic_write_text(run.run_dir / "pipeline.txt", pipeline.describe() + "\n")
-    if not run.resumed:
-        stream.write(
-            f"training {config.base_model} (LoRA rank {config.lora_rank}) for {total} steps, lr {base_lr:.3g}\n"
+    made = sinks is None
+    run_sinks = make_sinks(config.log_to, config.run_dir, config_to_dict(config)) if sinks is None else tuple(sinks)
+    try:
+        run = Run.open(
+            config.run_dir,
+            to_json(config, indent=2),
+            total_steps=total,
+            out=out,
+            progress_label="train_nll",
+            sinks=run_sinks,
         )
-    client = run.training_client(backend, config.base_model, lora_rank=config.lora_rank, seed=config.seed)
-    start = run.start_step
-
+    except BaseException:
+        if made:
+            close_sinks(run_sinks)
+        raise
+    stream = run.out
     samples_before: tuple[str, ...] = ()
     eval_before: float | None = None
-    if start == 0:
-        eval_before = _evaluate(client, data).result()[0]
-        samples_before = _samples(client.save_weights_and_get_sampling_client().result(), renderer, data, config)
-        stream.write(f"held-out NLL before training: {eval_before:.4f}\n")
-
-    batches = pipeline.iterate(None if run.state is None else from_json(run.state.data_state_json, PipelineState))
     pending: (
         tuple[int, float, APIFuture[ForwardBackwardOutput], tuple[Datum, ...], APIFuture[tuple[float, float]] | None]
         | None
@@ -305,6 +517,18 @@ def run_sl(
             after_step(step)
 
     try:
+        atomic_write_text(run.run_dir / "pipeline.txt", pipeline.describe() + "\n")
+        if not run.resumed:
+            stream.write(
+                f"training {config.base_model} (LoRA rank {config.lora_rank}) for {total} steps, lr {base_lr:.3g}\n"
+            )
+        client = run.training_client(backend, config.base_model, lora_rank=config.lora_rank, seed=config.seed)
+        start = run.start_step
+        if start == 0:
+            eval_before = _evaluate(client, data).result()[0]
+            samples_before = _samples(client.save_weights_and_get_sampling_client().result(), renderer, data, config)
+            stream.write(f"held-out NLL before training: {eval_before:.4f}\n")
+        batches = pipeline.iterate(None if run.state is None else from_json(run.state.data_state_json, PipelineState))
         for step in range(start, total):
             eval_future = (
                 _evaluate(client, data) if config.eval_every and step % config.eval_every == 0 and step > 0 else None
