@@ -19,7 +19,7 @@ filtering groups cannot misalign them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
@@ -90,6 +90,30 @@ def _finite(value: float, where: str, field: str) -> float:
     return float(value)
 
 
+def _ints(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+def _strs(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _floats(value: Iterable[float]) -> tuple[float, ...]:
+    return tuple(value)
+
+
+def _transitions(value: Iterable[Transition]) -> tuple[Transition, ...]:
+    return tuple(value)
+
+
+def _trajectories(value: Iterable[Trajectory]) -> tuple[Trajectory, ...]:
+    return tuple(value)
+
+
+def _failures(value: Iterable[RolloutFailure]) -> tuple[RolloutFailure, ...]:
+    return tuple(value)
+
+
 def _action_tokens(value: object) -> np.ndarray:
     return as_int64_1d(value, "Transition", "action_tokens_T")
 
@@ -102,8 +126,8 @@ def _action_logprobs(value: object) -> np.ndarray:
 class StopCondition:
     """When sampling one action stops: on one of ``stop_tokens`` / ``stop_strings``, or after ``max_tokens``."""
 
-    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=tuple)
-    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=_strs)
     max_tokens: int | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -161,6 +185,7 @@ class Transition:
     done: bool
     stop_reason: StopReason = "stop"
     mask_turn: bool = False
+    parse_error: bool = False
     metrics: dict[str, float] = attrs.field(factory=dict, converter=_metrics)
     logs: dict[str, str] = attrs.field(factory=dict, converter=_logs)
 
@@ -194,6 +219,7 @@ class Transition:
             done=result.done,
             stop_reason=action.stop_reason,
             mask_turn=result.mask_turn,
+            parse_error=result.parse_error,
             metrics=result.metrics,
             logs=result.logs,
         )
@@ -203,7 +229,7 @@ class Transition:
 class Trajectory:
     """One episode: its transitions in order and the observation after the last action."""
 
-    transitions: tuple[Transition, ...] = attrs.field(converter=tuple)
+    transitions: tuple[Transition, ...] = attrs.field(converter=_transitions)
     final_observation: ModelInput = attrs.field(factory=ModelInput.empty)
 
     def __attrs_post_init__(self) -> None:
@@ -241,12 +267,12 @@ class TrajectoryGroup:
     """
 
     group_id: str
-    trajectories: tuple[Trajectory, ...] = attrs.field(converter=tuple)
-    member_indices: tuple[int, ...] = attrs.field(converter=tuple)
-    group_rewards_G: tuple[float, ...] = attrs.field(converter=tuple)
+    trajectories: tuple[Trajectory, ...] = attrs.field(converter=_trajectories)
+    member_indices: tuple[int, ...] = attrs.field(converter=_ints)
+    group_rewards_G: tuple[float, ...] = attrs.field(converter=_floats)
     metrics_G: tuple[dict[str, float], ...] = attrs.field(converter=_metrics_tuple)
-    failures: tuple[RolloutFailure, ...] = attrs.field(default=(), converter=tuple)
-    tags: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    failures: tuple[RolloutFailure, ...] = attrs.field(default=(), converter=_failures)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_strs)
 
     def __attrs_post_init__(self) -> None:
         where = "TrajectoryGroup"

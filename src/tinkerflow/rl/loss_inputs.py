@@ -1,0 +1,130 @@
+"""RL losses as typed configs, and the datums each one sends to ``forward_backward`` (only the inputs it needs).
+
+``LossConfig`` is one of :class:`ImportanceSamplingLoss`, :class:`PPOLoss`, :class:`CISPOLoss`, :class:`DROLoss`.
+Each names its Tinker loss (``.loss_fn``) and gives its ``loss_fn_config`` (``.config()``, keys as in
+:data:`tinkerflow.losses.LOSS_CONFIG_DEFAULTS`); values are validated on construction with the same rules as the
+backends (:func:`tinkerflow.losses.resolve_loss_config`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import attrs
+import numpy as np
+
+from tinkerflow._validate import require_type
+from tinkerflow.datum import LOSS_INPUT_FIELDS, Datum
+from tinkerflow.errors import ConfigError, ValidationError
+from tinkerflow.losses import LOSS_INPUTS, LossFnType, resolve_loss_config
+from tinkerflow.rl.assembly import RLBatch, _trusted_datum
+
+__all__ = ["CISPOLoss", "DROLoss", "ImportanceSamplingLoss", "LossConfig", "PPOLoss", "loss_datums"]
+
+
+def _validate(where: str, loss_fn: LossFnType, config: dict[str, float]) -> None:
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(where, key, f"must be a number, got {type(value).__name__}.")
+    resolve_loss_config(loss_fn, config, where=where)
+
+
+@attrs.frozen
+class ImportanceSamplingLoss:
+    """``importance_sampling``: ``-exp(lp - q) * A`` per token (REINFORCE with an importance ratio)."""
+
+    @property
+    def loss_fn(self) -> Literal["importance_sampling"]:
+        return "importance_sampling"
+
+    def config(self) -> dict[str, float]:
+        return {}
+
+
+@attrs.frozen
+class PPOLoss:
+    """``ppo``: the clipped surrogate, the ratio clipped to ``[clip_low, clip_high]``."""
+
+    clip_low: float = 0.8
+    clip_high: float = 1.2
+
+    def __attrs_post_init__(self) -> None:
+        _validate(type(self).__name__, self.loss_fn, self.config())
+
+    @property
+    def loss_fn(self) -> Literal["ppo"]:
+        return "ppo"
+
+    def config(self) -> dict[str, float]:
+        return {"clip_low_threshold": self.clip_low, "clip_high_threshold": self.clip_high}
+
+
+@attrs.frozen
+class CISPOLoss:
+    """``cispo``: ``-sg(clip(r)) * lp * A``, the ratio clipped to ``[clip_low, clip_high]`` and not differentiated."""
+
+    clip_low: float = 0.8
+    clip_high: float = 1.2
+
+    def __attrs_post_init__(self) -> None:
+        _validate(type(self).__name__, self.loss_fn, self.config())
+
+    @property
+    def loss_fn(self) -> Literal["cispo"]:
+        return "cispo"
+
+    def config(self) -> dict[str, float]:
+        return {"clip_low_threshold": self.clip_low, "clip_high_threshold": self.clip_high}
+
+
+@attrs.frozen
+class DROLoss:
+    """``dro``: ``-(lp * A - beta / 2 * (lp - q) ** 2)``; ``beta`` (>= 0) has no default, as in Tinker's docs."""
+
+    beta: float
+
+    def __attrs_post_init__(self) -> None:
+        _validate(type(self).__name__, self.loss_fn, self.config())
+
+    @property
+    def loss_fn(self) -> Literal["dro"]:
+        return "dro"
+
+    def config(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
+
+LossConfig: TypeAlias = ImportanceSamplingLoss | PPOLoss | CISPOLoss | DROLoss
+
+_LOSS_TYPES = (ImportanceSamplingLoss, PPOLoss, CISPOLoss, DROLoss)
+
+
+def loss_datums(batch: RLBatch, loss: LossConfig) -> tuple[Datum, ...]:
+    """The batch's datums with exactly the loss inputs ``loss`` needs (``target_tokens``, ``logprobs``,
+    ``advantages``); ``mask_T`` and anything else is dropped. The model inputs are shared, not copied.
+
+    Raises:
+        ValidationError: ``loss`` is not a :data:`LossConfig`, or a datum lacks an input the loss needs.
+    """
+    where = "loss_datums"
+    require_type(batch, RLBatch, where, "batch")
+    require_type(loss, _LOSS_TYPES, where, "loss")
+    needed = [LOSS_INPUT_FIELDS[key] for key in LOSS_INPUTS[loss.loss_fn]]
+    result: list[Datum] = []
+    for index, datum in enumerate(batch.datums):
+        fields: dict[str, np.ndarray] = {}
+        for name in needed:
+            value = getattr(datum, name)
+            if value is None:
+                raise ValidationError(
+                    where,
+                    f"batch.datums[{index}].{name}",
+                    f"is missing; loss {loss.loss_fn!r} needs it.",
+                    "assemble the batch with assemble_batch.",
+                )
+            fields[name] = value
+        if all(getattr(datum, name) is None for name in LOSS_INPUT_FIELDS.values() if name not in needed):
+            result.append(datum)  # already exactly these inputs
+        else:
+            result.append(_trusted_datum(datum.model_input, **fields))  # arrays of a validated datum, shared
+    return tuple(result)
