@@ -1,0 +1,85 @@
+"""Preferences and DPO, pure core: comparison records, preference data layouts, DPO pairing, loss and gradient.
+
+Start here::
+
+    from tinkerflow import preference
+
+    labeled, skipped = preference.load_preference_jsonl("prefs.jsonl", policy="skip")
+    pairs = preference.dpo_pairs(labeled, renderer, max_length=2048, ties="drop")
+    # shell: forward passes give per-token logprobs of pairs.chosen / pairs.rejected (policy and reference)
+    pi_c = preference.sequence_logprobs(policy_chosen_logprobs, [d.weights_T for d in pairs.chosen])
+    ...
+    out = preference.dpo_loss(pi_c, pi_r, ref_c, ref_r, beta=0.1)
+    grads_c, grads_r = preference.dpo_token_gradients(out, chosen_weights, rejected_weights)
+
+Numpy only: importing this package loads neither torch nor ``datasets`` (``load_preference_hf`` imports it when
+called). See ``docs/preferences.md``.
+"""
+
+from tinkerflow.preference.data import (
+    PREFERENCE_LAYOUTS,
+    PreferenceFormatError,
+    PreferenceLayout,
+    detect_layout,
+    labeled_comparison_from_json,
+    labeled_comparison_to_json,
+    load_preference_hf,
+    load_preference_jsonl,
+    parse_preference_line,
+    preference_rows_from_hf,
+)
+from tinkerflow.preference.dpo import (
+    DPOMetrics,
+    DPOOutput,
+    DPOPairs,
+    DPOTrainOn,
+    EmptyBatchError,
+    Float64_B,
+    TiePolicy,
+    comparison_datums,
+    dpo_loss,
+    dpo_pairs,
+    dpo_token_gradients,
+    sequence_logprobs,
+    token_gradients,
+)
+from tinkerflow.preference.records import (
+    COMPLETION_ROLES,
+    LABELS,
+    Comparison,
+    Label,
+    LabeledComparison,
+    TieError,
+)
+
+__all__ = [
+    "COMPLETION_ROLES",
+    "LABELS",
+    "PREFERENCE_LAYOUTS",
+    "Comparison",
+    "DPOMetrics",
+    "DPOOutput",
+    "DPOPairs",
+    "DPOTrainOn",
+    "EmptyBatchError",
+    "Float64_B",
+    "Label",
+    "LabeledComparison",
+    "PreferenceFormatError",
+    "PreferenceLayout",
+    "TieError",
+    "TiePolicy",
+    "comparison_datums",
+    "detect_layout",
+    "dpo_loss",
+    "dpo_pairs",
+    "dpo_token_gradients",
+    "labeled_comparison_from_json",
+    "labeled_comparison_to_json",
+    "load_preference_hf",
+    "load_preference_jsonl",
+    "parse_preference_line",
+    "preference_rows_from_hf",
+    "sequence_logprobs",
+    "token_gradients",
+]

@@ -1,0 +1,417 @@
+"""Preference data: rows of the common chosen/rejected layouts -> :class:`LabeledComparison`.
+
+Layouts (one JSON object per row; extra keys are ignored, so Hugging Face rows with score columns load as they are):
+
+``prompt_chosen_rejected``
+    ``{"prompt": [messages] | "text", "chosen": [messages] | "text", "rejected": [messages] | "text"}``. A text
+    prompt is one user message, a text completion one assistant message. ``chosen``/``rejected`` may also be the
+    full conversation repeating the prompt's messages first (as in ``allenai/llama-3.1-tulu-3-8b-preference-mixture``):
+    that prefix is removed.
+``chosen_rejected``
+    ``{"chosen": [full conversation], "rejected": [full conversation]}``: the prompt is the longest common prefix
+    of the two message lists, the rest of each is its completion.
+``ab_label``
+    ``{"prompt": ..., "completion_a": ..., "completion_b": ..., "label": "a" | "b" | "tie"}`` (text or messages, as
+    above). This is what :func:`labeled_comparison_to_json` writes.
+``cookbook``
+    ``{"comparison": {"prompt_conversation": [...], "completion_A": [...], "completion_B": [...]}, "label": "A" |
+    "B" | "Tie"}``: the JSONL that tinker-cookbook's ``ComparisonBuilderFromJsonl`` reads.
+
+Messages use the common chat format of :mod:`tinkerflow.chat_format`; an optional top-level ``"tools"`` list is
+offered to the prompt. ``chosen``/``rejected`` rows are labeled ``"a"`` (``completion_a`` is the chosen one).
+Labels are read case-insensitively (``"A"``, ``"Tie"``).
+
+Every bad row raises :class:`PreferenceFormatError` (a :class:`~tinkerflow.chat_format.ChatFormatError`) naming
+the row's source (``prefs.jsonl:17``, ``dataset[17]``) and the field (``chosen[1].role``), as the supervised data
+does. :func:`labeled_comparison_from_json` is pure (a pipeline stage as it is); the ``load_*`` functions read a file
+or a Hugging Face dataset (``datasets`` is imported only by :func:`load_preference_hf`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final, Literal, TypeAlias, cast
+
+from tinkerflow.chat import Conversation, Message, Role
+from tinkerflow.chat_format import ChatFormatError, conversation_from_json, conversation_to_json
+from tinkerflow.config import BadRowPolicy
+from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
+from tinkerflow.preference.records import COMPLETION_ROLES, Comparison, Label, LabeledComparison
+
+__all__ = [
+    "PREFERENCE_LAYOUTS",
+    "PreferenceFormatError",
+    "PreferenceLayout",
+    "detect_layout",
+    "labeled_comparison_from_json",
+    "labeled_comparison_to_json",
+    "load_preference_hf",
+    "load_preference_jsonl",
+    "parse_preference_line",
+    "preference_rows_from_hf",
+]
+
+PreferenceLayout: TypeAlias = Literal["prompt_chosen_rejected", "chosen_rejected", "ab_label", "cookbook"]
+PREFERENCE_LAYOUTS: Final[tuple[PreferenceLayout, ...]] = (
+    "prompt_chosen_rejected",
+    "chosen_rejected",
+    "ab_label",
+    "cookbook",
+)
+
+
+class PreferenceFormatError(ChatFormatError):
+    """A preference row that does not describe a valid labeled comparison. ``where`` is the row's source."""
+
+
+def _fail(where: str, field: str, problem: str, fix: str = "") -> PreferenceFormatError:
+    return PreferenceFormatError(where, field, problem, fix)
+
+
+def _present(row: Mapping[str, object], key: str) -> bool:
+    return row.get(key) is not None
+
+
+def detect_layout(row: Mapping[str, object]) -> PreferenceLayout | None:
+    """The layout a row is written in, judged by its keys (``None`` when none fits). Keys holding ``null`` count as
+    absent (a Hugging Face dataset fills missing columns with ``None``)."""
+    if _present(row, "comparison"):
+        return "cookbook"
+    if _present(row, "completion_a") or _present(row, "completion_b"):
+        return "ab_label"
+    if _present(row, "chosen") or _present(row, "rejected"):
+        return "prompt_chosen_rejected" if _present(row, "prompt") else "chosen_rejected"
+    return None
+
+
+def _required(row: Mapping[str, object], key: str, where: str, prefix: str = "") -> object:
+    value = row.get(key)
+    if value is None:
+        raise _fail(where, f"{prefix}{key}", "is missing.", f"give the row a {key!r} value.")
+    return value
+
+
+def _rename(field: str, prefix: str, name: str) -> str:
+    """``messages[2].role`` -> ``chosen[2].role`` (a chat-format field renamed to the row's key)."""
+    return name + field[len(prefix) :] if field.startswith(prefix) else field
+
+
+def _conversation(value: object, where: str, field: str, *, text_role: Role, tools: object = None) -> Conversation:
+    """The messages of a row value (a text is one ``text_role`` message), with ``tools`` as its tool specs."""
+    if isinstance(value, str):
+        raw: list[object] = [{"role": text_role, "content": value}]
+    elif isinstance(value, list):
+        raw = cast("list[object]", value)
+        if not raw:
+            raise _fail(where, field, "is empty.", "give at least one message (or a text).")
+    else:
+        raise _fail(
+            where,
+            field,
+            f"must be a text or a list of messages, got {type(value).__name__}.",
+            'write messages as [{"role": ..., "content": ...}, ...].',
+        )
+    row: dict[str, object] = {"messages": raw}
+    if tools is not None:
+        row["tools"] = tools
+    try:
+        return conversation_from_json(row, where)
+    except ChatFormatError as error:
+        raise _fail(where, _rename(error.field, "messages", field), error.problem, error.fix) from error
+
+
+def _completion(value: object, where: str, field: str, prompt: Conversation) -> tuple[tuple[Message, ...], int]:
+    """A completion and the index of its first message in the row's list: non-zero when the list is the full
+    conversation, repeating the prompt's messages first (recognised only for prompts with a user, system or
+    developer message, which no completion can hold)."""
+    messages = _conversation(value, where, field, text_role="assistant").messages
+    size = len(prompt.messages)
+    if (
+        isinstance(value, list)
+        and len(messages) > size
+        and messages[:size] == prompt.messages
+        and any(message.role not in COMPLETION_ROLES for message in prompt.messages)
+    ):
+        return messages[size:], size
+    if messages[0].role not in COMPLETION_ROLES:
+        raise _fail(
+            where,
+            f"{field}[0].role",
+            f"starts with a {messages[0].role!r} message but does not begin with the row's prompt.",
+            "give only the completion (assistant messages), or the full conversation starting with exactly the "
+            "prompt's messages.",
+        )
+    return messages, 0
+
+
+_COMPLETION_FIELD = re.compile(r"^(completion_[ab])(?:\[(\d+)\])?(.*)$", re.DOTALL)
+
+
+def _comparison(
+    where: str,
+    prompt: Conversation,
+    a: tuple[tuple[Message, ...], int],
+    b: tuple[tuple[Message, ...], int],
+    names: tuple[str, str],
+) -> Comparison:
+    """Build the record; its validation errors are renamed to the row's keys and message positions."""
+    try:
+        return Comparison(prompt=prompt, completion_a=a[0], completion_b=b[0])
+    except ValidationError as error:
+        field = error.field
+        match = _COMPLETION_FIELD.match(field)
+        if match:
+            which = 0 if match.group(1) == "completion_a" else 1
+            name, offset = names[which], (a, b)[which][1]
+            index = "" if match.group(2) is None else f"[{int(match.group(2)) + offset}]"
+            field = f"{name}{index}{match.group(3)}"
+        raise _fail(where, field, error.problem, error.fix) from error
+
+
+def _label(value: object, where: str, field: str) -> Label:
+    text = value.lower() if isinstance(value, str) else None
+    if text not in ("a", "b", "tie"):
+        raise _fail(where, field, f"must be 'a', 'b' or 'tie', got {value!r:.40}.", "label the preferred completion.")
+    return cast("Label", text)
+
+
+def _from_prompt_chosen_rejected(row: Mapping[str, object], where: str) -> LabeledComparison:
+    prompt = _conversation(_required(row, "prompt", where), where, "prompt", text_role="user", tools=row.get("tools"))
+    chosen = _completion(_required(row, "chosen", where), where, "chosen", prompt)
+    rejected = _completion(_required(row, "rejected", where), where, "rejected", prompt)
+    return LabeledComparison(comparison=_comparison(where, prompt, chosen, rejected, ("chosen", "rejected")), label="a")
+
+
+def _from_chosen_rejected(row: Mapping[str, object], where: str) -> LabeledComparison:
+    chosen_raw = _required(row, "chosen", where)
+    rejected_raw = _required(row, "rejected", where)
+    for key, value in (("chosen", chosen_raw), ("rejected", rejected_raw)):
+        if not isinstance(value, list):
+            raise _fail(
+                where,
+                key,
+                f"must be a full conversation (a list of messages) when the row has no 'prompt', got "
+                f"{type(value).__name__}.",
+                "add a 'prompt', or give both sides as message lists sharing the prompt's messages.",
+            )
+    chosen_conversation = _conversation(chosen_raw, where, "chosen", text_role="assistant", tools=row.get("tools"))
+    chosen = chosen_conversation.messages
+    rejected = _conversation(rejected_raw, where, "rejected", text_role="assistant").messages
+    shared = 0
+    for left, right in zip(chosen, rejected, strict=False):
+        if left != right:
+            break
+        shared += 1
+    if shared == 0:
+        raise _fail(
+            where,
+            "rejected[0]",
+            "differs from chosen[0]: the two conversations share no prompt.",
+            "both sides must start with the same prompt messages; or give the prompt in a 'prompt' key.",
+        )
+    for key, messages in (("chosen", chosen), ("rejected", rejected)):
+        if shared == len(messages):
+            raise _fail(
+                where,
+                key,
+                f"has nothing after the {shared} messages both sides share: it has no completion.",
+                "each side must add at least one assistant message after the shared prompt.",
+            )
+    prompt = Conversation(messages=chosen[:shared], tools=chosen_conversation.tools)
+    comparison = _comparison(
+        where, prompt, (chosen[shared:], shared), (rejected[shared:], shared), ("chosen", "rejected")
+    )
+    return LabeledComparison(comparison=comparison, label="a")
+
+
+def _from_ab_label(row: Mapping[str, object], where: str) -> LabeledComparison:
+    prompt = _conversation(_required(row, "prompt", where), where, "prompt", text_role="user", tools=row.get("tools"))
+    a = _completion(_required(row, "completion_a", where), where, "completion_a", prompt)
+    b = _completion(_required(row, "completion_b", where), where, "completion_b", prompt)
+    label = _label(_required(row, "label", where), where, "label")
+    return LabeledComparison(comparison=_comparison(where, prompt, a, b, ("completion_a", "completion_b")), label=label)
+
+
+def _from_cookbook(row: Mapping[str, object], where: str) -> LabeledComparison:
+    body = row.get("comparison")
+    if not isinstance(body, Mapping):
+        raise _fail(where, "comparison", f"must be an object, got {type(body).__name__}.")
+    inner = cast("Mapping[str, object]", body)
+    prefix = "comparison."
+    prompt = _conversation(
+        _required(inner, "prompt_conversation", where, prefix),
+        where,
+        f"{prefix}prompt_conversation",
+        text_role="user",
+        tools=row.get("tools"),
+    )
+    a = _completion(_required(inner, "completion_A", where, prefix), where, f"{prefix}completion_A", prompt)
+    b = _completion(_required(inner, "completion_B", where, prefix), where, f"{prefix}completion_B", prompt)
+    label = _label(_required(row, "label", where), where, "label")
+    names = (f"{prefix}completion_A", f"{prefix}completion_B")
+    return LabeledComparison(comparison=_comparison(where, prompt, a, b, names), label=label)
+
+
+_PARSERS: Final = {
+    "prompt_chosen_rejected": _from_prompt_chosen_rejected,
+    "chosen_rejected": _from_chosen_rejected,
+    "ab_label": _from_ab_label,
+    "cookbook": _from_cookbook,
+}
+
+
+def labeled_comparison_from_json(
+    row: object, where: str = "row", *, layout: PreferenceLayout | None = None
+) -> LabeledComparison:
+    """A :class:`LabeledComparison` from a parsed JSON row in one of the layouts of the module docstring.
+
+    ``layout`` forces a layout (default: :func:`detect_layout`). ``where`` names the row's source for errors,
+    e.g. ``"prefs.jsonl:17"``.
+
+    Raises:
+        PreferenceFormatError: the row fits no layout, misses a key, or holds an invalid value (the error names the
+            field, e.g. ``chosen[1].role``).
+    """
+    if not isinstance(row, Mapping):
+        raise _fail(where, "row", f"must be a JSON object, got {type(row).__name__}.")
+    mapping = cast("Mapping[str, object]", row)
+    chosen = detect_layout(mapping) if layout is None else layout
+    if chosen is None:
+        keys = ", ".join(sorted(str(key) for key in mapping)) or "none"
+        raise _fail(
+            where,
+            "row",
+            f"fits no preference layout (keys: {keys}).",
+            "use prompt/chosen/rejected, chosen/rejected (full conversations), prompt/completion_a/completion_b/label "
+            "or the cookbook's comparison/label.",
+        )
+    parser = _PARSERS.get(chosen)
+    if parser is None:
+        raise ConfigError(
+            "labeled_comparison_from_json", "layout", f"unknown layout {chosen!r}.", f"use one of {PREFERENCE_LAYOUTS}."
+        )
+    return parser(mapping, where)
+
+
+def parse_preference_line(
+    line: bytes | str, where: str, *, layout: PreferenceLayout | None = None
+) -> LabeledComparison:
+    """One JSONL line (bytes or text) -> :class:`LabeledComparison`; invalid UTF-8 or JSON is a
+    :class:`PreferenceFormatError` too."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _fail(
+                where, "line", f"is not valid UTF-8 (byte {error.start}).", "re-encode the file as UTF-8."
+            ) from error
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise _fail(where, "line", f"is not valid JSON ({error.msg} at column {error.colno}).") from error
+    return labeled_comparison_from_json(row, where, layout=layout)
+
+
+def _check_policy(policy: object, where: str) -> None:
+    if policy not in ("raise", "skip"):
+        raise ConfigError(where, "policy", f"must be 'raise' or 'skip', got {policy!r}.")
+
+
+def load_preference_jsonl(
+    path: str | pathlib.Path, policy: BadRowPolicy = "raise", *, layout: PreferenceLayout | None = None
+) -> tuple[list[LabeledComparison], int]:
+    """The labeled comparisons of a JSONL file and the number of bad rows skipped (``policy="skip"``).
+
+    Blank lines are ignored. With ``policy="raise"`` the first bad row raises :class:`PreferenceFormatError` naming
+    ``file:line`` and the field. Ties are kept (they are data, not errors); pairing decides what to do with them.
+    """
+    _check_policy(policy, "load_preference_jsonl")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError("load_preference_jsonl", "path", f"{file} does not exist or is not a file.")
+    comparisons: list[LabeledComparison] = []
+    skipped = 0
+    with open(file, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                comparisons.append(parse_preference_line(line, f"{file}:{number}", layout=layout))
+            except ChatFormatError:
+                if policy == "raise":
+                    raise
+                skipped += 1
+    return comparisons, skipped
+
+
+def preference_rows_from_hf(
+    rows: Iterable[Mapping[str, object]],
+    *,
+    policy: BadRowPolicy = "raise",
+    source: str = "dataset",
+    layout: PreferenceLayout | None = None,
+) -> tuple[list[LabeledComparison], int]:
+    """Labeled comparisons from dict rows (a Hugging Face ``datasets.Dataset`` iterates as such), and the number of
+    bad rows skipped. Errors name the row as ``source[index]``."""
+    _check_policy(policy, "preference_rows_from_hf")
+    comparisons: list[LabeledComparison] = []
+    skipped = 0
+    for index, row in enumerate(rows):
+        try:
+            comparisons.append(labeled_comparison_from_json(row, f"{source}[{index}]", layout=layout))
+        except ChatFormatError:
+            if policy == "raise":
+                raise
+            skipped += 1
+    return comparisons, skipped
+
+
+def load_preference_hf(
+    name: str,
+    split: str,
+    *,
+    policy: BadRowPolicy = "raise",
+    layout: PreferenceLayout | None = None,
+    **load_kwargs: object,
+) -> tuple[list[LabeledComparison], int]:
+    """``datasets.load_dataset(name, split=split, **load_kwargs)`` read by :func:`preference_rows_from_hf`.
+
+    Raises:
+        TinkerflowError: the ``datasets`` package is not installed (``pip install datasets``).
+    """
+    try:
+        datasets = importlib.import_module("datasets")
+    except ImportError as error:
+        raise TinkerflowError(
+            "load_preference_hf needs the Hugging Face `datasets` package: pip install datasets "
+            "(or read the rows yourself and pass them to preference_rows_from_hf)."
+        ) from error
+    dataset = datasets.load_dataset(name, split=split, **load_kwargs)
+    return preference_rows_from_hf(dataset, policy=policy, source=f"{name}:{split}", layout=layout)
+
+
+def _messages_json(messages: tuple[Message, ...]) -> list[object]:
+    return cast("list[object]", conversation_to_json(Conversation(messages=messages))["messages"])
+
+
+def labeled_comparison_to_json(labeled: LabeledComparison) -> dict[str, object]:
+    """The ``ab_label`` row of a labeled comparison (the inverse of :func:`labeled_comparison_from_json`).
+
+    Raises:
+        TinkerflowError: a message holds unparsed tool calls (they have no place in the common chat format).
+    """
+    comparison = labeled.comparison
+    prompt = conversation_to_json(comparison.prompt)
+    row: dict[str, object] = {
+        "prompt": prompt["messages"],
+        "completion_a": _messages_json(comparison.completion_a),
+        "completion_b": _messages_json(comparison.completion_b),
+        "label": labeled.label,
+    }
+    if "tools" in prompt:
+        row["tools"] = prompt["tools"]
+    return row
