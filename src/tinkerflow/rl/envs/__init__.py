@@ -1,0 +1,39 @@
+"""Environments for RL: building blocks over a renderer, datasets of group builders, and examples.
+
+* :mod:`~tinkerflow.rl.envs.base`: :class:`MessageEnv` (multi-turn, message level), :class:`ProblemEnv`
+  (single turn, graded), :class:`ProblemGroupBuilder` (``group_size`` copies of one env).
+* :mod:`~tinkerflow.rl.envs.datasets`: :class:`ListRLDataset` (a list of builders, seeded per-epoch order) and
+  :class:`GeneratedRLDataset` (procedural builders seeded per batch and slot). Both are pure functions of the
+  batch index, so resume is exact.
+* Examples, each with ``make_env``/``builder``/``dataset`` factories: :mod:`~tinkerflow.rl.envs.arithmetic`
+  (verifiable reward, learnable by the local embedded model on a CPU), :mod:`~tinkerflow.rl.envs.guess_number`
+  (multi-turn), :mod:`~tinkerflow.rl.envs.math_boxed` (boxed-answer grading, for real models).
+"""
+
+from tinkerflow.rl.envs import arithmetic, guess_number, math_boxed
+from tinkerflow.rl.envs.base import (
+    MessageEnv,
+    MessageStep,
+    ProblemEnv,
+    ProblemGroupBuilder,
+    always_well_formatted,
+    parse_tokens,
+    stop_condition_for,
+)
+from tinkerflow.rl.envs.datasets import GeneratedRLDataset, ListRLDataset, epoch_order
+
+__all__ = [
+    "GeneratedRLDataset",
+    "ListRLDataset",
+    "MessageEnv",
+    "MessageStep",
+    "ProblemEnv",
+    "ProblemGroupBuilder",
+    "always_well_formatted",
+    "arithmetic",
+    "epoch_order",
+    "guess_number",
+    "math_boxed",
+    "parse_tokens",
+    "stop_condition_for",
+]
