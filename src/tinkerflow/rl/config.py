@@ -1,0 +1,162 @@
+"""The RL run configuration: an attrs record, validated on construction, (de)serialized with the one converter."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import attrs
+
+from tinkerflow._validate import finite_float, in_range, require_type
+from tinkerflow.errors import ConfigError
+
+__all__ = ["RLConfig", "RLLossName", "RLMode"]
+
+RLLossName: TypeAlias = Literal["importance_sampling", "ppo", "cispo", "dro"]
+RLMode: TypeAlias = Literal["sync", "async"]
+FailurePolicyName: TypeAlias = Literal["fail_fast", "retry", "drop"]
+EnvArg: TypeAlias = int | float | str | bool
+
+
+@attrs.frozen
+class RLConfig:
+    """Reinforcement learning with verifiable rewards on a named environment.
+
+    Attributes:
+        env: environment name (``arithmetic``, ``guess_number``, ``math_boxed``); see the RL guide.
+        env_args: keyword arguments of the environment's dataset factory (e.g. ``{"max_operand": 20}``).
+        base_model: model to train (hub name or local folder for the local backend; a Tinker model name).
+        backend: ``local`` (torch on this machine) or ``tinker`` (the service; needs TINKER_API_KEY).
+        renderer: renderer name; ``None`` picks the model family's renderer.
+        group_size: samples (environments) per group; advantages are centered within a group.
+        groups_per_batch: groups rolled out per step.
+        steps: optimizer steps (one batch of groups each).
+        learning_rate: Adam learning rate (constant, as in the cookbook's RL).
+        lora_rank: rank of the LoRA adapters.
+        max_tokens: most tokens per sampled action.
+        temperature: sampling temperature of rollouts.
+        loss: ``importance_sampling``, ``ppo``, ``cispo`` or ``dro``.
+        clip_low / clip_high: ratio clipping thresholds of ``ppo`` and ``cispo``.
+        dro_beta: the quadratic penalty of ``dro``.
+        normalize_advantages: divide centered rewards by the group's standard deviation.
+        constant_groups: ``keep`` groups whose members all got the same reward (zero advantage) or ``drop`` them;
+            a step left with nothing to train on is skipped (no optimizer step).
+        kl_coef: penalty on divergence from the initial weights (0 = off; costs a logprob pass per step).
+        kl_discount: discount of the KL penalty's future sum (``None``: per token only).
+        substeps: optimizer steps per batch (the batch is split evenly).
+        mode: ``sync`` (on-policy: batch ``n`` sampled with the weights after step ``n``) or ``async``
+            (off-policy: batch ``n`` sampled with the weights after step ``n - max_staleness``, so sampling
+            overlaps training).
+        max_staleness: how many steps old the sampling weights may be in ``async`` mode (>= 1).
+        concurrency: episodes run at once.
+        episode_timeout_s: wall-clock limit of one episode.
+        on_failure: what a failed episode does: ``fail_fast`` (stop the run), ``retry`` (fresh environment, up to
+            ``max_retries``), ``drop`` (leave it out of its group and count it).
+        max_retries: retries per episode under ``retry``.
+        eval_every: roll out the held-out problems every this many steps (0: only before and after).
+        eval_groups: held-out groups per evaluation.
+        save_every: checkpoint every this many steps (0: only at the end).
+        seed: seeds the data order, LoRA initialization and sampling.
+        log_to: extra metrics sinks (``wandb``, ``tensorboard``) when installed.
+        run_dir: where config, metrics, transcripts, plots and checkpoints go; an existing run there is resumed.
+    """
+
+    env: str = "arithmetic"
+    env_args: dict[str, EnvArg] = attrs.field(factory=dict)
+    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    backend: Literal["local", "tinker"] = "local"
+    renderer: str | None = None
+    group_size: int = 8
+    groups_per_batch: int = 8
+    steps: int = 20
+    learning_rate: float = 1e-4
+    lora_rank: int = 8
+    max_tokens: int = 16
+    temperature: float = 1.0
+    loss: RLLossName = "importance_sampling"
+    clip_low: float = 0.8
+    clip_high: float = 1.2
+    dro_beta: float = 0.05
+    normalize_advantages: bool = False
+    constant_groups: Literal["keep", "drop"] = "keep"
+    kl_coef: float = 0.0
+    kl_discount: float | None = None
+    substeps: int = 1
+    mode: RLMode = "sync"
+    max_staleness: int = 1
+    concurrency: int = 64
+    episode_timeout_s: float = 120.0
+    on_failure: FailurePolicyName = "drop"
+    max_retries: int = 1
+    eval_every: int = 5
+    eval_groups: int = 8
+    save_every: int = 10
+    seed: int = 0
+    log_to: tuple[Literal["wandb", "tensorboard"], ...] = ()
+    run_dir: str = "runs/rl"
+
+    def __attrs_post_init__(self) -> None:
+        where = "RLConfig"
+        for field in ("env", "base_model", "run_dir"):
+            require_type(getattr(self, field), str, where, field)
+            if not getattr(self, field):
+                raise ConfigError(where, field, "is empty.")
+        require_type(self.env_args, dict, where, "env_args")
+        for key, value in self.env_args.items():
+            require_type(value, (int, float, str, bool), where, f"env_args[{key!r}]")
+        if self.backend not in ("local", "tinker"):
+            raise ConfigError(where, "backend", f"must be 'local' or 'tinker', got {self.backend!r}.")
+        for field in ("group_size", "groups_per_batch", "steps", "lora_rank", "max_tokens", "substeps", "concurrency"):
+            value = getattr(self, field)
+            require_type(value, int, where, field)
+            if value <= 0:
+                raise ConfigError(where, field, f"must be positive, got {value}.")
+        for field in ("max_retries", "eval_every", "eval_groups", "save_every", "seed"):
+            value = getattr(self, field)
+            require_type(value, int, where, field)
+            if value < 0:
+                raise ConfigError(where, field, f"must be >= 0, got {value}.")
+        if self.group_size < 2 and self.constant_groups == "drop":
+            raise ConfigError(
+                where, "group_size", "is 1, so every group is constant and would be dropped.", "use group_size >= 2."
+            )
+        learning_rate = finite_float(self.learning_rate, where, "learning_rate")
+        in_range(learning_rate, where, "learning_rate", low=0.0, low_open=True)
+        in_range(finite_float(self.temperature, where, "temperature"), where, "temperature", low=0.0)
+        if self.loss not in ("importance_sampling", "ppo", "cispo", "dro"):
+            raise ConfigError(
+                where, "loss", f"unknown loss {self.loss!r}.", "use importance_sampling, ppo, cispo or dro."
+            )
+        low = finite_float(self.clip_low, where, "clip_low")
+        high = finite_float(self.clip_high, where, "clip_high")
+        in_range(low, where, "clip_low", low=0.0, high=1.0)
+        if high < 1.0:
+            raise ConfigError(where, "clip_high", f"must be >= 1, got {high}.")
+        in_range(finite_float(self.dro_beta, where, "dro_beta"), where, "dro_beta", low=0.0)
+        require_type(self.normalize_advantages, bool, where, "normalize_advantages")
+        if self.constant_groups not in ("keep", "drop"):
+            raise ConfigError(where, "constant_groups", f"must be 'keep' or 'drop', got {self.constant_groups!r}.")
+        in_range(finite_float(self.kl_coef, where, "kl_coef"), where, "kl_coef", low=0.0)
+        if self.kl_discount is not None:
+            in_range(finite_float(self.kl_discount, where, "kl_discount"), where, "kl_discount", low=0.0, high=1.0)
+        if self.mode not in ("sync", "async"):
+            raise ConfigError(where, "mode", f"must be 'sync' or 'async', got {self.mode!r}.")
+        require_type(self.max_staleness, int, where, "max_staleness")
+        if self.mode == "async" and self.max_staleness < 1:
+            raise ConfigError(where, "max_staleness", "must be >= 1 in async mode.", "use mode=sync for on-policy.")
+        in_range(
+            finite_float(self.episode_timeout_s, where, "episode_timeout_s"),
+            where,
+            "episode_timeout_s",
+            low=0.0,
+            low_open=True,
+        )
+        if self.on_failure not in ("fail_fast", "retry", "drop"):
+            raise ConfigError(where, "on_failure", f"unknown policy {self.on_failure!r}.", "use fail_fast/retry/drop.")
+        for index, sink in enumerate(self.log_to):
+            if sink not in ("wandb", "tensorboard"):
+                raise ConfigError(where, f"log_to[{index}]", f"unknown sink {sink!r}.", "use wandb or tensorboard.")
+
+    @property
+    def staleness(self) -> int:
+        """How many steps old the weights that sample a batch are (0 in sync mode)."""
+        return self.max_staleness if self.mode == "async" else 0
