@@ -102,7 +102,9 @@ class RLConfig:
                 raise ConfigError(where, field, "is empty.")
         require_type(self.env_args, dict, where, "env_args")
         for key, value in self.env_args.items():
-            require_type(value, (int, float, str, bool), where, f"env_args[{key!r}]")
+            require_type(key, str, where, "env_args")
+            if not isinstance(value, bool):  # require_type never counts a bool as a number
+                require_type(value, (int, float, str), where, f"env_args[{key!r}]")
         if self.backend not in ("local", "tinker"):
             raise ConfigError(where, "backend", f"must be 'local' or 'tinker', got {self.backend!r}.")
         for field in ("group_size", "groups_per_batch", "steps", "lora_rank", "max_tokens", "substeps", "concurrency"):
