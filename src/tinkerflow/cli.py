@@ -2,6 +2,12 @@
 
 ``tinkerflow sl CONFIG.json [key=value ...] [--dry-run]``: resolve the config (file + dotted overrides), print
 it, validate it and the data before any work starts, then train (or resume) with the config's backend.
+
+``tinkerflow dpo CONFIG.json [key=value ...] [--dry-run]``: the same for DPO on preference data
+(:class:`tinkerflow.preference.config.DPOConfig`).
+
+Every subcommand takes a JSON config, overrides and ``--dry-run``; a new one is a function ``_run_<name>(args)``
+and an entry in ``_CONFIG_COMMANDS``.
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ import argparse
 import json
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from tinkerflow.config import SLConfig, apply_overrides
 from tinkerflow.errors import TinkerflowError
 from tinkerflow.serde import to_json
 
 __all__ = ["main"]
+
+C = TypeVar("C")
 
 
 def _load_config(path: str, overrides: Sequence[str]) -> SLConfig:
@@ -73,6 +82,73 @@ def _run_sl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_config_as(path: str, overrides: Sequence[str], cls: type[C]) -> C:
+    """A config record of type ``cls`` from a JSON file plus ``key=value`` overrides."""
+    file = pathlib.Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise TinkerflowError(f"{file}: config file not found.") from error
+    except json.JSONDecodeError as error:
+        raise TinkerflowError(f"{file}: not valid JSON ({error}).") from error
+    if not isinstance(data, dict):
+        raise TinkerflowError(f"{file}: a config must be a JSON object.")
+    return apply_overrides(data, overrides, cls)
+
+
+def _run_dpo(args: argparse.Namespace) -> int:
+    from tinkerflow.preference.config import DPOConfig
+
+    config = _load_config_as(args.config, args.overrides, DPOConfig)
+    print("resolved config:")
+    print(to_json(config, indent=2))
+
+    from tinkerflow import render
+    from tinkerflow.shell.dpo import prepare_dpo_data, run_dpo
+    from tinkerflow.shell.sinks import check_sinks
+    from tinkerflow.tokenizers import load_tokenizer
+
+    check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
+
+    tokenizer = load_tokenizer(config.base_model)
+    renderer = (
+        render.get_renderer(config.renderer, tokenizer)
+        if config.renderer is not None
+        else render.renderer_for_model(config.base_model, tokenizer)
+    )
+    data = prepare_dpo_data(config, renderer)
+    print(
+        f"data: {len(data.train)} training and {len(data.test)} held-out pairs "
+        f"({data.skipped_rows} bad rows skipped, {data.dropped_ties} ties dropped); renderer {renderer.name}"
+    )
+    if args.dry_run:
+        return 0
+    if config.backend == "local":
+        from tinkerflow.shell.local import LocalBackend
+
+        backend = LocalBackend(checkpoint_dir=pathlib.Path(config.run_dir) / "checkpoints")
+        result = run_dpo(config, backend, renderer, data=data)
+    else:
+        from tinkerflow.shell.tinker_backend import TinkerBackend
+
+        result = run_dpo(config, TinkerBackend(), renderer, data=data)
+    print(f"\nrun directory: {config.run_dir} (metrics.jsonl, {pathlib.Path(result.chart).name}, checkpoints)")
+    if result.eval_before is not None and result.eval_after is not None:
+        before, after = result.eval_before, result.eval_after
+        print(
+            f"held-out preference accuracy: before {before.policy_accuracy:.3f} -> after {after.policy_accuracy:.3f} "
+            f"(implicit reward: {before.accuracy:.3f} -> {after.accuracy:.3f}; "
+            f"DPO loss {before.dpo_loss:.4f} -> {after.dpo_loss:.4f})"
+        )
+    return 0
+
+
+#: Subcommands that take ``CONFIG [key=value ...] [--dry-run]``: name -> (help, config help, runner).
+_CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[argparse.Namespace], int]]] = {
+    "dpo": ("direct preference optimization from a JSON config", "path of a JSON DPOConfig", _run_dpo),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tinkerflow`` command; returns the exit status."""
     parser = argparse.ArgumentParser(prog="tinkerflow", description="Typed post-training pipelines.")
@@ -81,10 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sl.add_argument("config", help="path of a JSON SLConfig")
     sl.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
     sl.add_argument("--dry-run", action="store_true", help="resolve and validate config and data, then stop")
+    for name, (command_help, config_help, _) in _CONFIG_COMMANDS.items():
+        command = commands.add_parser(name, help=command_help)
+        command.add_argument("config", help=config_help)
+        command.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
+        command.add_argument("--dry-run", action="store_true", help="resolve and validate config and data, then stop")
     args = parser.parse_args(argv)
     try:
         if args.command == "sl":
             return _run_sl(args)
+        if args.command in _CONFIG_COMMANDS:
+            return _CONFIG_COMMANDS[args.command][2](args)
     except TinkerflowError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

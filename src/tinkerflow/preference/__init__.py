@@ -13,9 +13,11 @@ Start here::
     grads_c, grads_r = preference.dpo_token_gradients(out, chosen_weights, rejected_weights)
 
 Numpy only: importing this package loads neither torch nor ``datasets`` (``load_preference_hf`` imports it when
-called). See ``docs/preferences.md``.
+called). ``DPOConfig`` is the DPO run's config; the loop is ``tinkerflow.shell.dpo.run_dpo`` (``tinkerflow dpo``).
+See ``docs/preferences.md``.
 """
 
+from tinkerflow.preference.config import DPOConfig
 from tinkerflow.preference.data import (
     PREFERENCE_LAYOUTS,
     PreferenceFormatError,
@@ -57,6 +59,7 @@ __all__ = [
     "LABELS",
     "PREFERENCE_LAYOUTS",
     "Comparison",
+    "DPOConfig",
     "DPOMetrics",
     "DPOOutput",
     "DPOPairs",
