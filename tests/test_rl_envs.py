@@ -185,6 +185,10 @@ def test_arithmetic_prompt_design() -> None:
         expression = question.text().removeprefix("What is ").split("?")[0]
         assert arithmetic.parse_answer(answer.text()) == eval(expression)
     assert arithmetic.arithmetic_messages(problem, fewshot=False) == messages[-1:]
+    assert arithmetic.arithmetic_messages(problem, fewshot=0) == messages[-1:]
+    assert arithmetic.arithmetic_messages(problem, fewshot=1) == (*messages[:2], messages[-1])
+    with pytest.raises(ConfigError, match="fewshot"):
+        arithmetic.arithmetic_messages(problem, fewshot=5)
 
 
 @pytest.mark.parametrize(

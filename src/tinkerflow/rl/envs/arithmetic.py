@@ -99,13 +99,26 @@ def sample_problem(
     return ArithmeticProblem(a, op, b)
 
 
-def arithmetic_messages(problem: ArithmeticProblem, fewshot: bool = True) -> tuple[Message, ...]:
-    """The prompt: the worked examples (when ``fewshot``) and the question, each asking for ``Answer: N``."""
+def _fewshot_count(fewshot: bool | int) -> int:
+    if isinstance(fewshot, bool):
+        return len(FEWSHOT_EXAMPLES) if fewshot else 0
+    if not isinstance(fewshot, int) or not 0 <= fewshot <= len(FEWSHOT_EXAMPLES):
+        raise ConfigError(
+            "arithmetic",
+            "fewshot",
+            f"must be a bool or an int in 0..{len(FEWSHOT_EXAMPLES)}, got {fewshot!r}.",
+            "give the number of worked examples.",
+        )
+    return fewshot
+
+
+def arithmetic_messages(problem: ArithmeticProblem, fewshot: bool | int = True) -> tuple[Message, ...]:
+    """The prompt: worked examples (all of them for ``True``, the first ``n`` for an int ``n``, none for
+    ``False``) and the question, each asking for ``Answer: N``."""
     messages: list[Message] = []
-    if fewshot:
-        for expression, answer in FEWSHOT_EXAMPLES:
-            messages.append(Message(role="user", content=f"What is {expression}?{ANSWER_INSTRUCTION}"))
-            messages.append(Message(role="assistant", content=f"Answer: {answer}"))
+    for expression, answer in FEWSHOT_EXAMPLES[: _fewshot_count(fewshot)]:
+        messages.append(Message(role="user", content=f"What is {expression}?{ANSWER_INSTRUCTION}"))
+        messages.append(Message(role="assistant", content=f"Answer: {answer}"))
     messages.append(Message(role="user", content=problem.question))
     return tuple(messages)
 
@@ -132,7 +145,7 @@ def make_env(
     renderer: Renderer,
     problem: ArithmeticProblem,
     *,
-    fewshot: bool = True,
+    fewshot: bool | int = True,
     format_coef: float = 0.1,
     max_tokens: int | None = 16,
 ) -> ProblemEnv:
@@ -155,7 +168,7 @@ def builder(
     problem: ArithmeticProblem,
     group_size: int,
     *,
-    fewshot: bool = True,
+    fewshot: bool | int = True,
     format_coef: float = 0.1,
     max_tokens: int | None = 16,
 ) -> ProblemGroupBuilder:
@@ -175,7 +188,7 @@ def dataset(
     seed: int = 0,
     max_operand: int = 9,
     ops: Sequence[Operator] = ("+", "-"),
-    fewshot: bool = True,
+    fewshot: bool | int = True,
     format_coef: float = 0.1,
     max_tokens: int | None = 16,
 ) -> GeneratedRLDataset:
@@ -188,4 +201,5 @@ def dataset(
         return builder(renderer, problem, group_size, fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens)
 
     sample_problem(np.random.default_rng(0), max_operand, ops)  # validate the options now, not at batch 0
+    _fewshot_count(fewshot)
     return GeneratedRLDataset(make, batch_size, n_batches, seed)
