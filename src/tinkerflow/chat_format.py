@@ -22,8 +22,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
-from typing import cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, Literal, TypeVar, cast
+
+import attrs
 
 from tinkerflow.chat import (
     ROLES,
@@ -39,7 +41,16 @@ from tinkerflow.chat import (
 )
 from tinkerflow.errors import TinkerflowError, ValidationError
 
-__all__ = ["ChatFormatError", "conversation_from_json", "conversation_to_json", "parse_chat_line"]
+__all__ = [
+    "ChatFormatError",
+    "SourcedRow",
+    "collect_rows",
+    "conversation_from_json",
+    "conversation_to_json",
+    "parse_chat_line",
+]
+
+T = TypeVar("T")
 
 
 class ChatFormatError(ValidationError):
@@ -255,3 +266,29 @@ def conversation_to_json(conversation: Conversation) -> dict[str, object]:
             for tool in conversation.tools
         ]
     return row
+
+
+@attrs.frozen
+class SourcedRow(Generic[T]):
+    """A parsed row and where it came from (``file.jsonl:17``, ``hf:org/name[train][4]``, ``<memory>[3]``)."""
+
+    where: str
+    value: T
+
+
+def collect_rows(
+    rows: Iterable[tuple[str, Callable[[], T]]], policy: Literal["raise", "skip"]
+) -> tuple[list[SourcedRow[T]], int]:
+    """Parse every row (``(where, thunk)``; a thunk raises :class:`ChatFormatError` for a bad row) under the
+    bad-row policy: ``raise`` re-raises the first error, ``skip`` counts it. Returns the parsed rows and the count
+    of skipped ones."""
+    kept: list[SourcedRow[T]] = []
+    skipped = 0
+    for where, parse in rows:
+        try:
+            kept.append(SourcedRow(where, parse()))
+        except ChatFormatError:
+            if policy == "raise":
+                raise
+            skipped += 1
+    return kept, skipped

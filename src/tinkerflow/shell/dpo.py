@@ -34,14 +34,14 @@ import importlib.util
 import itertools
 import json
 import pathlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TextIO, TypeAlias
 
 import attrs
 import numpy as np
 
-from tinkerflow.chat_format import ChatFormatError
-from tinkerflow.config import config_to_dict, is_hf_source
+from tinkerflow.chat_format import SourcedRow, collect_rows
+from tinkerflow.config import is_hf_source
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, ShapeError, TinkerflowError, ValidationError
 from tinkerflow.pipeline import Pipeline, PipelineState
@@ -55,7 +55,6 @@ from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backend import APIFuture, Backend, CustomLossFn, SamplingClient, TrainingClient
 from tinkerflow.shell.run_dir import MetricsLog, RunDirError, atomic_write_text
 from tinkerflow.shell.runner import MetricsSink, Run
-from tinkerflow.shell.sinks import close_sinks, make_sinks
 from tinkerflow.shell.sl import DataError, _open_hf
 from tinkerflow.supervised import learning_rate_at, split_indices
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
@@ -94,28 +93,6 @@ _ADAM_BETA1, _ADAM_BETA2, _ADAM_EPS = 0.9, 0.95, 1e-8
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Row:
-    """A labeled comparison and the position it came from (``prefs.jsonl:17``, ``hf:org/name[train][4]``)."""
-
-    where: str
-    labeled: LabeledComparison
-
-
-def _collect(rows: Iterable[tuple[str, Callable[[], LabeledComparison]]], config: DPOConfig) -> tuple[list[_Row], int]:
-    """Parse every row (a thunk raising :class:`ChatFormatError` for a bad one) under the bad-row policy."""
-    kept: list[_Row] = []
-    skipped = 0
-    for where, parse in rows:
-        try:
-            kept.append(_Row(where, parse()))
-        except ChatFormatError:
-            if config.bad_rows == "raise":
-                raise
-            skipped += 1
-    return kept, skipped
 
 
 def _jsonl_rows(path: str, config: DPOConfig) -> Iterator[tuple[str, Callable[[], LabeledComparison]]]:
@@ -163,10 +140,10 @@ def _hf_rows(
 
 def _load_source(
     config: DPOConfig, source: str, split: str | None, default_split: str, field: str
-) -> tuple[list[_Row], int]:
+) -> tuple[list[SourcedRow[LabeledComparison]], int]:
     if is_hf_source(source):
-        return _collect(_hf_rows(config, source, split, default_split, field), config)
-    return _collect(_jsonl_rows(source, config), config)
+        return collect_rows(_hf_rows(config, source, split, default_split, field), config.bad_rows)
+    return collect_rows(_jsonl_rows(source, config), config.bad_rows)
 
 
 @attrs.frozen
@@ -197,13 +174,15 @@ def _too_long(pair: tuple[Datum, Datum], where: str, max_length: int) -> None:
         )
 
 
-def _pairs(rows: Sequence[_Row], renderer: Renderer, config: DPOConfig) -> tuple[DPOPairs, int, int]:
+def _pairs(
+    rows: Sequence[SourcedRow[LabeledComparison]], renderer: Renderer, config: DPOConfig
+) -> tuple[DPOPairs, int, int]:
     """Ties handled, comparisons rendered (one batched call; a failure is retried row by row to name the row),
     lengths checked. Returns the pairs, bad rows skipped and ties dropped."""
-    kept: list[tuple[int, _Row]] = []
+    kept: list[tuple[int, SourcedRow[LabeledComparison]]] = []
     ties = 0
     for position, row in enumerate(rows):
-        if not row.labeled.is_tie:
+        if not row.value.is_tie:
             kept.append((position, row))
         elif config.ties == "raise":
             raise TieError(
@@ -217,7 +196,7 @@ def _pairs(rows: Sequence[_Row], renderer: Renderer, config: DPOConfig) -> tuple
     rendered: list[tuple[Datum, Datum]] | None = None
     if kept:
         try:
-            batch = dpo_pairs([row.labeled for _, row in kept], renderer, ties="raise", train_on=config.train_on)
+            batch = dpo_pairs([row.value for _, row in kept], renderer, ties="raise", train_on=config.train_on)
             rendered = list(zip(batch.chosen, batch.rejected, strict=True))
         except TinkerflowError:
             rendered = None  # some row fails: render one by one below, to name it (or skip it)
@@ -231,7 +210,7 @@ def _pairs(rows: Sequence[_Row], renderer: Renderer, config: DPOConfig) -> tuple
                 pair = rendered[number]
             else:
                 try:
-                    pair = comparison_datums(row.labeled, renderer, train_on=config.train_on)
+                    pair = comparison_datums(row.value, renderer, train_on=config.train_on)
                 except ValidationError as error:
                     raise DataError(row.where, error.field, f"{error.problem} (in {error.where})", error.fix) from error
             _too_long(pair, row.where, config.max_length)
@@ -266,14 +245,14 @@ def prepare_dpo_data(
         DataError: a row that cannot be rendered or is too long (``bad_rows="raise"``), or no training pair at all.
     """
     if train_rows is not None:
-        rows, skipped = _collect(_memory_rows(train_rows, MEMORY_SOURCE, config), config)
+        rows, skipped = collect_rows(_memory_rows(train_rows, MEMORY_SOURCE, config), config.bad_rows)
         train_source = MEMORY_SOURCE
     else:
         rows, skipped = _load_source(config, config.train_data, config.hf_split, "train", "train_data")
         train_source = config.train_data
-    held_out: tuple[list[_Row], int] | None = None
+    held_out: tuple[list[SourcedRow[LabeledComparison]], int] | None = None
     if test_rows is not None:
-        held_out = _collect(_memory_rows(test_rows, MEMORY_TEST_SOURCE, config), config)
+        held_out = collect_rows(_memory_rows(test_rows, MEMORY_TEST_SOURCE, config), config.bad_rows)
     elif config.test_data is not None:
         held_out = _load_source(config, config.test_data, config.hf_test_split, "test", "test_data")
     elif config.hf_test_split is not None:
@@ -692,21 +671,15 @@ def run_dpo(
     data = data if data is not None else prepare_dpo_data(config, renderer)
     pipeline = dpo_train_pipeline(data, config)
     total = _total_steps(data, config)
-    made = sinks is None
-    run_sinks = make_sinks(config.log_to, config.run_dir, config_to_dict(config)) if sinks is None else tuple(sinks)
-    try:
-        run = Run.open(
-            config.run_dir,
-            to_json(config, indent=2),
-            total_steps=total,
-            out=out,
-            progress_label="dpo_loss",
-            sinks=run_sinks,
-        )
-    except BaseException:
-        if made:
-            close_sinks(run_sinks)
-        raise
+    run = Run.start(
+        config.run_dir,
+        config,
+        log_to=config.log_to,
+        sinks=sinks,
+        total_steps=total,
+        out=out,
+        progress_label="dpo_loss",
+    )
     stream = run.out
     test_datums = list(data.test.interleaved())
 

@@ -31,7 +31,6 @@ from typing import TextIO, TypeVar
 import attrs
 import numpy as np
 
-from tinkerflow.config import config_to_dict
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, TinkerflowError
 from tinkerflow.render import Renderer
@@ -50,7 +49,6 @@ from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient
 from tinkerflow.shell.rollouts import RolloutPolicy, rollout_batch
 from tinkerflow.shell.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.runner import MetricsSink, Run
-from tinkerflow.shell.sinks import close_sinks, make_sinks
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
 __all__ = ["ENVIRONMENTS", "RLResult", "environment_datasets", "loss_config", "run_rl"]
@@ -175,19 +173,15 @@ def run_rl(
         raise TinkerflowError("run_rl: the dataset has no batches.")
     total = config.steps
     staleness = config.staleness
-    run_sinks = make_sinks(config.log_to, config.run_dir, config_to_dict(config)) if sinks is None else tuple(sinks)
-    try:
-        run = Run.open(
-            config.run_dir,
-            to_json(config, indent=2),
-            total_steps=total,
-            out=out,
-            progress_label="reward",
-            sinks=run_sinks,
-        )
-    except BaseException:
-        close_sinks(run_sinks)
-        raise
+    run = Run.start(
+        config.run_dir,
+        config,
+        log_to=config.log_to,
+        sinks=sinks,
+        total_steps=total,
+        out=out,
+        progress_label="reward",
+    )
     stream = run.out
     if not run.resumed:
         stream.write(

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol, TextIO
 
+from tinkerflow.config import SinkName
 from tinkerflow.errors import TinkerflowError
 from tinkerflow.plot import metrics_chart_html
 from tinkerflow.shell.backend import Backend, TrainingClient
@@ -111,6 +112,40 @@ class Run:
         stream = out if out is not None else sys.stdout
         metrics = MetricsLog(directory / "metrics.jsonl", resume_step=start)
         return cls(directory, state, metrics, Progress(total_steps, start, stream, progress_label), stream, sinks)
+
+    @classmethod
+    def start(
+        cls,
+        run_dir: str | pathlib.Path,
+        config: object,
+        *,
+        log_to: Sequence[SinkName],
+        sinks: Sequence[MetricsSink] | None,
+        total_steps: int,
+        out: TextIO | None = None,
+        progress_label: str = "loss",
+    ) -> Run:
+        """:meth:`open` for a loop's config record: ``sinks=None`` makes the sinks ``log_to`` names (W&B,
+        TensorBoard; :func:`tinkerflow.shell.sinks.make_sinks`), and closes them again if opening fails."""
+        from tinkerflow.config import config_to_dict
+        from tinkerflow.serde import to_json
+        from tinkerflow.shell.sinks import close_sinks, make_sinks
+
+        made = sinks is None
+        run_sinks = make_sinks(log_to, run_dir, config_to_dict(config)) if sinks is None else tuple(sinks)
+        try:
+            return cls.open(
+                run_dir,
+                to_json(config, indent=2),
+                total_steps=total_steps,
+                out=out,
+                progress_label=progress_label,
+                sinks=run_sinks,
+            )
+        except BaseException:
+            if made:
+                close_sinks(run_sinks)
+            raise
 
     @property
     def start_step(self) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import pathlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Final, Protocol, TextIO, TypeAlias, cast
 
@@ -31,8 +31,8 @@ import attrs
 import numpy as np
 
 from tinkerflow.chat import Conversation, Message
-from tinkerflow.chat_format import ChatFormatError, conversation_from_json, parse_chat_line
-from tinkerflow.config import HF_DISK_PREFIX, HF_PREFIX, BadRowPolicy, SLConfig, TrainOn, config_to_dict, is_hf_source
+from tinkerflow.chat_format import ChatFormatError, SourcedRow, collect_rows, conversation_from_json, parse_chat_line
+from tinkerflow.config import HF_DISK_PREFIX, HF_PREFIX, BadRowPolicy, SLConfig, TrainOn, is_hf_source
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
 from tinkerflow.model_input import ModelInput
@@ -43,7 +43,6 @@ from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.run_dir import atomic_write_text
 from tinkerflow.shell.runner import MetricsSink, Run
-from tinkerflow.shell.sinks import close_sinks, make_sinks
 from tinkerflow.supervised import (
     learning_rate_at,
     recommended_lr,
@@ -108,28 +107,6 @@ MEMORY_SOURCE: Final = "<memory>"
 MEMORY_TEST_SOURCE: Final = "<memory:test>"
 
 
-@attrs.frozen
-class _Row:
-    """A parsed conversation and the position it came from (``file.jsonl:17``, ``hf:org/name[train][4]``)."""
-
-    where: str
-    conversation: Conversation
-
-
-def _collect(rows: Iterable[tuple[str, Callable[[], Conversation]]], policy: BadRowPolicy) -> tuple[list[_Row], int]:
-    """Parse every row (a thunk raising :class:`ChatFormatError` for a bad one) under the bad-row policy."""
-    kept: list[_Row] = []
-    skipped = 0
-    for where, parse in rows:
-        try:
-            kept.append(_Row(where, parse()))
-        except ChatFormatError:
-            if policy == "raise":
-                raise
-            skipped += 1
-    return kept, skipped
-
-
 def _jsonl_rows(path: str | pathlib.Path) -> Iterator[tuple[str, Callable[[], Conversation]]]:
     file = pathlib.Path(path)
     if not file.is_file():
@@ -146,8 +123,8 @@ def load_chat_jsonl(path: str | pathlib.Path, policy: BadRowPolicy = "raise") ->
     Blank lines are ignored. With ``policy="raise"`` the first bad row raises :class:`ChatFormatError` naming
     ``file:line`` and the field.
     """
-    rows, skipped = _collect(_jsonl_rows(path), policy)
-    return [row.conversation for row in rows], skipped
+    rows, skipped = collect_rows(_jsonl_rows(path), policy)
+    return [row.value for row in rows], skipped
 
 
 def _parse_row(row: ChatRow, where: str) -> Conversation:
@@ -166,8 +143,8 @@ def parse_chat_rows(
 ) -> tuple[list[Conversation], int]:
     """Conversations given in code (records, or OpenAI-style row dicts parsed like JSONL rows) and the number of
     skipped bad rows; errors name the row as ``<memory>[i]``."""
-    kept, skipped = _collect(_memory_rows(rows, source), policy)
-    return [row.conversation for row in kept], skipped
+    kept, skipped = collect_rows(_memory_rows(rows, source), policy)
+    return [row.value for row in kept], skipped
 
 
 # -- Hugging Face datasets (the optional ``hf`` extra; imported lazily) ------------------------------------------
@@ -275,16 +252,16 @@ def load_chat_hf(
     dataset, which takes no split). Each row's ``messages_field`` column holds the messages in the common chat
     format (a ``tools`` column is read when present); bad rows are named ``hf:org/name[split][row]``.
     """
-    rows, skipped = _collect(
+    rows, skipped = collect_rows(
         _hf_rows(source, split, default_split="train", subset=subset, messages_field=messages_field, field="source"),
         policy,
     )
-    return [row.conversation for row in rows], skipped
+    return [row.value for row in rows], skipped
 
 
 def _load_source(
     config: SLConfig, source: str, split: str | None, default_split: str, field: str
-) -> tuple[list[_Row], int]:
+) -> tuple[list[SourcedRow[Conversation]], int]:
     if is_hf_source(source):
         rows = _hf_rows(
             source,
@@ -294,8 +271,8 @@ def _load_source(
             messages_field=config.hf_messages_field,
             field=field,
         )
-        return _collect(rows, config.bad_rows)
-    return _collect(_jsonl_rows(source), config.bad_rows)
+        return collect_rows(rows, config.bad_rows)
+    return collect_rows(_jsonl_rows(source), config.bad_rows)
 
 
 @attrs.frozen
@@ -310,14 +287,14 @@ class SLData:
 
 
 def _to_datums(
-    rows: Sequence[_Row], renderer: ChatRenderer, config: SLConfig
+    rows: Sequence[SourcedRow[Conversation]], renderer: ChatRenderer, config: SLConfig
 ) -> tuple[list[Datum], list[Conversation], int]:
     datums: list[Datum] = []
     kept: list[Conversation] = []
     skipped = 0
     for row in rows:
         try:
-            model_input, weights = renderer.supervised_example(row.conversation, config.train_on)
+            model_input, weights = renderer.supervised_example(row.value, config.train_on)
             if model_input.length > config.max_length:
                 raise DataError(
                     row.where,
@@ -326,7 +303,7 @@ def _to_datums(
                     "raise max_length, shorten the row, or set bad_rows=skip.",
                 )
             datums.append(supervised_datum(model_input, weights, reduction=config.reduction))
-            kept.append(row.conversation)
+            kept.append(row.value)
         except TinkerflowError:
             if config.bad_rows == "raise":
                 raise
@@ -352,14 +329,14 @@ def prepare_sl_data(
     ``"<memory>"``) and pass the same rows again to resume.
     """
     if train_rows is not None:
-        rows, skipped = _collect(_memory_rows(train_rows, MEMORY_SOURCE), config.bad_rows)
+        rows, skipped = collect_rows(_memory_rows(train_rows, MEMORY_SOURCE), config.bad_rows)
         train_source = MEMORY_SOURCE
     else:
         rows, skipped = _load_source(config, config.train_data, config.hf_split, "train", "train_data")
         train_source = config.train_data
-    held_out: tuple[list[_Row], int] | None = None
+    held_out: tuple[list[SourcedRow[Conversation]], int] | None = None
     if test_rows is not None:
-        held_out = _collect(_memory_rows(test_rows, MEMORY_TEST_SOURCE), config.bad_rows)
+        held_out = collect_rows(_memory_rows(test_rows, MEMORY_TEST_SOURCE), config.bad_rows)
     elif config.test_data is not None:
         held_out = _load_source(config, config.test_data, config.hf_test_split, "test", "test_data")
     elif config.hf_test_split is not None:
@@ -468,21 +445,15 @@ def run_sl(
     total = per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, per_epoch * config.epochs)
     base_lr = config.learning_rate if config.learning_rate is not None else recommended_lr(config.base_model)
 
-    made = sinks is None
-    run_sinks = make_sinks(config.log_to, config.run_dir, config_to_dict(config)) if sinks is None else tuple(sinks)
-    try:
-        run = Run.open(
-            config.run_dir,
-            to_json(config, indent=2),
-            total_steps=total,
-            out=out,
-            progress_label="train_nll",
-            sinks=run_sinks,
-        )
-    except BaseException:
-        if made:
-            close_sinks(run_sinks)
-        raise
+    run = Run.start(
+        config.run_dir,
+        config,
+        log_to=config.log_to,
+        sinks=sinks,
+        total_steps=total,
+        out=out,
+        progress_label="train_nll",
+    )
     stream = run.out
     samples_before: tuple[str, ...] = ()
     eval_before: float | None = None
