@@ -65,6 +65,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; run files are meant to be read by people and tools
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
