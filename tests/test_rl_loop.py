@@ -222,3 +222,43 @@ def test_unknown_environment_and_bad_env_args_are_config_errors() -> None:
     assert len(train) == 3
     assert len(train.get_batch(0)) == 2
     assert test is not None
+
+
+def test_substeps_split_each_batch_into_that_many_optimizer_steps(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinkerflow.shell import local
+
+    calls: list[int] = []
+    original_fb = local.LocalTrainingClient.forward_backward
+    original_step = local.LocalTrainingClient.optim_step
+
+    def forward_backward(
+        self: local.LocalTrainingClient, data: Sequence[object], *args: object, **kw: object
+    ) -> object:
+        calls.append(len(data))
+        return original_fb(self, data, *args, **kw)  # type: ignore[arg-type]
+
+    steps: list[int] = []
+
+    def optim_step(self: local.LocalTrainingClient, params: object) -> object:
+        steps.append(1)
+        return original_step(self, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local.LocalTrainingClient, "forward_backward", forward_backward)
+    monkeypatch.setattr(local.LocalTrainingClient, "optim_step", optim_step)
+    config = _config(tmp_path, "substeps", steps=2, substeps=3, save_every=0, group_size=4, groups_per_batch=2)
+    _run(config)
+    assert len(steps) == 6  # 2 batches x 3 substeps
+    assert calls == [3, 2, 3, 3, 2, 3]  # 8 datums per batch, in 3 nearly equal contiguous chunks
+
+
+def test_kl_penalty_against_the_initial_weights_is_applied_and_logged(tmp_path: pathlib.Path) -> None:
+    config = _config(tmp_path, "kl", steps=3, kl_coef=0.5, save_every=2)
+    _run(config)
+    rows = _rows(config)
+    assert all("kl_policy_base" in row for row in rows)
+    assert abs(float(rows[0]["kl_policy_base"])) < 1e-4  # type: ignore[arg-type]  # step 0: policy == reference
+    assert abs(float(rows[-1]["kl_policy_base"])) > 1e-4  # type: ignore[arg-type]  # the policy has moved
+    state = json.loads((pathlib.Path(config.run_dir) / "state.json").read_text())
+    assert "reference" in json.loads(state["extra_json"])  # a resumed run keeps the same reference weights
