@@ -9,7 +9,7 @@ Matches tinker-cookbook 0.6.1 where it does the same job (``supervised/common.py
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final, Literal, TypeAlias
 
 import attrs
@@ -19,9 +19,10 @@ from tinkerflow._validate import finite_float, in_range, require_type
 from tinkerflow.arrays import as_float32_1d
 from tinkerflow.chat import Conversation
 from tinkerflow.datum import Datum
-from tinkerflow.errors import ConfigError, ShapeError, ValidationError
+from tinkerflow.errors import ConfigError, ShapeError, TinkerflowError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
 from tinkerflow.render import Renderer, TrainOn, build_supervised_example
+from tinkerflow.render.base import PackedBatch, packed_batches
 
 __all__ = [
     "DEFAULT_LR_TABLE",
@@ -30,6 +31,7 @@ __all__ = [
     "LRSchedule",
     "Reduction",
     "conversation_datum",
+    "conversation_datums",
     "learning_rate_at",
     "lr_multiplier",
     "recommended_lr",
@@ -305,3 +307,107 @@ def conversation_datum(
     """
     example = build_supervised_example(renderer, conversation, train_on)
     return supervised_datum(example.model_input, example.weights_T, max_length=max_length, reduction=reduction)
+
+
+def conversation_datums(
+    conversations: Sequence[Conversation],
+    *,
+    renderer: Renderer,
+    train_on: TrainOn = "all_assistant_messages",
+    max_length: int | None = None,
+    reduction: Reduction = "mean",
+    batch_size: int = 256,
+    overlap: bool = True,
+) -> list[Datum]:
+    """:func:`conversation_datum` for many conversations: exactly the same datums, in order, several times faster.
+
+    ``batch_size`` conversations at a time are rendered and tokenized (one tokenizer call) into one packed token
+    array (:func:`tinkerflow.render.base.packed_batches`); truncation, the shift and the reduction are array
+    operations over the batch, and each datum is cut from it. With ``overlap`` the tokenizer works on a helper
+    thread, a batch or two ahead, while this thread renders and packs (``overlap=False``: everything on this
+    thread). Errors are exactly those of ``[conversation_datum(c, ...) for c in conversations]``: the first
+    failing conversation's.
+
+    Throughput (``python benchmarks/bench_conversation_datum.py``, 10,000 chats, qwen3, 2 CPUs): about 1.25x
+    the time of batch-tokenizing the same message texts, about 5x faster than the cookbook's
+    ``conversation_to_datum``.
+    """
+    if not _valid_batch_settings(max_length, reduction):
+        return [_one_datum(c, renderer, train_on, max_length, reduction) for c in conversations]
+    try:
+        result: list[Datum] = []
+        for batch in packed_batches(renderer, conversations, train_on, batch_size=batch_size, overlap=overlap):
+            result.extend(_batch_datums(batch, max_length, reduction))
+        return result
+    except TinkerflowError:
+        # some conversation is bad: redo one by one, so the error is exactly conversation_datum's, raised for the
+        # first failing conversation (a batch renders later conversations before shifting earlier ones)
+        return [_one_datum(c, renderer, train_on, max_length, reduction) for c in conversations]
+
+
+def _one_datum(
+    conversation: Conversation, renderer: Renderer, train_on: TrainOn, max_length: int | None, reduction: Reduction
+) -> Datum:
+    return conversation_datum(
+        conversation, renderer=renderer, train_on=train_on, max_length=max_length, reduction=reduction
+    )
+
+
+def _valid_batch_settings(max_length: object, reduction: object) -> bool:
+    if reduction not in ("none", "sum", "mean"):
+        return False
+    return max_length is None or (type(max_length) is int and max_length >= 2)
+
+
+class _TooShortError(ValidationError):
+    """A conversation of a batch renders to fewer than 2 usable positions (reported by the one-by-one path)."""
+
+
+def _batch_datums(batch: PackedBatch, max_length: int | None, reduction: Reduction) -> list[Datum]:
+    """The datums of one packed batch: cut, shifted and reduced with array operations over the whole batch."""
+    tokens_N, weights_N, offsets = batch.tokens_N, batch.weights_N, batch.offsets
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    kept = lengths if max_length is None else np.minimum(lengths, max_length)
+    text_only = np.ones(len(lengths), dtype=bool)
+    if batch.images:
+        text_only[list(batch.images)] = False
+    if bool(np.any(kept[text_only] < 2)):
+        raise _TooShortError("conversation_datums", "conversations", "a conversation is too short.")
+    ends = starts + kept
+    if reduction == "mean":
+        # weight mass after the shift: positions start+1 .. end-1. Renderer weights are 0 or 1, so the float64
+        # prefix sums are exact and equal supervised_datum's float32 sums; dividing the conversation's whole range
+        # by its mass (1 where there is none) then gives exactly supervised_datum's float32 quotients.
+        prefix = np.zeros(len(weights_N) + 1, dtype=np.float64)
+        np.cumsum(weights_N, out=prefix[1:])
+        mass = prefix[ends] - prefix[np.minimum(starts + 1, ends)]
+        divisor = np.where(mass > 0, mass, 1.0).astype(np.float32)
+        weights_N = weights_N / np.repeat(divisor, lengths)
+    bounds = zip(starts.tolist(), ends.tolist(), strict=True)
+    if not batch.images:
+        # positional arguments: Datum(model_input, target_tokens_T, weights_T), ModelInput(chunks), TokenChunk(tokens_T)
+        return [
+            Datum(
+                ModelInput((TokenChunk(tokens_N[start : end - 1]),)),
+                tokens_N[start + 1 : end],
+                weights_N[start + 1 : end],
+            )
+            for start, end in bounds
+        ]
+    result: list[Datum] = []
+    for index, (start, end) in enumerate(bounds):
+        example = batch.images.get(index)
+        if example is not None:
+            result.append(
+                supervised_datum(example.model_input, example.weights_T, max_length=max_length, reduction=reduction)
+            )
+        else:
+            result.append(
+                Datum(
+                    model_input=ModelInput(chunks=(TokenChunk(tokens_T=tokens_N[start : end - 1]),)),
+                    target_tokens_T=tokens_N[start + 1 : end],
+                    weights_T=weights_N[start + 1 : end],
+                )
+            )
+    return result

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import ClassVar, Final, Literal, NamedTuple, NoReturn, TypeAlias, cast
 
 import attrs
@@ -44,11 +46,12 @@ from tinkerflow.chat import (
     ThinkingPart,
     ToolSpec,
 )
-from tinkerflow.errors import ShapeError, ValidationError
+from tinkerflow.errors import ShapeError, TinkerflowError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
-from tinkerflow.tokenizers import Tokenizer
+from tinkerflow.tokenizers import FastTokenizer, Tokenizer
 
 __all__ = [
+    "PackedBatch",
     "ParsedResponse",
     "Piece",
     "PieceList",
@@ -67,6 +70,7 @@ __all__ = [
     "build_supervised_examples",
     "control_pattern",
     "encode_control_text",
+    "packed_batches",
     "parse_response",
     "split_control",
 ]
@@ -345,7 +349,16 @@ class Renderer:
             raise RenderError(
                 where, "tools", "this renderer has no tool-calling format.", "use a renderer with tool support."
             )
+        roles = self.roles
         for index, message in enumerate(messages):
+            if (
+                type(message.content) is str
+                and message.role in roles
+                and message.role != "tool"
+                and not message.tool_calls
+                and not message.unparsed_tool_calls
+            ):
+                continue  # plain text in a known role: nothing below can fail
             field = f"messages[{index}]"
             if message.role not in self.roles:
                 raise RenderError(
@@ -404,6 +417,19 @@ class Renderer:
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
         """Header, output and stop overlap of one (prepared, validated) message."""
         raise NotImplementedError(f"{type(self).__name__}.render_message")
+
+    def render_units(
+        self, messages: tuple[Message, ...], last_user_index: int, tools: tuple[ToolSpec, ...]
+    ) -> list[tuple[Piece, ...]] | None:
+        """Optional fast path of supervised rendering: ``[header_0, output_0, header_1, output_1, ...]``, exactly
+        the pieces :meth:`render_message` gives for each (prepared, validated) message in its standard context,
+        when they have no stop overlap; or ``None`` to render message by message (the default).
+
+        A family implements it for its common case (plain text messages) to skip building a context and calling
+        :meth:`render_message` per message; ``last_user_index`` is the index of the last user message (-1 without
+        one). Tests compare it with :meth:`render_message`.
+        """
+        return None
 
     def generation_suffix(self, role: Role, ctx: RenderContext) -> tuple[Piece, ...]:
         """What follows the rendered messages in a generation prompt (the header of the message to sample)."""
@@ -475,21 +501,26 @@ def _last_user_index(messages: Sequence[Message]) -> int:
     return -1
 
 
-def _contexts(messages: tuple[Message, ...], turn_start: int, tools: tuple[ToolSpec, ...]) -> list[RenderContext]:
-    last_user = _last_user_index(messages)
+def _contexts(
+    messages: tuple[Message, ...], turn_start: int, tools: tuple[ToolSpec, ...], last_user: int | None = None
+) -> list[RenderContext]:
+    if last_user is None:
+        last_user = _last_user_index(messages)
     count = len(messages)
+    last = count - 1
+    previous = (None, *messages[:-1])
+    following = (*messages[1:], None)
+    # RenderContext(idx, is_last, prev_message, next_message, last_user_index, in_last_assistant_turn, tools)
     return [
-        RenderContext(
-            idx=index,
-            is_last=index == count - 1,
-            prev_message=messages[index - 1] if index > 0 else None,
-            next_message=messages[index + 1] if index + 1 < count else None,
-            last_user_index=last_user,
-            in_last_assistant_turn=index >= turn_start,
-            tools=tools,
+        _new_tuple(
+            RenderContext,
+            (index, index == last, previous[index], following[index], last_user, index >= turn_start, tools),
         )
         for index in range(count)
     ]
+
+
+_new_tuple = tuple.__new__
 
 
 def _suffix_context(messages: tuple[Message, ...], tools: tuple[ToolSpec, ...]) -> RenderContext:
@@ -587,11 +618,11 @@ def _assemble(
     return ModelInput(chunks=tuple(chunks)), weights, tokens
 
 
-def _output_trained(mode: TrainOnWhat, role: str, message: Message, ctx: RenderContext) -> bool:
+def _output_trained(mode: TrainOnWhat, role: str, message: Message, is_last: bool, in_last_turn: bool) -> bool:
     if mode is TrainOnWhat.LAST_ASSISTANT_MESSAGE:
-        return ctx.is_last and role == "assistant"
+        return is_last and role == "assistant"
     if mode is TrainOnWhat.LAST_ASSISTANT_TURN:
-        return role == "assistant" and ctx.in_last_assistant_turn
+        return role == "assistant" and in_last_turn
     if mode is TrainOnWhat.ALL_ASSISTANT_MESSAGES:
         return role == "assistant"
     if mode is TrainOnWhat.ALL_MESSAGES or mode is TrainOnWhat.ALL_TOKENS:
@@ -602,16 +633,18 @@ def _output_trained(mode: TrainOnWhat, role: str, message: Message, ctx: RenderC
 
 
 def _check_trainable(messages: Sequence[Message], mode: TrainOnWhat, where: str) -> None:
-    customized = mode is TrainOnWhat.CUSTOMIZED
+    if mode is TrainOnWhat.CUSTOMIZED:
+        for index, message in enumerate(messages):
+            if message.trainable is None:
+                raise RenderError(
+                    where,
+                    f"messages[{index}].trainable",
+                    "is unset, but train_on='customized' reads it from every message.",
+                    "set trainable=True or False on every message.",
+                )
+        return
     for index, message in enumerate(messages):
-        if customized and message.trainable is None:
-            raise RenderError(
-                where,
-                f"messages[{index}].trainable",
-                "is unset, but train_on='customized' reads it from every message.",
-                "set trainable=True or False on every message.",
-            )
-        if not customized and message.trainable is not None:
+        if message.trainable is not None:
             raise RenderError(
                 where,
                 f"messages[{index}].trainable",
@@ -652,7 +685,8 @@ class _Plan(NamedTuple):
     """A conversation rendered to pieces, before tokenization (internal)."""
 
     messages: tuple[Message, ...]
-    contexts: list[RenderContext]
+    contexts: list[RenderContext] | None  # None when the renderer's render_units fast path made the units
+    tools: tuple[ToolSpec, ...]
     units: list[_Unit]
     weights: list[float]
     first_unit_of: list[int]
@@ -660,65 +694,184 @@ class _Plan(NamedTuple):
     images: bool
 
 
+_ROLE_MODES: Final[dict[TrainOnWhat, frozenset[str] | None]] = {
+    TrainOnWhat.ALL_ASSISTANT_MESSAGES: frozenset({"assistant"}),
+    TrainOnWhat.ALL_USER_AND_SYSTEM_MESSAGES: frozenset({"user", "system"}),
+    TrainOnWhat.ALL_MESSAGES: None,
+    TrainOnWhat.ALL_TOKENS: None,
+}
+"""Modes whose output weights depend on the (train) role only: the roles trained, ``None`` for every role."""
+
+
 def _plan(renderer: Renderer, conversation: _ConversationLike, mode: TrainOnWhat, where: str) -> _Plan:
     original, messages, tools = _prepared(renderer, conversation, where)
     _check_trainable(original, mode, where)
-    turn_start = _last_user_index(messages[:-1]) + 1
-    contexts = _contexts(messages, turn_start, tools)
-    header_weight = 1.0 if mode is TrainOnWhat.ALL_TOKENS else 0.0
-    units: list[_Unit] = []
-    weights: list[float] = []
-    bos = renderer.bos_tokens()
-    if bos:
-        units.append((bos,))
-        weights.append(0.0)
-    first_unit_of: list[int] = []
-    last_weight = 0.0
+    count = len(messages)
+    last = count - 1
+    last_user = _last_user_index(messages)
+    # the last user message of messages[:-1] (the turn being trained starts after it)
+    turn_start = (last_user if last_user < last else _last_user_index(messages[:-1])) + 1
+    contexts: list[RenderContext] | None = None
+    message_units = renderer.render_units(messages, last_user, tools)
     last_overlap: _Unit = ()
-    render_message, train_role = renderer.render_message, renderer.train_role
-    for message, ctx in zip(messages, contexts, strict=True):
-        rendered = render_message(message, ctx)
-        first_unit_of.append(len(units))
-        output_weight = 1.0 if _output_trained(mode, train_role(message), message, ctx) else 0.0
-        units.append(rendered.header)
-        units.append(rendered.output)
-        weights.append(header_weight)
-        weights.append(output_weight)
-        last_weight, last_overlap = output_weight, rendered.stop_overlap
+    if message_units is None:
+        contexts = _contexts(messages, turn_start, tools, last_user)
+        rendered = list(map(renderer.render_message, messages, contexts))
+        message_units = [unit for header, output, _ in rendered for unit in (header, output)]
+        last_overlap = rendered[-1].stop_overlap if rendered else ()
+    trained_roles = _ROLE_MODES.get(mode)
+    if mode in _ROLE_MODES and type(renderer).train_role is Renderer.train_role:
+        output_weights = (
+            [1.0] * count
+            if trained_roles is None
+            else [1.0 if message.role in trained_roles else 0.0 for message in messages]
+        )
+    else:
+        train_role = renderer.train_role
+        output_weights = [
+            1.0 if _output_trained(mode, train_role(message), message, index == last, index >= turn_start) else 0.0
+            for index, message in enumerate(messages)
+        ]
+    header_weight = 1.0 if mode is TrainOnWhat.ALL_TOKENS else 0.0
+    bos = renderer.bos_tokens()
+    first = 1 if bos else 0
+    units: list[_Unit] = [(bos,), *message_units] if bos else message_units
+    weights: list[float] = [0.0] if bos else []
+    weights += [weight for output_weight in output_weights for weight in (header_weight, output_weight)]
+    first_unit_of = list(range(first, first + 2 * count, 2))
     if last_overlap:
         units.append(last_overlap)
-        weights.append(last_weight)
+        weights.append(output_weights[-1])
     images = renderer.supports_images and any(type(piece) is ImagePart for unit in units for piece in unit)
-    return _Plan(messages, contexts, units, weights, first_unit_of, _prompt_boundary(messages, mode), images)
+    boundary = _prompt_boundary(messages, mode)
+    return _Plan(messages, contexts, tools, units, weights, first_unit_of, boundary, images)
 
 
-def _finish(renderer: Renderer, plan: _Plan, encoded: list[list[int]], position: int) -> tuple[SupervisedExample, int]:
-    """The example of a text-only plan from the batch encodings starting at ``position``; the next position."""
-    tokens: list[int] = []
-    lengths: list[int] = []
-    extend, append = tokens.extend, tokens.append
-    for unit in plan.units:
-        start = len(tokens)
-        for piece in unit:
-            if type(piece) is tuple:
-                extend(piece)
-            elif type(piece) is int:
-                append(piece)
-            elif piece:
-                extend(encoded[position])
-                position += 1
-        lengths.append(len(tokens) - start)
-    weights_T = np.repeat(np.asarray(plan.weights, dtype=np.float32), np.asarray(lengths, dtype=np.int64))
-    if plan.boundary is not None:
-        length = _generation_prompt_length(renderer, plan, tokens, lengths)
-        if length:
-            weights_T[:length] = 0.0
-    model_input = ModelInput(chunks=(TokenChunk(tokens_T=np.asarray(tokens, dtype=np.int64)),))
-    return SupervisedExample(model_input=model_input, weights_T=frozen_array(weights_T)), position
+class PackedBatch(NamedTuple):
+    """Supervised examples of several conversations, packed (what :func:`packed_batches` yields).
+
+    Conversation ``i`` of the batch is ``tokens_N[offsets[i]:offsets[i + 1]]`` with weights
+    ``weights_N[offsets[i]:offsets[i + 1]]`` (unshifted, 0 or 1), unless it holds an image: then its range is
+    empty and ``images[i]`` is its example.
+    """
+
+    tokens_N: np.ndarray
+    weights_N: np.ndarray
+    offsets: np.ndarray
+    images: dict[int, SupervisedExample]
 
 
-def _texts(units: Sequence[_Unit]) -> list[str]:
-    return [piece for unit in units for piece in unit if type(piece) is str and piece]
+def _pack(
+    renderer: Renderer, plans: Sequence[_Plan], pieces: list[Piece], encoded: Sequence[Sequence[int]]
+) -> PackedBatch:
+    """Plans, the pieces of their text-only units (in order) and the encodings of those pieces' non-empty texts
+    (in order) -> one packed token/weight array.
+
+    Every piece becomes one part (a run of ids); numpy concatenates the ids in one pass, and per-unit lengths
+    (for the weights) come from cumulative part lengths, so the Python work is one step per piece.
+    """
+    text_plans = [plan for plan in plans if not plan.images]
+    units = [unit for plan in text_plans for unit in plan.units]
+    next_encoding = iter(encoded).__next__
+    parts: list[Sequence[int]] = [
+        piece if type(piece) is tuple else (piece,) if type(piece) is int else next_encoding() if piece else ()
+        for piece in pieces
+    ]
+    part_ends = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=part_ends[1:])
+    tokens_N = np.fromiter(chain.from_iterable(parts), dtype=np.int64, count=int(part_ends[-1]))
+    unit_ends = np.zeros(len(units) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, units), dtype=np.int64, count=len(units)), out=unit_ends[1:])
+    unit_token_ends = part_ends[unit_ends]  # where each unit ends in tokens_N (a leading 0 first)
+    unit_weights = np.fromiter(chain.from_iterable(plan.weights for plan in text_plans), dtype=np.float32)
+    weights_N = np.repeat(unit_weights, np.diff(unit_token_ends))
+    plan_unit_ends = np.zeros(len(plans) + 1, dtype=np.int64)
+    np.cumsum([0 if plan.images else len(plan.units) for plan in plans], out=plan_unit_ends[1:])
+    offsets = unit_token_ends[plan_unit_ends]
+    images: dict[int, SupervisedExample] = {}
+    for index, plan in enumerate(plans):
+        if plan.images:
+            segments = _encode_units(renderer, plan.units)
+            model_input, weights_T, _ = _assemble(renderer, segments, plan.weights)
+            images[index] = SupervisedExample(model_input=model_input, weights_T=frozen_array(weights_T))
+        elif plan.boundary is not None:
+            start, stop = int(offsets[index]), int(offsets[index + 1])
+            first_unit = int(plan_unit_ends[index])
+            lengths = np.diff(unit_token_ends[first_unit : first_unit + len(plan.units) + 1]).tolist()
+            length = _generation_prompt_length(renderer, plan, tokens_N[start:stop].tolist(), lengths)
+            if length:
+                weights_N[start : start + length] = 0.0
+    return PackedBatch(frozen_array(tokens_N), frozen_array(weights_N), frozen_array(offsets), images)
+
+
+def packed_batches(
+    renderer: Renderer,
+    conversations: Sequence[_ConversationLike],
+    train_on: TrainOn = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
+    *,
+    batch_size: int = 64,
+    overlap: bool = True,
+) -> Iterator[PackedBatch]:
+    """The supervised examples of ``conversations``, ``batch_size`` at a time, packed (see :class:`PackedBatch`):
+    the same tokens and weights as :func:`build_supervised_example`, without a record per conversation (for
+    consumers that process a batch with array operations, e.g. :func:`tinkerflow.supervised.conversation_datums`).
+
+    Each batch's text is tokenized in one call. With ``overlap`` (and more than one batch, and a
+    :class:`~tinkerflow.tokenizers.FastTokenizer`, which is safe to share between threads) those calls run on one
+    helper thread, up to two batches ahead, while this thread renders the next batches and packs (and the
+    consumer processes) this one: the Rust tokenizer releases the GIL, so its work overlaps the Python work
+    instead of following it. Results and errors are the same either way: an error is raised for the first
+    conversation (in order) that has one.
+    """
+    where = f"render[{renderer.name}]"
+    mode = _train_on(train_on, where)
+    step = max(1, batch_size)
+    starts = range(0, len(conversations), step)
+
+    def rendered(start: int) -> tuple[list[_Plan], list[Piece], list[str]]:
+        plans = [_plan(renderer, conversation, mode, where) for conversation in conversations[start : start + step]]
+        pieces = [piece for plan in plans if not plan.images for unit in plan.units for piece in unit]
+        return plans, pieces, [piece for piece in pieces if type(piece) is str and piece]
+
+    encode = renderer.tokenizer.encode_batch
+    if not overlap or len(starts) < 2 or not isinstance(renderer.tokenizer, FastTokenizer):
+        for start in starts:
+            plans, pieces, texts = rendered(start)
+            yield _pack(renderer, plans, pieces, encode(texts) if texts else [])
+        return
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinkerflow-tokenize") as pool:
+        # batches rendered and queued for tokenization, in order; the next one is rendered while the tokenizer
+        # works through the queue, so it never waits for Python (and Python rarely waits for it)
+        queued: deque[tuple[list[_Plan], list[Piece], Future[list[list[int]]] | None]] = deque()
+        upcoming = iter(starts)
+        error: TinkerflowError | None = None
+
+        def render_ahead() -> None:
+            nonlocal error
+            while error is None and len(queued) < _QUEUED_BATCHES:
+                start = next(upcoming, None)
+                if start is None:
+                    return
+                try:
+                    plans, pieces, texts = rendered(start)
+                except TinkerflowError as caught:
+                    error = caught  # raised after the batches before it: an earlier conversation's error comes first
+                    return
+                queued.append((plans, pieces, pool.submit(encode, texts) if texts else None))
+
+        render_ahead()
+        while queued:
+            plans, pieces, encoding = queued.popleft()
+            render_ahead()
+            yield _pack(renderer, plans, pieces, [] if encoding is None else encoding.result())
+        if error is not None:
+            raise error
+
+
+_QUEUED_BATCHES: Final[int] = 2
+"""Batches rendered ahead of the one being packed (each waiting for, or in, the tokenizer)."""
 
 
 def build_supervised_example(
@@ -750,24 +903,16 @@ def build_supervised_batch(
 ) -> tuple[SupervisedExample, ...]:
     """:func:`build_supervised_example` for many conversations, the text of ``batch_size`` conversations
     tokenized in one call (the fast way to render a dataset). Same results, in order."""
-    where = f"render[{renderer.name}]"
-    mode = _train_on(train_on, where)
     results: list[SupervisedExample] = []
-    for start in range(0, len(conversations), max(1, batch_size)):
-        plans = [
-            _plan(renderer, conversation, mode, where) for conversation in conversations[start : start + batch_size]
-        ]
-        texts = [text for plan in plans if not plan.images for text in _texts(plan.units)]
-        encoded = renderer.tokenizer.encode_batch(texts) if texts else []
-        position = 0
-        for plan in plans:
-            if plan.images:
-                segments = _encode_units(renderer, plan.units)
-                model_input, weights_T, _ = _assemble(renderer, segments, plan.weights)
-                results.append(SupervisedExample(model_input=model_input, weights_T=frozen_array(weights_T)))
-            else:
-                example, position = _finish(renderer, plan, encoded, position)
-                results.append(example)
+    for batch in packed_batches(renderer, conversations, train_on, batch_size=batch_size):
+        bounds = batch.offsets.tolist()
+        for index in range(len(bounds) - 1):
+            example = batch.images.get(index)
+            if example is None:
+                start, stop = bounds[index], bounds[index + 1]
+                model_input = ModelInput(chunks=(TokenChunk(tokens_T=batch.tokens_N[start:stop]),))
+                example = SupervisedExample(model_input=model_input, weights_T=batch.weights_N[start:stop])
+            results.append(example)
     return tuple(results)
 
 
@@ -801,6 +946,8 @@ def _generation_prompt_length(renderer: Renderer, plan: _Plan, flat: list[int], 
     are reused when their pieces did not change.
     """
     messages, contexts, units, first_unit_of = plan.messages, plan.contexts, plan.units, plan.first_unit_of
+    if contexts is None:
+        contexts = _contexts(messages, _last_user_index(messages[:-1]) + 1, plan.tools)
     boundary = plan.boundary
     assert boundary is not None
     prefix = messages[:boundary]
@@ -816,7 +963,7 @@ def _generation_prompt_length(renderer: Renderer, plan: _Plan, flat: list[int], 
             reused = lengths[index] + lengths[index + 1]
         else:
             pending.extend((rendered.header, rendered.output))
-    pending.append(renderer.generation_suffix("assistant", _suffix_context(prefix, contexts[0].tools)))
+    pending.append(renderer.generation_suffix("assistant", _suffix_context(prefix, plan.tools)))
     extra, _ = _encode_flat(renderer.tokenizer, pending)
     extra.extend(_prefill_units(renderer, prefix, None))
     middle = start + reused

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import attrs
 
-from tinkerflow.chat import Message, Role
+from tinkerflow.chat import Message, Role, ToolSpec
 from tinkerflow.render.base import (
     ParsedResponse,
     Piece,
@@ -37,6 +37,7 @@ class Llama3Renderer(Renderer):
     _headers: dict[str, tuple[int, ...]] = attrs.field(init=False, repr=False, factory=dict)
     _eot: list[int] = attrs.field(init=False, repr=False, factory=list)
     _bos: list[int] = attrs.field(init=False, repr=False, factory=list)
+    _header_units: dict[str, tuple[Piece, ...]] = attrs.field(init=False, repr=False, factory=dict)
 
     name: ClassVar[str] = "llama3"
     roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
@@ -49,6 +50,7 @@ class Llama3Renderer(Renderer):
         blank = self.tokenizer.encode("\n\n")
         for role in self.roles:
             self._headers[role] = (start, *self.tokenizer.encode(role), end, *blank)
+            self._header_units[role] = (self._headers[role],)
 
     @property
     def has_extension_property(self) -> bool:
@@ -56,6 +58,24 @@ class Llama3Renderer(Renderer):
 
     def bos_tokens(self) -> tuple[int, ...]:
         return tuple(self._bos)
+
+    def render_units(
+        self, messages: tuple[Message, ...], last_user_index: int, tools: tuple[ToolSpec, ...]
+    ) -> list[tuple[Piece, ...]] | None:
+        """Header and output of every message, as :meth:`render_message` writes them (plain-text messages;
+        ``None`` when one has parts)."""
+        if type(self).render_message is not Llama3Renderer.render_message:
+            return None  # a subclass that writes messages its own way
+        headers, eot = self._header_units, self._eot[0]
+        units: list[tuple[Piece, ...]] = []
+        append = units.append
+        for message in messages:
+            content = message.content
+            if type(content) is not str:
+                return None
+            append(headers[message.role])
+            append((content, eot))
+        return units
 
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
         return RenderedMessage(header=(self._headers[message.role],), output=(text_of(message), self._eot[0]))

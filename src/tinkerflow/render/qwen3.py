@@ -118,6 +118,10 @@ class Qwen3Renderer(Renderer):
     _ids: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
     _headers: dict[tuple[str, bool], tuple[int, ...]] = attrs.field(init=False, repr=False, factory=dict)
     _tools_tail: list[Piece] = attrs.field(init=False, repr=False, factory=list)
+    # per-message constants of the fast path: header units (the 1-tuples ``_header`` returns) and the encoded
+    # ``"\n\n"`` inside an empty thinking frame (the same ids as the text, without a tokenizer call per message)
+    _header_units: dict[tuple[str, bool], tuple[Piece, ...]] = attrs.field(init=False, repr=False, factory=dict)
+    _blank: list[tuple[int, ...]] = attrs.field(init=False, repr=False, factory=list)
 
     name: ClassVar[str] = "qwen3"
     roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant", "tool"})
@@ -133,6 +137,8 @@ class Qwen3Renderer(Renderer):
             body = (self._ids["<|im_start|>"], *self.tokenizer.encode(f"{role}\n"))
             self._headers[(role, False)] = body
             self._headers[(role, True)] = newline + body
+        self._header_units.update({key: (header,) for key, header in self._headers.items()})
+        self._blank.append(tuple(self.tokenizer.encode("\n\n")))
         self._tools_tail.extend(split_control(self.tokenizer, _TOOLS_TAIL))
 
     @property
@@ -162,15 +168,15 @@ class Qwen3Renderer(Renderer):
 
     def validate(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> None:
         super().validate(messages, tools)
-        for index, message in enumerate(messages):
-            if message.role == "system" and isinstance(message.content, tuple):
-                for part_index, part in enumerate(message.content):
-                    if isinstance(part, ImagePart) and index == 0 and tools:
-                        raise self._error(
-                            f"messages[{index}].content[{part_index}]",
-                            "an image in the system message that tools are appended to.",
-                            "move the image to a user message.",
-                        )
+        first = messages[0] if tools and messages else None
+        if first is not None and first.role == "system" and isinstance(first.content, tuple):
+            for part_index, part in enumerate(first.content):
+                if isinstance(part, ImagePart):
+                    raise self._error(
+                        f"messages[0].content[{part_index}]",
+                        "an image in the system message that tools are appended to.",
+                        "move the image to a user message.",
+                    )
 
     def _frames(self, message: Message, ctx: RenderContext) -> bool:
         """Whether the message is framed as the produced turn (``<think>\\n...\\n</think>\\n\\n``)."""
@@ -178,30 +184,69 @@ class Qwen3Renderer(Renderer):
             return False
         return ctx.is_last or not self.strip_thinking_from_history
 
+    def render_units(
+        self, messages: tuple[Message, ...], last_user_index: int, tools: tuple[ToolSpec, ...]
+    ) -> list[tuple[Piece, ...]] | None:
+        """Header and output of every message, as :meth:`render_message`'s fast path writes them; ``None``
+        unless every message is plain text without tool calls and no tools are declared."""
+        if tools or type(self).render_message is not Qwen3Renderer.render_message:
+            return None  # tools, or a subclass that writes messages its own way (qwen3_vl)
+        ids = self._ids
+        end = ids["<|im_end|>"]
+        headers = self._header_units
+        frame = (ids["<think>"], self._blank[0], ids["</think>"])
+        framing = self.frames_thinking and last_user_index >= 0
+        frame_all = framing and not self.strip_thinking_from_history
+        last = len(messages) - 1
+        units: list[tuple[Piece, ...]] = []
+        append = units.append
+        for index, message in enumerate(messages):
+            content = message.content
+            if type(content) is not str or message.tool_calls:
+                return None
+            role = message.role
+            if role == "assistant":
+                append(headers["assistant", index > 0])
+                if frame_all or (framing and index == last):
+                    append((*frame, "\n\n" + content.lstrip("\n"), end))
+                else:
+                    append((content, end) if content else (end,))
+            elif role == "tool":
+                append(headers["user", index > 0])
+                append((ids["<tool_response>"], "\n" + content + "\n", ids["</tool_response>"], end))
+            else:
+                header = headers.get((role, index > 0))
+                if header is None:
+                    return None
+                append(header)
+                append((content, end) if content else (end,))
+        return units
+
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
         ids = self._ids
         role = "user" if message.role == "tool" else message.role
+        content = message.content
+        if type(content) is str and not message.tool_calls and not (ctx.tools and ctx.idx == 0 and role == "system"):
+            # fast path (the common case): the same tokens the general path below gives
+            end = ids["<|im_end|>"]
+            header = self._header_units.get((role, ctx.idx > 0)) or self._header(role, ctx)
+            if message.role == "assistant":
+                if (
+                    self.frames_thinking
+                    and ctx.last_user_index >= 0
+                    and (ctx.is_last or not self.strip_thinking_from_history)
+                ):
+                    framed = (ids["<think>"], self._blank[0], ids["</think>"], "\n\n" + content.lstrip("\n"), end)
+                    return RenderedMessage(header, framed)
+            elif message.role == "tool":
+                return RenderedMessage(
+                    header, (ids["<tool_response>"], "\n" + content + "\n", ids["</tool_response>"], end)
+                )
+            return RenderedMessage(header, (content, end) if content else (end,))
         system = self._system_with_tools(message, ctx)
         if system is not None:
             return RenderedMessage(header=self._header(role, ctx), output=system)
         frames = self._frames(message, ctx)
-        content = message.content
-        if type(content) is str and not message.tool_calls:
-            # fast path (the common case): the same pieces the general path below builds
-            end = ids["<|im_end|>"]
-            if frames:
-                output: tuple[Piece, ...] = (
-                    ids["<think>"],
-                    "\n\n",
-                    ids["</think>"],
-                    "\n\n" + content.lstrip("\n"),
-                    end,
-                )
-            elif message.role == "tool":
-                output = (ids["<tool_response>"], "\n" + content + "\n", ids["</tool_response>"], end)
-            else:
-                output = (content, end) if content else (end,)
-            return RenderedMessage(header=self._header(role, ctx), output=output)
         out = PieceList()
         has_text = False
         has_reasoning = False
