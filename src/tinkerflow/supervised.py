@@ -328,9 +328,9 @@ def conversation_datums(
     thread). Errors are exactly those of ``[conversation_datum(c, ...) for c in conversations]``: the first
     failing conversation's.
 
-    Throughput (``python benchmarks/bench_conversation_datum.py``, 10,000 chats, qwen3, 2 CPUs): about 1.25x
-    the time of batch-tokenizing the same message texts, about 5x faster than the cookbook's
-    ``conversation_to_datum``.
+    Throughput (``python benchmarks/bench_conversation_datum.py``, 10,000 chats, qwen3 or llama3, 2 idle CPUs):
+    about 1.2x the time of batch-tokenizing the same message texts (1.3x with ``overlap=False``), about 6x
+    faster than the cookbook's ``conversation_to_datum``.
     """
     if not _valid_batch_settings(max_length, reduction):
         return [_one_datum(c, renderer, train_on, max_length, reduction) for c in conversations]
