@@ -12,7 +12,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -418,3 +418,38 @@ def test_live_smoke() -> None:  # pragma: no cover - needs the service
     with TinkerBackend() as backend:
         text = example.pipeline(backend, os.environ.get("TINKER_SMOKE_MODEL", "Qwen/Qwen3-4B-Instruct-2507"), steps=6)
     assert isinstance(text, str)
+
+
+class _RecordingService:
+    """Stands in for ``tinker.ServiceClient``: records how its session was closed."""
+
+    closed: ClassVar[list[str]] = []
+
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+
+    def close(self, status: str, detail: str | None = None) -> concurrent.futures.Future[None]:
+        _RecordingService.closed.append(status)
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+
+
+def test_an_owned_service_session_is_finished_with_the_run_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tinker
+
+    monkeypatch.setattr(tinker, "ServiceClient", _RecordingService)
+    _RecordingService.closed = []
+    with TinkerBackend(api_key="k") as backend:
+        assert isinstance(backend.service, _RecordingService)
+
+    def failing_run() -> None:
+        with TinkerBackend(api_key="k") as backend:
+            _ = backend.service
+            raise RuntimeError("run failed")
+
+    with pytest.raises(RuntimeError):
+        failing_run()
+    with TinkerBackend(service_client=_RecordingService()) as backend:  # not owned: left open
+        pass
+    assert _RecordingService.closed == ["success", "errored"]

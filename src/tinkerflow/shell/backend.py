@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Never, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import attrs
 import numpy as np
@@ -77,9 +77,9 @@ class APIFuture(Generic[T_co]):
         return APIFuture(future)
 
     @classmethod
-    def failed(cls, error: BaseException) -> APIFuture[Any]:
-        """A future that already holds ``error``."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    def failed(cls, error: BaseException) -> APIFuture[Never]:
+        """A future that already holds ``error`` (its ``result()`` raises it; it fits any ``APIFuture[T]``)."""
+        future: concurrent.futures.Future[Never] = concurrent.futures.Future()
         future.set_exception(error)
         return APIFuture(future)
 

@@ -18,7 +18,7 @@ import concurrent.futures
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from tinkerflow.shell.models import HFTokenizer
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
 if TYPE_CHECKING:
+    import tinker
+
     from tinkerflow.shell.backend import Backend, SamplingClient, TrainingClient
 
 __all__ = ["TinkerBackend", "TinkerSamplingClient", "TinkerTrainingClient"]
@@ -232,13 +234,14 @@ class TinkerBackend:
     def __init__(
         self, service_client: object | None = None, *, api_key: str | None = None, base_url: str | None = None
     ) -> None:
-        self._service: Any = service_client
+        # the SDK ServiceClient, or a stand-in with the same methods (tests); typed as the SDK's class
+        self._service: tinker.ServiceClient | None = cast("tinker.ServiceClient | None", service_client)
         self._api_key = api_key
         self._base_url = base_url
         self._owns_service = service_client is None
 
     @property
-    def service(self) -> Any:
+    def service(self) -> tinker.ServiceClient:
         """The SDK ``ServiceClient`` (created on first use)."""
         if self._service is None:
             import tinker
@@ -246,17 +249,20 @@ class TinkerBackend:
             self._service = tinker.ServiceClient(api_key=self._api_key, base_url=self._base_url)
         return self._service
 
-    def close(self) -> None:
-        """Close the ``ServiceClient`` if this backend created it."""
+    def close(self, status: Literal["success", "errored", "interrupted"] = "success") -> None:
+        """Finish the ``ServiceClient`` session with ``status`` and wait for it, if this backend created it."""
         if self._owns_service and self._service is not None:
-            self._service.close()
+            self._service.close(status).result()
             self._service = None
 
     def __enter__(self) -> TinkerBackend:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.close("success")
+        else:
+            self.close("interrupted" if issubclass(kind, KeyboardInterrupt) else "errored")
 
     def create_lora_training_client(
         self,
