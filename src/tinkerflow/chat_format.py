@@ -47,6 +47,7 @@ __all__ = [
     "collect_rows",
     "conversation_from_json",
     "conversation_to_json",
+    "decode_json_line",
     "parse_chat_line",
 ]
 
@@ -207,20 +208,25 @@ def conversation_from_json(row: object, where: str = "row") -> Conversation:
         raise _fail(where, error.field, error.problem, error.fix) from error
 
 
-def parse_chat_line(line: bytes | str, where: str) -> Conversation:
-    """One JSONL line (bytes or text) -> :class:`Conversation`; invalid UTF-8 or JSON is a :class:`ChatFormatError`."""
+def decode_json_line(line: bytes | str, where: str, error_type: type[ChatFormatError] = ChatFormatError) -> object:
+    """The JSON value of one JSONL line (bytes or text); invalid UTF-8 or JSON raises ``error_type`` naming
+    ``where`` (``file:line``)."""
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise _fail(
+            raise error_type(
                 where, "line", f"is not valid UTF-8 (byte {error.start}).", "re-encode the file as UTF-8."
             ) from error
     try:
-        row = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as error:
-        raise _fail(where, "line", f"is not valid JSON ({error.msg} at column {error.colno}).") from error
-    return conversation_from_json(row, where)
+        raise error_type(where, "line", f"is not valid JSON ({error.msg} at column {error.colno}).") from error
+
+
+def parse_chat_line(line: bytes | str, where: str) -> Conversation:
+    """One JSONL line (bytes or text) -> :class:`Conversation`; invalid UTF-8 or JSON is a :class:`ChatFormatError`."""
+    return conversation_from_json(decode_json_line(line, where), where)
 
 
 def _content_to_json(content: str | tuple[ContentPart, ...]) -> object:

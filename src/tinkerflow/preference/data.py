@@ -30,14 +30,13 @@ or a Hugging Face dataset (``datasets`` is imported only by :func:`load_preferen
 from __future__ import annotations
 
 import importlib
-import json
 import pathlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias, cast
 
 from tinkerflow.chat import Conversation, Message, Role
-from tinkerflow.chat_format import ChatFormatError, conversation_from_json, conversation_to_json
+from tinkerflow.chat_format import ChatFormatError, conversation_from_json, conversation_to_json, decode_json_line
 from tinkerflow.config import BadRowPolicy
 from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
 from tinkerflow.preference.records import COMPLETION_ROLES, Comparison, Label, LabeledComparison
@@ -302,18 +301,7 @@ def parse_preference_line(
 ) -> LabeledComparison:
     """One JSONL line (bytes or text) -> :class:`LabeledComparison`; invalid UTF-8 or JSON is a
     :class:`PreferenceFormatError` too."""
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise _fail(
-                where, "line", f"is not valid UTF-8 (byte {error.start}).", "re-encode the file as UTF-8."
-            ) from error
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise _fail(where, "line", f"is not valid JSON ({error.msg} at column {error.colno}).") from error
-    return labeled_comparison_from_json(row, where, layout=layout)
+    return labeled_comparison_from_json(decode_json_line(line, where, PreferenceFormatError), where, layout=layout)
 
 
 def _check_policy(policy: object, where: str) -> None:

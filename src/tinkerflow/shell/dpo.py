@@ -55,7 +55,7 @@ from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backend import APIFuture, Backend, CustomLossFn, SamplingClient, TrainingClient
 from tinkerflow.shell.run_dir import MetricsLog, RunDirError, atomic_write_text
 from tinkerflow.shell.runner import MetricsSink, Run
-from tinkerflow.shell.sl import DataError, _open_hf
+from tinkerflow.shell.sl import DataError, open_hf_dataset
 from tinkerflow.supervised import learning_rate_at, split_indices
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
@@ -132,7 +132,7 @@ def _hf_rows(
             f"reading {source} needs the Hugging Face `datasets` package, which is not installed.",
             "pip install 'tinkerflow[hf]'.",
         )
-    dataset, prefix = _open_hf(source, split, default_split, config.hf_subset, field)
+    dataset, prefix = open_hf_dataset(source, split, default_split, config.hf_subset, field)
     for index, row in enumerate(dataset):
         where = f"{prefix}[{index}]"
         yield where, functools.partial(labeled_comparison_from_json, row, where, layout=config.layout)

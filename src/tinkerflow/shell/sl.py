@@ -58,11 +58,13 @@ __all__ = [
     "ChatRenderer",
     "ChatRow",
     "DataError",
+    "HFDataset",
     "RendererAdapter",
     "SLData",
     "SLResult",
     "load_chat_hf",
     "load_chat_jsonl",
+    "open_hf_dataset",
     "parse_chat_rows",
     "prepare_sl_data",
     "run_sl",
@@ -150,12 +152,12 @@ def parse_chat_rows(
 # -- Hugging Face datasets (the optional ``hf`` extra; imported lazily) ------------------------------------------
 
 
-class _HFDataset(Protocol):
+class HFDataset(Protocol):
     """The part of ``datasets.Dataset`` the loader uses."""
 
     @property
     def column_names(self) -> list[str]: ...
-    def select_columns(self, column_names: list[str]) -> _HFDataset: ...
+    def select_columns(self, column_names: list[str]) -> HFDataset: ...
     def __iter__(self) -> Iterator[Mapping[str, object]]: ...
 
 
@@ -172,9 +174,9 @@ def _import_datasets(source: str, field: str) -> ModuleType:
     return cast("ModuleType", datasets)
 
 
-def _open_hf(
+def open_hf_dataset(
     source: str, split: str | None, default_split: str, subset: str | None, field: str
-) -> tuple[_HFDataset, str]:
+) -> tuple[HFDataset, str]:
     """The dataset (one split: ``split``, else ``default_split`` where there are splits) ``source`` names and the
     prefix its rows are named with."""
     datasets = _import_datasets(source, field)
@@ -185,7 +187,7 @@ def _open_hf(
             loaded: object = datasets.load_dataset(name, subset, split=split)
         except Exception as error:  # the hub, the cache and the builders raise many kinds of errors
             raise DataError(source, field, f"could not be loaded (split {split!r}): {error}", fix) from error
-        return cast("_HFDataset", loaded), f"{source}[{split}]"
+        return cast("HFDataset", loaded), f"{source}[{split}]"
     path = source[len(HF_DISK_PREFIX) :]
     try:
         loaded = datasets.load_from_disk(path)
@@ -194,7 +196,7 @@ def _open_hf(
             source, field, f"could not be loaded: {error}", "give the folder save_to_disk wrote."
         ) from error
     if isinstance(loaded, datasets.DatasetDict):
-        splits = cast("Mapping[str, _HFDataset]", loaded)
+        splits = cast("Mapping[str, HFDataset]", loaded)
         split = split or default_split
         if split not in splits:
             raise DataError(
@@ -208,7 +210,7 @@ def _open_hf(
             f"is a single dataset without splits, but split {split!r} was asked for.",
             "remove hf_split / hf_test_split, or save a DatasetDict.",
         )
-    return cast("_HFDataset", loaded), source
+    return cast("HFDataset", loaded), source
 
 
 def _hf_row(row: Mapping[str, object], messages_field: str, where: str) -> Conversation:
@@ -226,7 +228,7 @@ def _hf_row(row: Mapping[str, object], messages_field: str, where: str) -> Conve
 def _hf_rows(
     source: str, split: str | None, *, default_split: str, subset: str | None, messages_field: str, field: str
 ) -> Iterator[tuple[str, Callable[[], Conversation]]]:
-    dataset, prefix = _open_hf(source, split, default_split, subset, field)
+    dataset, prefix = open_hf_dataset(source, split, default_split, subset, field)
     columns = dataset.column_names
     if messages_field not in columns:
         raise DataError(
