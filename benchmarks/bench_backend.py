@@ -28,8 +28,14 @@ import torch
 
 from _common import emit
 from tinkerflow import AdamParams, Datum, ModelInput, SamplingParams
-from tinkerflow.shell.local import ATTENTION_MODULES, LORA_ALPHA, MLP_MODULES, UNEMBED_MODULES, LocalBackend
-from tinkerflow.shell.models import EMBEDDED_MODEL, embedded_model_dir
+from tinkerflow.shell.backends.local.backend import (
+    ATTENTION_MODULES,
+    LORA_ALPHA,
+    MLP_MODULES,
+    UNEMBED_MODULES,
+    LocalBackend,
+)
+from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL, embedded_model_dir
 
 BATCH, LENGTH, RANK = 8, 128, 32
 SAMPLES, NEW_TOKENS, PROMPT = 8, 64, 32

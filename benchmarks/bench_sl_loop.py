@@ -18,7 +18,7 @@ from _common import emit
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
 from fakes import ByteRenderer, FakeBackend
 from tinkerflow.config import SLConfig
-from tinkerflow.shell.sl import prepare_sl_data, run_sl
+from tinkerflow.shell.recipes.sl import prepare_sl_data, run_sl
 
 LATENCY = 0.02  # seconds per request; each step is forward_backward + optim_step
 

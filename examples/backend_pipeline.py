@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from tinkerflow import AdamParams, ModelInput, SamplingParams
-from tinkerflow.shell.backend import Backend
+from tinkerflow.shell.backends.protocol import Backend
 from tinkerflow.supervised import supervised_datum
 
 
@@ -38,11 +38,11 @@ def pipeline(backend: Backend, base_model: str, steps: int = 12, learning_rate: 
 def main(argv: list[str]) -> None:
     backend: Backend
     if "--tinker" in argv:
-        from tinkerflow.shell.tinker_backend import TinkerBackend
+        from tinkerflow.shell.backends.tinker import TinkerBackend
 
         backend, base_model = TinkerBackend(), "Qwen/Qwen3-4B-Instruct-2507"
     else:
-        from tinkerflow.shell.local import LocalBackend
+        from tinkerflow.shell.backends.local.backend import LocalBackend
 
         backend, base_model = LocalBackend(), "SmolLM2-135M-Instruct"  # the one line to change for Tinker
     print(repr(pipeline(backend, base_model)))

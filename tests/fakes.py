@@ -21,7 +21,7 @@ from tinkerflow.datum import Datum
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
-from tinkerflow.shell.backend import APIFuture, CustomLossFn, ModelInfo
+from tinkerflow.shell.backends.protocol import APIFuture, CustomLossFn, ModelInfo
 from tinkerflow.training import AdamParams, ForwardBackwardOutput, LossFnOutput
 
 VOCAB = 512

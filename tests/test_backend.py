@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinkerflow.errors import ValidationError
-from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, Tokenizer, TrainingClient
+from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, Tokenizer, TrainingClient
 
 
 def test_completed_and_failed_futures() -> None:
@@ -70,7 +70,7 @@ def test_map_converts_and_propagates_errors() -> None:
 @settings(max_examples=20)
 @given(st.lists(st.floats(0, 0.002), min_size=1, max_size=25))
 def test_worker_applies_requests_in_submission_order(delays: list[float]) -> None:
-    from tinkerflow.shell.local import _Worker
+    from tinkerflow.shell.backends.local.backend import _Worker
 
     worker = _Worker("order-test")
     applied: list[int] = []
@@ -90,9 +90,9 @@ def test_worker_applies_requests_in_submission_order(delays: list[float]) -> Non
 
 def test_local_and_tinker_backends_satisfy_the_protocols() -> None:
     """Structural check (the type checker does the real one): every protocol method exists on both backends."""
-    from tinkerflow.shell.local import LocalBackend, LocalSamplingClient, LocalTrainingClient
-    from tinkerflow.shell.models import ByteTokenizer, HFTokenizer
-    from tinkerflow.shell.tinker_backend import TinkerBackend, TinkerSamplingClient, TinkerTrainingClient
+    from tinkerflow.shell.backends.local.backend import LocalBackend, LocalSamplingClient, LocalTrainingClient
+    from tinkerflow.shell.backends.local.models import ByteTokenizer, HFTokenizer
+    from tinkerflow.shell.backends.tinker import TinkerBackend, TinkerSamplingClient, TinkerTrainingClient
 
     pairs = [
         (Backend, (LocalBackend, TinkerBackend)),

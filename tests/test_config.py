@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from tinkerflow.config import SLConfig, apply_overrides, config_to_dict
 from tinkerflow.errors import ConfigError, TinkerflowError
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.run_dir import RunState
+from tinkerflow.shell.io.run_dir import RunState
 from tinkerflow.supervised import LRSchedule
 
 schedules = st.builds(

@@ -1,4 +1,4 @@
-"""The DPO loop (tinkerflow.shell.dpo) on the real local backend (a tiny random-init Llama, byte-level tokens)
+"""The DPO loop (tinkerflow.shell.recipes.dpo) on the real local backend (a tiny random-init Llama, byte-level tokens)
 and its config: it learns a trivially separable preference; its torch loss and gradient equal the numpy core's
 (directly, and as the gradient the backend applies); a run killed mid-way, or inside a checkpoint write, resumes
 to the same weights and metric rows; ties, odd last batches, bad rows and every config field behave as stated."""
@@ -29,17 +29,18 @@ from tinkerflow.preference import TieError, dpo_loss, dpo_token_gradients, seque
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.render import Renderer, get_renderer
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.run_dir import MetricsLog, RunDirError, RunState, read_state
+from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, RunState, read_state
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-import tinkerflow.shell.checkpoint as checkpoint_module  # noqa: E402 - after the importorskip of torch
-import tinkerflow.shell.dpo as dpo_module  # noqa: E402
-import tinkerflow.shell.local as local_module  # noqa: E402
-import tinkerflow.shell.runner as runner_module  # noqa: E402
-from tinkerflow.shell.checkpoint import CheckpointMeta  # noqa: E402
-from tinkerflow.shell.dpo import (  # noqa: E402
+import tinkerflow.shell.backends.local.backend as local_module  # noqa: E402
+import tinkerflow.shell.backends.local.checkpoint as checkpoint_module  # noqa: E402 - after the importorskip of torch
+import tinkerflow.shell.io.run as runner_module  # noqa: E402
+import tinkerflow.shell.recipes.dpo as dpo_module  # noqa: E402
+from tinkerflow.shell.backends.local.backend import LocalBackend  # noqa: E402
+from tinkerflow.shell.backends.local.checkpoint import CheckpointMeta  # noqa: E402
+from tinkerflow.shell.recipes.dpo import (  # noqa: E402
     REFERENCE_FILE,
     DPOResult,
     dpo_loss_fn,
@@ -47,8 +48,7 @@ from tinkerflow.shell.dpo import (  # noqa: E402
     prepare_dpo_data,
     run_dpo,
 )
-from tinkerflow.shell.local import LocalBackend  # noqa: E402
-from tinkerflow.shell.sl import DataError  # noqa: E402
+from tinkerflow.shell.recipes.sl import DataError  # noqa: E402
 
 LOG2 = math.log(2.0)
 
@@ -609,7 +609,7 @@ def test_config_validation_names_the_field(values: dict[str, object], field: str
 
 
 def test_every_config_field_is_used() -> None:
-    """Each field is read by the loop (shell/dpo.py) or the command (cli._run_dpo), which builds the backend,
+    """Each field is read by the loop (shell/recipes/dpo.py) or the command (cli._run_dpo), which builds the backend,
     renderer and sinks from the config; and changing any field changes the run directory's config.json, so a
     resumed run can never silently ignore one."""
     from tinkerflow import cli

@@ -20,8 +20,8 @@ from tinkerflow.errors import ConfigError, ShapeError, ValidationError
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tinkerflow.shell.checkpoint import CheckpointError, LocalPath  # noqa: E402  (after the importorskips)
-from tinkerflow.shell.local import LocalBackend, LocalSamplingClient, LocalTrainingClient  # noqa: E402
+from tinkerflow.shell.backends.local.backend import LocalBackend, LocalSamplingClient, LocalTrainingClient  # noqa: E402
+from tinkerflow.shell.backends.local.checkpoint import CheckpointError, LocalPath  # noqa: E402  (after the importorskips)
 
 TINY = "tiny-llama:hidden=32,layers=2,heads=4,kv_heads=2,intermediate=64,vocab=300,context=64"
 TINY_QWEN_TIED = "tiny-qwen3:hidden=32,layers=2,heads=4,kv_heads=2,intermediate=64,vocab=300,context=64,tie=1"

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinkerflow.errors import ConfigError, ValidationError
-from tinkerflow.shell.checkpoint import (
+from tinkerflow.shell.backends.local.checkpoint import (
     CheckpointError,
     CheckpointMeta,
     LocalPath,
@@ -17,7 +17,13 @@ from tinkerflow.shell.checkpoint import (
     read_meta,
     write_meta,
 )
-from tinkerflow.shell.models import EMBEDDED_SHA256, ByteTokenizer, TinyModelSpec, cache_root, embedded_gguf
+from tinkerflow.shell.backends.local.models import (
+    EMBEDDED_SHA256,
+    ByteTokenizer,
+    TinyModelSpec,
+    cache_root,
+    embedded_gguf,
+)
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 

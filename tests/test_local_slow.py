@@ -13,8 +13,8 @@ from tinkerflow.supervised import supervised_datum
 pytest.importorskip("peft")
 pytest.importorskip("gguf")
 
-from tinkerflow.shell.local import LocalBackend
-from tinkerflow.shell.models import EMBEDDED_MODEL
+from tinkerflow.shell.backends.local.backend import LocalBackend
+from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL
 
 
 @pytest.mark.slow

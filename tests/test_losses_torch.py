@@ -12,7 +12,7 @@ from tinkerflow import losses as lf
 
 torch = pytest.importorskip("torch")
 
-from tinkerflow.shell.torch_losses import builtin_loss_elementwise  # noqa: E402  (needs torch)
+from tinkerflow.shell.backends.local.losses import builtin_loss_elementwise  # noqa: E402  (needs torch)
 
 CONFIGS = {
     "cross_entropy": {},

@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 
-from tinkerflow.plot import metrics_chart_html
+from tinkerflow.shell.io.charts import metrics_chart_html
 
 
 def _svg(page: str) -> ET.Element:

@@ -20,7 +20,6 @@ from tinkerflow.chat import Conversation, Message, ToolSpec
 from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.render import Renderer, Termination, build_generation_prompt, get_renderer
-from tinkerflow.rl.completers import Completion, MessageCompleter, SamplerTokenCompleter
 from tinkerflow.rl.envs import (
     GeneratedRLDataset,
     ListRLDataset,
@@ -37,7 +36,8 @@ from tinkerflow.rl.envs import (
 from tinkerflow.rl.types import StepResult, StopCondition
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backend import APIFuture
+from tinkerflow.shell.backends.protocol import APIFuture
+from tinkerflow.shell.completers import Completion, MessageCompleter, SamplerTokenCompleter
 from tinkerflow.tokenizers import offline_tokenizer
 
 T = TypeVar("T")

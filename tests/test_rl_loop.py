@@ -20,13 +20,13 @@ from tinkerflow.model_input import ModelInput
 from tinkerflow.rl.config import RLConfig
 from tinkerflow.rl.types import Metrics, StepResult, StopCondition, Trajectory
 from tinkerflow.sampling import SampledSequence
-from tinkerflow.shell.run_dir import MetricsLog
+from tinkerflow.shell.io.run_dir import MetricsLog
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tinkerflow.shell.local import LocalBackend
-from tinkerflow.shell.rl import RLResult, environment_datasets, run_rl
+from tinkerflow.shell.backends.local.backend import LocalBackend
+from tinkerflow.shell.recipes.rl import RLResult, environment_datasets, run_rl
 
 PROMPT = (256, 72, 105, 58)  # BOS "Hi:"
 TIMING = ("sampling_s", "train_s")
@@ -227,7 +227,7 @@ def test_unknown_environment_and_bad_env_args_are_config_errors() -> None:
 def test_substeps_split_each_batch_into_that_many_optimizer_steps(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tinkerflow.shell import local
+    from tinkerflow.shell.backends.local import backend as local
 
     calls: list[int] = []
     original_fb = local.LocalTrainingClient.forward_backward

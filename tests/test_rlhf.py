@@ -43,7 +43,7 @@ from tinkerflow.rl.config import RLConfig
 from tinkerflow.rl.types import Trajectory, Transition
 from tinkerflow.sampling import SampledSequence
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backend import APIFuture
+from tinkerflow.shell.backends.protocol import APIFuture
 
 # -- helpers ----------------------------------------------------------------------------------------------------
 
@@ -266,7 +266,7 @@ def test_judge_metrics_and_records_round_trip() -> None:
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tinkerflow.shell.rlhf import (  # noqa: E402
+from tinkerflow.shell.recipes.rlhf import (  # noqa: E402
     REWARD_MODEL_FILE,
     PairwiseJudge,
     PreferenceEnv,
@@ -476,7 +476,7 @@ class _KillError(Exception):
 
 
 def _run(root: pathlib.Path, rm_save_every: int = 0, **kwargs: object) -> RLHFResult:
-    from tinkerflow.shell.local import LocalBackend
+    from tinkerflow.shell.backends.local.backend import LocalBackend
 
     rm, rl = _configs(root, rm_save_every)
     backend = LocalBackend(checkpoint_dir=root / "checkpoints")
@@ -508,7 +508,7 @@ def test_rlhf_end_to_end_with_a_kill_in_stage_two(tmp_path: pathlib.Path, monkey
     assert json.loads((rl_dir / "state.json").read_text())["step"] == 1
     rm_metrics = (rm_dir / "metrics.jsonl").read_bytes()
 
-    import tinkerflow.shell.rlhf as rlhf_module
+    import tinkerflow.shell.recipes.rlhf as rlhf_module
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("the finished reward-model stage ran again")
@@ -574,9 +574,9 @@ def test_a_kill_in_stage_one_resumes_stage_one(tmp_path: pathlib.Path) -> None:
 def test_rewards_are_the_trained_judges_win_fractions(tmp_path: pathlib.Path) -> None:
     """A group rolled out with the trained judge gets exactly the win fractions the judge's pairwise
     probabilities give."""
-    from tinkerflow.rl.completers import SamplerTokenCompleter
-    from tinkerflow.shell.local import LocalBackend
-    from tinkerflow.shell.rlhf import train_reward_model
+    from tinkerflow.shell.backends.local.backend import LocalBackend
+    from tinkerflow.shell.completers import SamplerTokenCompleter
+    from tinkerflow.shell.recipes.rlhf import train_reward_model
     from tinkerflow.shell.rollouts import RolloutPolicy, rollout_group
 
     rm, _ = _configs(tmp_path)

@@ -19,16 +19,16 @@ from hypothesis import strategies as st
 from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.render import get_renderer
-from tinkerflow.rl.completers import (
-    BatchingTokenCompleter,
-    SamplerTokenCompleter,
-    TokenCompleter,
-)
 from tinkerflow.rl.envs import arithmetic, stop_condition_for
 from tinkerflow.rl.types import Env, Metrics, StepResult, StopCondition, Trajectory
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backend import APIFuture
+from tinkerflow.shell.backends.protocol import APIFuture
+from tinkerflow.shell.completers import (
+    BatchingTokenCompleter,
+    SamplerTokenCompleter,
+    TokenCompleter,
+)
 from tinkerflow.shell.rollouts import RolloutError, RolloutPolicy, rollout_batch, rollout_group, run_episode
 from tinkerflow.tokenizers import offline_tokenizer
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinkerflow.shell.run_dir import (
+from tinkerflow.shell.io.run_dir import (
     MetricsLog,
     RunDirError,
     RunState,

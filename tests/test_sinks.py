@@ -21,9 +21,9 @@ from tests.fakes import ByteRenderer, FakeBackend
 from tinkerflow.cli import main
 from tinkerflow.config import SLConfig
 from tinkerflow.errors import ConfigError
-from tinkerflow.shell.run_dir import MetricsLog
-from tinkerflow.shell.sinks import TensorBoardSink, check_sinks, make_sinks, numeric_metrics
-from tinkerflow.shell.sl import run_sl
+from tinkerflow.shell.io.run_dir import MetricsLog
+from tinkerflow.shell.io.sinks import TensorBoardSink, check_sinks, make_sinks, numeric_metrics
+from tinkerflow.shell.recipes.sl import run_sl
 
 
 def _write_data(path: pathlib.Path) -> None:

@@ -21,8 +21,8 @@ from tinkerflow.chat import Conversation, Message
 from tinkerflow.chat_format import ChatFormatError, conversation_from_json
 from tinkerflow.config import SLConfig
 from tinkerflow.errors import ConfigError, ValidationError
-from tinkerflow.shell.run_dir import MetricsLog
-from tinkerflow.shell.sl import (
+from tinkerflow.shell.io.run_dir import MetricsLog
+from tinkerflow.shell.recipes.sl import (
     DataError,
     SLData,
     load_chat_hf,

@@ -17,18 +17,18 @@ import pytest
 from tests.fakes import ByteRenderer
 
 from tinkerflow.config import SLConfig
-from tinkerflow.shell.run_dir import MetricsLog
+from tinkerflow.shell.io.run_dir import MetricsLog
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-import tinkerflow.shell.checkpoint as checkpoint_module
-import tinkerflow.shell.local as local_module
-import tinkerflow.shell.runner as runner_module
-from tinkerflow.shell.checkpoint import CheckpointMeta, read_meta
-from tinkerflow.shell.local import LocalBackend
-from tinkerflow.shell.run_dir import RunState, read_state
-from tinkerflow.shell.sl import SLResult, run_sl
+import tinkerflow.shell.backends.local.backend as local_module
+import tinkerflow.shell.backends.local.checkpoint as checkpoint_module
+import tinkerflow.shell.io.run as runner_module
+from tinkerflow.shell.backends.local.backend import LocalBackend
+from tinkerflow.shell.backends.local.checkpoint import CheckpointMeta, read_meta
+from tinkerflow.shell.io.run_dir import RunState, read_state
+from tinkerflow.shell.recipes.sl import SLResult, run_sl
 
 
 def _config(tmp_path: pathlib.Path, name: str) -> SLConfig:

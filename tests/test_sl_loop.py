@@ -14,8 +14,8 @@ from tests.fakes import ByteRenderer, FakeBackend
 
 from tinkerflow.chat_format import ChatFormatError
 from tinkerflow.config import SLConfig
-from tinkerflow.shell.run_dir import MetricsLog, read_state
-from tinkerflow.shell.sl import prepare_sl_data, run_sl
+from tinkerflow.shell.io.run_dir import MetricsLog, read_state
+from tinkerflow.shell.recipes.sl import prepare_sl_data, run_sl
 
 
 def _write_data(path: pathlib.Path, rows: int = 40) -> None:

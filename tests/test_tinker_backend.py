@@ -27,7 +27,7 @@ from tinkerflow.errors import ConfigError, ValidationError
 tt = pytest.importorskip("tinker.types")
 torch = pytest.importorskip("torch")
 
-from tinkerflow.shell.tinker_backend import TinkerBackend, TinkerSamplingClient, TinkerTrainingClient  # noqa: E402
+from tinkerflow.shell.backends.tinker import TinkerBackend, TinkerSamplingClient, TinkerTrainingClient  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -399,7 +399,7 @@ def _load_example() -> Any:
 
 def test_the_same_pipeline_runs_on_both_backends(tmp_path: pathlib.Path, service: FakeServiceClient) -> None:
     pytest.importorskip("peft")
-    from tinkerflow.shell.local import LocalBackend
+    from tinkerflow.shell.backends.local.backend import LocalBackend
 
     example = _load_example()
     text = example.pipeline(TinkerBackend(service), "Qwen/Qwen3-8B", steps=3)

@@ -28,7 +28,7 @@ from tinkerflow.serde import to_json
 
 if TYPE_CHECKING:
     from tinkerflow.render import Renderer
-    from tinkerflow.shell.backend import Backend
+    from tinkerflow.shell.backends.protocol import Backend
 
 __all__ = ["main"]
 
@@ -63,10 +63,10 @@ def _renderer(base_model: str, name: str | None) -> Renderer:
 def _backend(kind: str, run_dir: str) -> Backend:
     """The backend a config names: the local one (checkpoints under the run directory) or the Tinker service."""
     if kind == "local":
-        from tinkerflow.shell.local import LocalBackend
+        from tinkerflow.shell.backends.local.backend import LocalBackend
 
         return LocalBackend(checkpoint_dir=pathlib.Path(run_dir) / "checkpoints")
-    from tinkerflow.shell.tinker_backend import TinkerBackend
+    from tinkerflow.shell.backends.tinker import TinkerBackend
 
     return TinkerBackend()
 
@@ -76,8 +76,8 @@ def _run_sl(args: argparse.Namespace) -> int:
     print("resolved config:")
     print(to_json(config, indent=2))
 
-    from tinkerflow.shell.sinks import check_sinks
-    from tinkerflow.shell.sl import RendererAdapter, prepare_sl_data, run_sl
+    from tinkerflow.shell.io.sinks import check_sinks
+    from tinkerflow.shell.recipes.sl import RendererAdapter, prepare_sl_data, run_sl
 
     check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
 
@@ -104,8 +104,8 @@ def _run_dpo(args: argparse.Namespace) -> int:
     print("resolved config:")
     print(to_json(config, indent=2))
 
-    from tinkerflow.shell.dpo import prepare_dpo_data, run_dpo
-    from tinkerflow.shell.sinks import check_sinks
+    from tinkerflow.shell.io.sinks import check_sinks
+    from tinkerflow.shell.recipes.dpo import prepare_dpo_data, run_dpo
 
     check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
 
@@ -136,8 +136,8 @@ def _run_rl(args: argparse.Namespace) -> int:
     print("resolved config:")
     print(to_json(config, indent=2))
 
-    from tinkerflow.shell.rl import environment_datasets, run_rl
-    from tinkerflow.shell.sinks import check_sinks
+    from tinkerflow.shell.io.sinks import check_sinks
+    from tinkerflow.shell.recipes.rl import environment_datasets, run_rl
 
     check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
 

@@ -13,7 +13,8 @@ Start here::
     grads_c, grads_r = preference.dpo_token_gradients(out, chosen_weights, rejected_weights)
 
 Numpy only: importing this package loads neither torch nor ``datasets`` (``load_preference_hf`` imports it when
-called). ``DPOConfig`` is the DPO run's config; the loop is ``tinkerflow.shell.dpo.run_dpo`` (``tinkerflow dpo``).
+called). ``DPOConfig`` is the DPO run's config; the loop is ``tinkerflow.shell.recipes.dpo.run_dpo``
+(``tinkerflow dpo``).
 See ``docs/preferences.md``.
 """
 

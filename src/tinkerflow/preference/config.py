@@ -1,6 +1,6 @@
 """The DPO run configuration: an attrs record, validated on construction, (de)serialized with the one converter.
 
-Every field does something (the loop in :mod:`tinkerflow.shell.dpo` or the ``tinkerflow dpo`` command reads each
+Every field does something (the loop in :mod:`tinkerflow.shell.recipes.dpo` or the ``tinkerflow dpo`` command reads each
 one; ``tests/test_dpo_loop.py`` checks it). tinker-cookbook's DPO config declares fields it never reads; this one
 does not. Defaults follow the cookbook's DPO: ``beta`` 0.1, learning rate 1e-5, linear decay to 0.
 """

@@ -6,7 +6,7 @@ transcript, the two completions under ``### Response A`` / ``### Response B``), 
 assistant's answer ``"A"`` or ``"B"``. Trained with plain SL on :func:`reward_model_conversations` (each labelled
 comparison in both presentation orders, so that "always answer A" earns nothing), the judge's probability that
 ``x`` beats ``y`` is read from its logprobs of the two answers (the shell's
-:class:`~tinkerflow.shell.rlhf.PairwiseJudge`).
+:class:`~tinkerflow.shell.recipes.rlhf.PairwiseJudge`).
 
 In RL the samples of one prompt play a tournament (:func:`tournament_pairs`) and each sample's reward is its win
 fraction (:func:`win_fraction_rewards`)::

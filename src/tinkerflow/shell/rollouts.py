@@ -59,7 +59,6 @@ import attrs
 
 from tinkerflow._validate import require_type
 from tinkerflow.errors import ConfigError, NonFiniteError, TinkerflowError, ValidationError
-from tinkerflow.rl.completers import TokenCompleter
 from tinkerflow.rl.types import (
     Env,
     EnvGroupBuilder,
@@ -72,6 +71,7 @@ from tinkerflow.rl.types import (
     Transition,
 )
 from tinkerflow.sampling import SampledSequence
+from tinkerflow.shell.completers import TokenCompleter
 
 __all__ = [
     "FailurePolicy",

@@ -24,9 +24,9 @@ from typing import Protocol, TextIO
 
 from tinkerflow.config import SinkName
 from tinkerflow.errors import TinkerflowError
-from tinkerflow.plot import metrics_chart_html
-from tinkerflow.shell.backend import Backend, TrainingClient
-from tinkerflow.shell.run_dir import MetricsLog, RunDirError, RunState, atomic_write_text, read_state, write_state
+from tinkerflow.shell.backends.protocol import Backend, TrainingClient
+from tinkerflow.shell.io.charts import metrics_chart_html
+from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, RunState, atomic_write_text, read_state, write_state
 
 __all__ = ["MetricsSink", "Progress", "Run"]
 
@@ -126,10 +126,10 @@ class Run:
         progress_label: str = "loss",
     ) -> Run:
         """:meth:`open` for a loop's config record: ``sinks=None`` makes the sinks ``log_to`` names (W&B,
-        TensorBoard; :func:`tinkerflow.shell.sinks.make_sinks`), and closes them again if opening fails."""
+        TensorBoard; :func:`tinkerflow.shell.io.sinks.make_sinks`), and closes them again if opening fails."""
         from tinkerflow.config import config_to_dict
         from tinkerflow.serde import to_json
-        from tinkerflow.shell.sinks import close_sinks, make_sinks
+        from tinkerflow.shell.io.sinks import close_sinks, make_sinks
 
         made = sinks is None
         run_sinks = make_sinks(log_to, run_dir, config_to_dict(config)) if sinks is None else tuple(sinks)

@@ -2,7 +2,7 @@
 
 Everything that turns data into data is the pure core (:mod:`tinkerflow.preference`: loaders, ``dpo_pairs``,
 ``sequence_logprobs``, ``dpo_loss``); the run machinery (run directory, resume, metrics log and sinks, progress,
-checkpoints) is :class:`tinkerflow.shell.runner.Run`, shared with the SL and RL loops. What the loop does:
+checkpoints) is :class:`tinkerflow.shell.io.run.Run`, shared with the SL and RL loops. What the loop does:
 
 1. :func:`prepare_dpo_data` reads the comparisons (JSONL in any preference layout, ``hf:``/``hf-disk:``, or rows
    given in code) under one bad-row policy, splits off the held-out ones, handles ties (``raise`` naming the row,
@@ -45,17 +45,17 @@ from tinkerflow.config import is_hf_source
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, ShapeError, TinkerflowError, ValidationError
 from tinkerflow.pipeline import Pipeline, PipelineState
-from tinkerflow.plot import metrics_chart_html
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.preference.data import labeled_comparison_from_json, parse_preference_line
 from tinkerflow.preference.dpo import DPOPairs, comparison_datums, dpo_loss, dpo_pairs, sequence_logprobs
 from tinkerflow.preference.records import LabeledComparison, TieError
 from tinkerflow.render import Renderer
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backend import APIFuture, Backend, CustomLossFn, SamplingClient, TrainingClient
-from tinkerflow.shell.run_dir import MetricsLog, RunDirError, atomic_write_text
-from tinkerflow.shell.runner import MetricsSink, Run
-from tinkerflow.shell.sl import DataError, open_hf_dataset
+from tinkerflow.shell.backends.protocol import APIFuture, Backend, CustomLossFn, SamplingClient, TrainingClient
+from tinkerflow.shell.io.charts import metrics_chart_html
+from tinkerflow.shell.io.run import MetricsSink, Run
+from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, atomic_write_text
+from tinkerflow.shell.recipes.sl import DataError, open_hf_dataset
 from tinkerflow.supervised import learning_rate_at, split_indices
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 

@@ -3,15 +3,17 @@
 Two stages, each a run directory of its own that resumes by itself:
 
 1. **Reward model.** :func:`~tinkerflow.preference.reward_model.reward_model_conversations` turns the labelled
-   comparisons into judge conversations (both presentation orders) and :func:`~tinkerflow.shell.sl.run_sl` trains
-   on them in ``rm_config.run_dir``. Held-out judge accuracy is measured with the base model before and with the
-   trained weights after. When the stage has finished, ``reward_model.json`` in its run directory records the
+   comparisons into judge conversations (both presentation orders) and
+   :func:`~tinkerflow.shell.recipes.sl.run_sl` trains on them in ``rm_config.run_dir``. Held-out judge accuracy is
+   measured with the base model before and with the trained weights after. When the stage has finished,
+   ``reward_model.json`` in its run directory records the
    judge's sampler weights; a rerun finds it (after checking ``config.json`` and ``state.json``) and skips the
    stage.
 2. **Policy.** The judge's weights become a :class:`PairwiseJudge`; every prompt becomes a
-   :class:`PreferenceEnvGroupBuilder` (``rl_config.group_size`` single-turn envs); :func:`~tinkerflow.shell.rl.run_rl`
-   trains the policy in ``rl_config.run_dir``. Each group's samples play a tournament judged in both presentation
-   orders; a sample's reward is its win fraction (mean 0.5 per group; advantages are ``reward - 0.5``), plus an
+   :class:`PreferenceEnvGroupBuilder` (``rl_config.group_size`` single-turn envs);
+   :func:`~tinkerflow.shell.recipes.rl.run_rl` trains the policy in ``rl_config.run_dir``. Each group's samples play a
+   tournament judged in both presentation orders; a sample's reward is its win fraction (mean 0.5 per group; advantages
+   are ``reward - 0.5``), plus an
    optional format penalty for responses that did not end on the stop sequence. Before/after, the policy's greedy
    answers to the held-out prompts are judged against the labelled-chosen completions (win rate).
 
@@ -54,10 +56,10 @@ from tinkerflow.rl.envs import ListRLDataset, parse_tokens, stop_condition_for
 from tinkerflow.rl.types import Env, Metrics, StepResult, StopCondition, Trajectory
 from tinkerflow.sampling import SampledSequence, SamplingParams
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient
-from tinkerflow.shell.rl import RLResult, run_rl
-from tinkerflow.shell.run_dir import RunDirError, atomic_write_text, read_state
-from tinkerflow.shell.sl import ChatRenderer, RendererAdapter, prepare_sl_data, run_sl
+from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient
+from tinkerflow.shell.io.run_dir import RunDirError, atomic_write_text, read_state
+from tinkerflow.shell.recipes.rl import RLResult, run_rl
+from tinkerflow.shell.recipes.sl import ChatRenderer, RendererAdapter, prepare_sl_data, run_sl
 
 __all__ = [
     "REWARD_MODEL_FILE",
@@ -76,7 +78,7 @@ __all__ = [
     "train_reward_model",
 ]
 
-#: A chat renderer of :mod:`tinkerflow.render`, or the narrow :class:`~tinkerflow.shell.sl.ChatRenderer` of the
+#: A chat renderer of :mod:`tinkerflow.render`, or the narrow :class:`~tinkerflow.shell.recipes.sl.ChatRenderer` of the
 #: SL loop (whose stop condition is its stop tokens).
 AnyRenderer: TypeAlias = Renderer | ChatRenderer
 
@@ -128,7 +130,7 @@ class PairwiseJudge:
     Args:
         sampler: samples from the judge's weights (only ``compute_logprobs`` is used).
         renderer: the judge model's renderer (a :class:`tinkerflow.render.Renderer` or a
-            :class:`~tinkerflow.shell.sl.ChatRenderer`); the answer is the weighted tokens of the last assistant
+            :class:`~tinkerflow.shell.recipes.sl.ChatRenderer`); the answer is the weighted tokens of the last assistant
             message.
         instruction: the judge's instruction (the one it was trained with).
     """
@@ -218,7 +220,7 @@ class PreferenceEnv:
     """One answer to ``prompt``; its reward comes from the group's tournament, so the step reward is only the
     format term ``format_coef * (well_formed - 1)`` (0 by default). ``well_formed``: the response ended on the
     renderer's stop sequence (a :class:`~tinkerflow.render.Renderer`: ``Termination.STOP_SEQUENCE``; a
-    :class:`~tinkerflow.shell.sl.ChatRenderer`: its last token is a stop token)."""
+    :class:`~tinkerflow.shell.recipes.sl.ChatRenderer`: its last token is a stop token)."""
 
     def __init__(
         self, renderer: AnyRenderer, prompt: Conversation, *, max_tokens: int | None = None, format_coef: float = 0.0

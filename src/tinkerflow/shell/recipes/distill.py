@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.chat_format import conversation_to_json
 from tinkerflow.sampling import SamplingParams
-from tinkerflow.shell.backend import SamplingClient
-from tinkerflow.shell.run_dir import atomic_write_text
-from tinkerflow.shell.sl import ChatRenderer
+from tinkerflow.shell.backends.protocol import SamplingClient
+from tinkerflow.shell.io.run_dir import atomic_write_text
+from tinkerflow.shell.recipes.sl import ChatRenderer
 
 __all__ = ["student_conversation", "teacher_conversations", "write_chat_jsonl"]
 

@@ -1,8 +1,9 @@
 """LocalBackend: Tinker's training and sampling semantics on this machine (torch + transformers). (Shell.)
 
-* Models: see :mod:`tinkerflow.shell.models` (the embedded SmolLM2-135M-Instruct by default, tiny random-init
-  Llama/Qwen3 models for tests, local folders, hub names). CPU in fp32 by default; CUDA in bf16 when available.
-* Training: LoRA adapters (rank ``r``, ``alpha = 32``, scale ``alpha / r``, no dropout; :class:`LoraLinear`, peft's
+* Models: see :mod:`~tinkerflow.shell.backends.local.models` (the embedded SmolLM2-135M-Instruct by default,
+  tiny random-init Llama/Qwen3 models for tests, local folders, hub names). CPU in fp32 by default; CUDA in bf16 when
+  available. * Training: LoRA adapters (rank ``r``, ``alpha = 32``, scale ``alpha / r``, no dropout;
+  :class:`LoraLinear`, peft's
   parametrization and parameter names) on the attention (q/k/v/o) and MLP (gate/up/down) projections and
   optionally the unembedding, as Tinker trains them; or full fine-tuning
   (:meth:`LocalBackend.create_full_training_client`). Gradients accumulate over ``forward_backward``
@@ -16,7 +17,7 @@
   top-p, temperature (0 = greedy), stop strings or stop tokens (the stopping token is kept), a seeded generator.
   The logprob reported for a sampled token is the model's ``log_softmax`` of the raw logits (before temperature,
   top-k and top-p), i.e. what a forward pass of the same weights gives it.
-* Checkpoints: :mod:`tinkerflow.shell.checkpoint` (``local://<run>/weights/<name>`` and
+* Checkpoints: :mod:`tinkerflow.shell.backends.local.checkpoint` (``local://<run>/weights/<name>`` and
   ``local://<run>/sampler_weights/<name>``), written atomically.
 
 Each training and sampling client runs its requests on its own worker thread, first in, first out.
@@ -46,8 +47,7 @@ from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams, StopReason
-from tinkerflow.shell.backend import APIFuture, CustomLossFn, ModelInfo, Tokenizer
-from tinkerflow.shell.checkpoint import (
+from tinkerflow.shell.backends.local.checkpoint import (
     CheckpointError,
     CheckpointMeta,
     LocalPath,
@@ -55,12 +55,13 @@ from tinkerflow.shell.checkpoint import (
     read_meta,
     write_meta,
 )
-from tinkerflow.shell.models import EMBEDDED_MODEL, BaseModel, cache_root, load_base_model
-from tinkerflow.shell.torch_losses import builtin_loss_elementwise
+from tinkerflow.shell.backends.local.losses import builtin_loss_elementwise
+from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL, BaseModel, cache_root, load_base_model
+from tinkerflow.shell.backends.protocol import APIFuture, CustomLossFn, ModelInfo, Tokenizer
 from tinkerflow.training import AdamParams, ForwardBackwardOutput, LossFnOutput
 
 if TYPE_CHECKING:
-    from tinkerflow.shell.backend import Backend, SamplingClient, TrainingClient
+    from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 
 __all__ = ["LORA_ALPHA", "LocalBackend", "LocalSamplingClient", "LocalTrainingClient", "LoraLinear", "LoraSetup"]
 

@@ -13,7 +13,7 @@ Per step ``n`` (everything that turns data into data is a pure function of :mod:
 4. ``substeps`` forward_backward + optim_step pairs are submitted back to back, then awaited;
 5. metrics (rewards per tag, failures by kind, loss), transcripts, and every ``save_every`` steps a checkpoint
    with the data position and the sampler paths that in-flight batches need, so a resumed run continues at the
-   next unfinished batch with the same data and sampling weights (the shared :class:`~tinkerflow.shell.runner.Run`
+   next unfinished batch with the same data and sampling weights (the shared :class:`~tinkerflow.shell.io.run.Run`
    machinery: no replayed batch, no duplicated metrics row).
 """
 
@@ -38,7 +38,6 @@ from tinkerflow.render import Renderer
 from tinkerflow.rl import envs
 from tinkerflow.rl.advantages import AdvantageConfig, compute_advantages
 from tinkerflow.rl.assembly import RLBatch, assemble_batch
-from tinkerflow.rl.completers import BatchingTokenCompleter
 from tinkerflow.rl.config import RLConfig
 from tinkerflow.rl.kl import kl_penalty, reference_prompts
 from tinkerflow.rl.loss_inputs import CISPOLoss, DROLoss, ImportanceSamplingLoss, LossConfig, PPOLoss, loss_datums
@@ -46,10 +45,11 @@ from tinkerflow.rl.metrics import rollout_metrics
 from tinkerflow.rl.transcripts import EpisodeTranscript, episode_transcripts, transcripts_html
 from tinkerflow.rl.types import EnvGroupBuilder, RLDataset, TrajectoryGroup
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient
+from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient
+from tinkerflow.shell.completers import BatchingTokenCompleter
+from tinkerflow.shell.io.run import MetricsSink, Run
+from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.rollouts import RolloutPolicy, rollout_batch
-from tinkerflow.shell.run_dir import MetricsLog, atomic_write_text
-from tinkerflow.shell.runner import MetricsSink, Run
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
 __all__ = ["ENVIRONMENTS", "RLResult", "environment_datasets", "loss_config", "run_rl"]

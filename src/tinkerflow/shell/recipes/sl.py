@@ -40,9 +40,9 @@ from tinkerflow.pipeline import Pipeline, PipelineState
 from tinkerflow.render import Renderer, build_generation_prompt, build_supervised_example, parse_response
 from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backend import APIFuture, Backend, SamplingClient, TrainingClient
-from tinkerflow.shell.run_dir import atomic_write_text
-from tinkerflow.shell.runner import MetricsSink, Run
+from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, TrainingClient
+from tinkerflow.shell.io.run import MetricsSink, Run
+from tinkerflow.shell.io.run_dir import atomic_write_text
 from tinkerflow.supervised import (
     learning_rate_at,
     recommended_lr,
@@ -439,7 +439,7 @@ def run_sl(
 
     ``after_step(step)`` is called once step ``step``'s metrics are logged (tests use it to kill a run).
     ``sinks`` receive every metrics row too and are closed when the loop ends; ``None`` makes the ones
-    ``config.log_to`` asks for (:func:`tinkerflow.shell.sinks.make_sinks`: W&B, TensorBoard), ``()`` none.
+    ``config.log_to`` asks for (:func:`tinkerflow.shell.io.sinks.make_sinks`: W&B, TensorBoard), ``()`` none.
     """
     data = data if data is not None else prepare_sl_data(config, renderer)
     pipeline = train_pipeline(data, config)

@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 
 from tinkerflow.errors import ConfigError
-from tinkerflow.shell.checkpoint import atomic_directory
+from tinkerflow.shell.backends.local.checkpoint import atomic_directory
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +70,7 @@ def cache_root() -> pathlib.Path:
 
 
 class HFTokenizer:
-    """A transformers tokenizer behind :class:`~tinkerflow.shell.backend.Tokenizer`."""
+    """A transformers tokenizer behind :class:`~tinkerflow.shell.backends.protocol.Tokenizer`."""
 
     def __init__(self, tokenizer: object, name: str) -> None:
         self._tokenizer: Any = tokenizer  # a transformers tokenizer, used duck-typed

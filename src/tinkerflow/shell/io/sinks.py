@@ -7,7 +7,7 @@ tinkerflow does not depend on either; :func:`check_sinks` tells before any work 
 Only numeric values of a row are forwarded (strings and ``None`` are left to the JSONL log; NaN is kept).
 
 Resume: a resumed run logs again the steps after its last checkpoint (identical values, see
-:mod:`tinkerflow.shell.runner`).
+:mod:`tinkerflow.shell.io.run`).
 
 * TensorBoard: each process writes a new event file in ``<run_dir>/tensorboard`` that begins with a session
   start at the first step it logs, so TensorBoard discards the points the killed process wrote from that step
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from tinkerflow.config import SinkName
 from tinkerflow.errors import ConfigError, TinkerflowError
-from tinkerflow.shell.run_dir import atomic_write_text
-from tinkerflow.shell.runner import MetricsSink, MetricValue
+from tinkerflow.shell.io.run import MetricsSink, MetricValue
+from tinkerflow.shell.io.run_dir import atomic_write_text
 
 if TYPE_CHECKING:
     from wandb.sdk.wandb_run import Run as WandbRun

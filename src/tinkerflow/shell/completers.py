@@ -33,7 +33,7 @@ from tinkerflow.rl.types import StopCondition
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 
 if TYPE_CHECKING:
-    from tinkerflow.shell.backend import SamplingClient
+    from tinkerflow.shell.backends.protocol import SamplingClient
 
 __all__ = [
     "BatchingTokenCompleter",
@@ -120,7 +120,7 @@ class SamplerTokenCompleter:
     """A :class:`TokenCompleter` that sends one ``sample(num_samples=1)`` request per call.
 
     Args:
-        sampler: a sampling client (:class:`tinkerflow.shell.backend.SamplingClient`).
+        sampler: a sampling client (:class:`tinkerflow.shell.backends.protocol.SamplingClient`).
         temperature: softmax temperature (RL samples at 1.0, the policy itself).
         max_tokens: most tokens per action; the stop condition's ``max_tokens`` lowers it further. ``None``: the
             stop condition's, else the backend's limit.

@@ -28,14 +28,14 @@ from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampleResponse, SamplingParams
-from tinkerflow.shell.backend import APIFuture, CustomLossFn, ModelInfo, Tokenizer
-from tinkerflow.shell.models import HFTokenizer
+from tinkerflow.shell.backends.local.models import HFTokenizer
+from tinkerflow.shell.backends.protocol import APIFuture, CustomLossFn, ModelInfo, Tokenizer
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
 if TYPE_CHECKING:
     import tinker
 
-    from tinkerflow.shell.backend import Backend, SamplingClient, TrainingClient
+    from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 
 __all__ = ["TinkerBackend", "TinkerSamplingClient", "TinkerTrainingClient"]
 
@@ -75,7 +75,7 @@ def _check_builtin(
 
 
 class TinkerSamplingClient:
-    """A Tinker ``SamplingClient`` behind the :class:`~tinkerflow.shell.backend.SamplingClient` protocol."""
+    """A Tinker ``SamplingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.SamplingClient` protocol."""
 
     def __init__(self, sdk_client: Any) -> None:
         self.sdk = sdk_client
@@ -123,7 +123,7 @@ class TinkerSamplingClient:
 
 
 class TinkerTrainingClient:
-    """A Tinker ``TrainingClient`` behind the :class:`~tinkerflow.shell.backend.TrainingClient` protocol."""
+    """A Tinker ``TrainingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.TrainingClient` protocol."""
 
     def __init__(self, sdk_client: Any) -> None:
         self.sdk = sdk_client
@@ -221,7 +221,7 @@ def _check_tinker_path(path: object, where: str) -> None:
 
 
 class TinkerBackend:
-    """The Tinker service (the SDK's ``ServiceClient``) behind the :class:`~tinkerflow.shell.backend.Backend`
+    """The Tinker service (the SDK's ``ServiceClient``) behind the :class:`~tinkerflow.shell.backends.protocol.Backend`
     protocol.
 
     Args:

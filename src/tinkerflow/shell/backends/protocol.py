@@ -1,9 +1,9 @@
 """The backend protocol: the training and sampling calls tinkerflow's loops make, with futures. (Shell.)
 
-Two implementations: :class:`~tinkerflow.shell.tinker_backend.TinkerBackend` (the Tinker service, through the
-``tinker`` SDK) and :class:`~tinkerflow.shell.local.LocalBackend` (torch + transformers + peft on this machine).
-Loops only see :class:`Backend`, :class:`TrainingClient` and :class:`SamplingClient`, so pointing a pipeline at
-the service is a one-line change.
+Two implementations: :class:`~tinkerflow.shell.backends.tinker.TinkerBackend` (the Tinker service, through the
+``tinker`` SDK) and :class:`~tinkerflow.shell.backends.local.LocalBackend` (torch + transformers + peft on this
+machine). Loops only see :class:`Backend`, :class:`TrainingClient` and :class:`SamplingClient`, so pointing a
+pipeline at the service is a one-line change.
 
 Futures
 -------

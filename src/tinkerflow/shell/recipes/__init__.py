@@ -1,0 +1,1 @@
+"""Recipes (shell): ``sl``, ``dpo``, ``rl``, ``rlhf``, ``distill``; each a short script over the shared step loop."""
