@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
 
 from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 
@@ -43,3 +47,35 @@ def in_range(
         right = ")" if high_open else "]"
         interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
         raise ConfigError(where, field, f"must lie in {interval}, got {value!r}.")
+
+
+def int_at_least(value: object, where: str, field: str, low: int = 1, *, allow_none: bool = False) -> int | None:
+    """Return ``value`` after checking it is an int (never a bool) ``>= low``; ``None`` passes when ``allow_none``.
+
+    Raises ``ConfigError`` naming ``where.field``; the one integer check every record and config uses.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive int" if low == 1 else f"an int >= {low}"
+        suffix = " or None" if allow_none else ""
+        raise ConfigError(where, field, f"must be {kind}{suffix}, got {value!r}.")
+    return value
+
+
+def positive_int(value: object, where: str, field: str) -> int:
+    """``value`` checked to be an int ``>= 1`` (see :func:`int_at_least`)."""
+    result = int_at_least(value, where, field, 1)
+    assert result is not None
+    return result
+
+
+def attrs_int_at_least(
+    where: str, low: int = 1, *, allow_none: bool = False
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator: the field is an int ``>= low`` (or ``None`` when ``allow_none``), else ``ConfigError``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        int_at_least(value, where, attribute.name, low, allow_none=allow_none)
+
+    return check
