@@ -3,23 +3,29 @@
 Three trivial stages (map, filter, map) over 1M small items, consumed at C speed (``deque(maxlen=0)``) so the
 figure is the pipeline's own overhead, not the consumer's. The target (issue 8) is a ratio of at most 1.5.
 Also measured: the same with batches of 32 against a hand-written batching generator, a seeded per-epoch
-shuffle, and the cost of taking and restoring a state.
+shuffle, the cost of taking and restoring a state, and an expensive stage run in this process against the same
+run in 2 worker processes (``tinkerflow.shell.io.executors.iterate_parallel``; the outputs are checked equal).
 
-Run: ``python benchmarks/bench_pipeline.py``. The last line is one JSON object with the figures.
+Run: ``python benchmarks/bench_pipeline.py`` (``--quick``: 100k items, fewer repeats). The last line is one JSON
+object with the figures.
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from collections.abc import Iterator
 
 from _common import best_of, emit
 from tinkerflow.pipeline import Pipeline, PipelineState, filter_stage
 from tinkerflow.serde import from_json, to_json
+from tinkerflow.shell.io.executors import iterate_parallel
 
 N_ITEMS = 1_000_000
 BATCH = 32
+N_EXPENSIVE = 4_000
+WORKERS = 2
 
 
 def add1(x: int) -> int:
@@ -54,12 +60,42 @@ def hand_written_batches(items: list[int]) -> Iterator[tuple[int, ...]]:
         yield tuple(batch)
 
 
+def expensive(x: int) -> int:
+    """About a millisecond of pure-Python work per item: a stage worth sending to a worker."""
+    total = x
+    for i in range(20_000):
+        total = (total * 31 + i) % 1_000_003
+    return total
+
+
 def consume(iterable: object) -> None:
     collections.deque(iterable, maxlen=0)  # type: ignore[call-overload]  # benchmark glue: any iterable
 
 
+def parallel_figures(n_items: int, repeats: int) -> dict[str, object]:
+    """An expensive map stage over ``n_items`` in this process and in ``WORKERS`` worker processes."""
+    pipeline = Pipeline.from_source(list(range(n_items)), item_type=int).then(expensive).with_chunk_size(64)
+    assert list(iterate_parallel(pipeline, workers=WORKERS)) == list(pipeline)
+    serial = best_of(lambda: consume(pipeline.iterate()), repeats=repeats)
+    parallel = best_of(lambda: consume(iterate_parallel(pipeline, workers=WORKERS)), repeats=repeats)
+    print(
+        f"expensive stage x{n_items}: in this process {serial * 1e3:.0f} ms; {WORKERS} workers "
+        f"{parallel * 1e3:.0f} ms; speed-up {serial / parallel:.2f}"
+    )
+    return {
+        "expensive_items": n_items,
+        "workers": WORKERS,
+        "expensive_in_process_ms": round(serial * 1e3, 1),
+        "expensive_parallel_ms": round(parallel * 1e3, 1),
+        "parallel_speedup": round(serial / parallel, 3),
+    }
+
+
 def main() -> None:
-    items = list(range(N_ITEMS))
+    quick = "--quick" in sys.argv[1:]
+    n_items = N_ITEMS // 10 if quick else N_ITEMS
+    repeats = 2 if quick else 5
+    items = list(range(n_items))
     pipeline = Pipeline.from_source(items, item_type=int).then(add1, filter_stage(keep), double)
     batched = pipeline.batch(BATCH)
     shuffled = Pipeline.from_source(items, item_type=int).shuffle(0).then(add1, filter_stage(keep), double)
@@ -67,14 +103,14 @@ def main() -> None:
     assert list(pipeline) == list(hand_written(items))
     assert list(batched) == list(hand_written_batches(items))
 
-    hand = best_of(lambda: consume(hand_written(items)))
-    ours = best_of(lambda: consume(pipeline.iterate()))
-    hand_batched = best_of(lambda: consume(hand_written_batches(items)))
-    ours_batched = best_of(lambda: consume(batched.iterate()))
-    ours_shuffled = best_of(lambda: consume(shuffled.iterate()), repeats=3)
+    hand = best_of(lambda: consume(hand_written(items)), repeats=repeats)
+    ours = best_of(lambda: consume(pipeline.iterate()), repeats=repeats)
+    hand_batched = best_of(lambda: consume(hand_written_batches(items)), repeats=repeats)
+    ours_batched = best_of(lambda: consume(batched.iterate()), repeats=repeats)
+    ours_shuffled = best_of(lambda: consume(shuffled.iterate()), repeats=min(3, repeats))
 
     iterator = pipeline.iterate()
-    consume(zip(range(N_ITEMS // 2), iterator, strict=False))
+    consume(zip(range(n_items // 2), iterator, strict=False))
     calls = 10_000
     start = time.perf_counter()
     for _ in range(calls):
@@ -89,10 +125,12 @@ def main() -> None:
     print(f"hand-written generator: {hand * 1e3:.1f} ms; pipeline: {ours * 1e3:.1f} ms; ratio {ratio:.3f}")
     print(f"batched x{BATCH}: hand-written {hand_batched * 1e3:.1f} ms; pipeline {ours_batched * 1e3:.1f} ms")
     print(f"per-epoch shuffle: {ours_shuffled * 1e3:.1f} ms; state(): {state_us:.2f} us; restore: {restore_ms:.2f} ms")
+    parallel = parallel_figures(N_EXPENSIVE // 4 if quick else N_EXPENSIVE, repeats)
     emit(
         "pipeline_overhead",
         {
-            "items": N_ITEMS,
+            "items": n_items,
+            "quick": quick,
             "stages": 3,
             "hand_written_ms": round(hand * 1e3, 2),
             "pipeline_ms": round(ours * 1e3, 2),
@@ -105,6 +143,7 @@ def main() -> None:
             "shuffled_pipeline_ms": round(ours_shuffled * 1e3, 2),
             "state_us": round(state_us, 3),
             "restore_first_item_ms": round(restore_ms, 3),
+            **parallel,
         },
     )
 

@@ -18,7 +18,6 @@ from tinkerflow import Datum, ModelInput
 from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
 from tinkerflow.pipeline import (
     CompositionError,
-    JsonlSource,
     Pipeline,
     PipelineInfo,
     SequenceSource,
@@ -33,6 +32,7 @@ from tinkerflow.pipeline import (
     vectorized_stage,
 )
 from tinkerflow.serde import from_json, to_json
+from tinkerflow.shell.io.sources import JsonlSource
 from tinkerflow.testing import datums
 
 T = TypeVar("T")

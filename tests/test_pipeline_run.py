@@ -1,4 +1,4 @@
-"""Running pipelines: shuffles, batching, exact resume from a saved state, parallel == serial."""
+"""Running pipelines: shuffles, batching, exact resume from a saved state, worker processes == in-process."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from tinkerflow.errors import ConfigError
 from tinkerflow.pipeline import (
-    JsonlSource,
     Pipeline,
     PipelineState,
     SequenceSource,
@@ -29,6 +28,8 @@ from tinkerflow.pipeline import (
     vectorized_stage,
 )
 from tinkerflow.serde import from_json, to_json
+from tinkerflow.shell.io.executors import ProcessExecutor, iterate_parallel
+from tinkerflow.shell.io.sources import JsonlSource
 
 
 def add1(x: int) -> int:
@@ -102,6 +103,12 @@ def run_all(pipeline: Pipeline[object], state: PipelineState | None = None) -> t
     return outputs, iterator.skipped
 
 
+def run_parallel(pipeline: Pipeline[object], state: PipelineState | None = None) -> tuple[list[object], int]:
+    with iterate_parallel(pipeline, workers=2, chunk_size=3, state=state) as iterator:
+        outputs = list(iterator)
+        return outputs, iterator.skipped
+
+
 @given(pipelines(), st.integers(0, 200), st.integers(1, 7), st.data())
 def test_resume_from_any_cut_yields_exactly_the_rest(
     pipeline: Pipeline[object], cut: int, restore_chunk: int, data: st.DataObject
@@ -146,13 +153,17 @@ def test_state_after_each_output_restores_the_rest(pipeline: Pipeline[object]) -
 @given(pipelines(max_items=60), st.integers(0, 100))
 def test_parallel_map_equals_serial_map_and_resumes(pipeline: Pipeline[object], cut: int) -> None:
     serial, serial_skipped = run_all(pipeline)
-    parallel = pipeline.parallel(2, chunk_size=3)
-    assert run_all(parallel) == (serial, serial_skipped)
+    assert run_parallel(pipeline) == (serial, serial_skipped)
     cut = min(cut, len(serial))
-    with parallel.iterate() as iterator:
+    with iterate_parallel(pipeline, workers=2, chunk_size=3) as iterator:
         head = list(itertools.islice(iterator, cut))
         state = iterator.state()
     assert head + run_all(pipeline, state)[0] == serial
+    # and the other way round: a state saved by an in-process run restores into a parallel one
+    with pipeline.iterate() as iterator:
+        head = list(itertools.islice(iterator, cut))
+        state = iterator.state()
+    assert head + run_parallel(pipeline, state)[0] == serial
 
 
 def test_parallel_raises_the_same_stage_error() -> None:
@@ -160,7 +171,7 @@ def test_parallel_raises_the_same_stage_error() -> None:
     with pytest.raises(StageError) as serial:
         list(pipeline)
     with pytest.raises(StageError) as parallel:
-        list(pipeline.parallel(2, chunk_size=4))
+        list(iterate_parallel(pipeline, workers=2, chunk_size=4))
     for error in (serial.value, parallel.value):
         assert (error.stage, error.location, error.position) == ("fails_on_10_mod_11", "xs[9]", 9)
         assert error.cause == "ValueError: bad item 10"
@@ -295,10 +306,25 @@ def test_spawned_workers_get_stages_by_reference(tmp_path: pathlib.Path) -> None
     path.write_text("".join(f'{{"v": {i}}}\n' for i in range(40)), encoding="utf-8")
     pipeline = Pipeline.from_source(JsonlSource(path)).then(value_of, OPS["dup_even"], add1).shuffle(4).batch(5)
     expected = list(pipeline)
-    assert list(pipeline.parallel(2, chunk_size=6, start_method="spawn")) == expected
+    assert list(iterate_parallel(pipeline, workers=2, chunk_size=6, start_method="spawn")) == expected
+    executor = ProcessExecutor(2, start_method="spawn")
+    assert list(pipeline.with_chunk_size(6).iterate(executor=executor)) == expected
 
 
 def test_spawned_workers_refuse_lambdas_with_a_clear_error() -> None:
     pipeline = Pipeline.from_source([1, 2, 3], item_type=int).then(stage(lambda x: x, in_type=int, out_type=int))
     with pytest.raises(ConfigError, match="module-level functions"):
-        list(pipeline.parallel(1, start_method="spawn"))
+        list(iterate_parallel(pipeline, workers=1, start_method="spawn"))
+
+
+def test_parallel_settings_are_checked() -> None:
+    pipeline = Pipeline.from_source([1, 2, 3], item_type=int)
+    with pytest.raises(ConfigError, match="start_method"):
+        iterate_parallel(pipeline, workers=2, start_method="no-such-method")
+    with pytest.raises(ConfigError, match="start_method"):
+        iterate_parallel(pipeline, workers=0, start_method="no-such-method")
+    with pytest.raises(ConfigError, match="workers"):
+        iterate_parallel(pipeline, workers=-1)
+    with pytest.raises(ConfigError, match="workers"):
+        ProcessExecutor(0)
+    assert list(iterate_parallel(pipeline, workers=0)) == [1, 2, 3]

@@ -7,24 +7,29 @@ checks at composition time that every step's output type feeds the next step's i
 
 from __future__ import annotations
 
-import functools
-import itertools
-import traceback
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, Literal, Never, TypeAlias, TypeVar, cast, overload
+from typing import Any, Generic, Never, TypeAlias, TypeVar, cast, overload
 
 import attrs
 
-from tinkerflow.errors import ConfigError, TinkerflowError
-from tinkerflow.pipeline._types import StageKind, accepts, infer_types, substitute, type_name
+from tinkerflow.errors import ConfigError
+from tinkerflow.pipeline._errors import StageError, describe_cause, format_details
+from tinkerflow.pipeline._steps import (
+    Failure,
+    Step,
+    apply_one,
+    compile_steps,
+    default_name,
+    describe_steps,
+    flow,
+    run_compiled,
+)
+from tinkerflow.pipeline._types import StageKind, infer_types, type_name
 
 __all__ = [
-    "CompositionError",
-    "ErrorPolicy",
     "Stage",
-    "StageError",
-    "StageKind",
-    "Step",
+    "StageLike",
+    "as_stage",
     "compose",
     "filter_stage",
     "flat_map_stage",
@@ -43,167 +48,6 @@ H = TypeVar("H")
 In_contra = TypeVar("In_contra", contravariant=True)
 Out_co = TypeVar("Out_co", covariant=True)
 R = TypeVar("R")
-
-ErrorPolicy: TypeAlias = Literal["raise", "skip"]
-"""What a run does when a stage raises on an item: ``"raise"`` a :class:`StageError`, or ``"skip"`` the item
-(all of its outputs) and count it."""
-
-_KINDS: frozenset[str] = frozenset({"map", "filter", "flat_map", "vectorized"})
-
-
-class CompositionError(ConfigError):
-    """Two stages do not fit: the output type of one does not feed the input type of the next.
-
-    ``where`` is ``"compose"`` (or ``"Pipeline.then"``), ``field`` names the joint (``"steps[1] -> steps[2]"``),
-    and the message names both stages and both types.
-    """
-
-
-class StageError(TinkerflowError, RuntimeError):
-    """A stage raised on an item. Names the stage, the item's source position and the cause.
-
-    Attributes:
-        stage: the failing step's name (``"source"`` when reading the item failed).
-        location: where the item comes from: ``"data/train.jsonl:13"`` (file and line) or ``"items[12]"``.
-        cause: ``"ValueError: ..."``, the type and message of the exception the stage raised.
-        epoch, position: the run's epoch and the item's position in that epoch's order (``None`` outside runs).
-        details: the cause's formatted traceback (kept as text so it survives worker processes).
-    """
-
-    stage: str
-    location: str
-    cause: str
-    epoch: int | None
-    position: int | None
-    details: str
-
-    def __init__(
-        self,
-        stage: str,
-        location: str,
-        cause: str,
-        *,
-        epoch: int | None = None,
-        position: int | None = None,
-        details: str = "",
-    ) -> None:
-        self.stage = stage
-        self.location = location
-        self.cause = cause
-        self.epoch = epoch
-        self.position = position
-        self.details = details
-        where = f" (epoch {epoch}, position {position})" if epoch is not None and position is not None else ""
-        super().__init__(f"stage {stage!r} failed on {location}{where}: {cause}. Fix: {self.fix}")
-
-    @property
-    def where(self) -> str:
-        return f"stage {self.stage!r}"
-
-    @property
-    def field(self) -> str:
-        return self.location
-
-    @property
-    def problem(self) -> str:
-        return self.cause
-
-    @property
-    def fix(self) -> str:
-        return (
-            "correct that item or the stage, or run the pipeline with .on_error('skip') to skip such items and "
-            "count them."
-        )
-
-    def __reduce__(self) -> tuple[Callable[..., StageError], tuple[object, ...]]:
-        return (_rebuild_stage_error, (self.stage, self.location, self.cause, self.epoch, self.position, self.details))
-
-
-def _rebuild_stage_error(
-    stage: str, location: str, cause: str, epoch: int | None, position: int | None, details: str
-) -> StageError:
-    return StageError(stage, location, cause, epoch=epoch, position=position, details=details)
-
-
-def describe_cause(cause: BaseException) -> str:
-    """``"ValueError: message"`` (the first line of the message, at most 300 characters)."""
-    message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    if len(message) > 300:
-        message = message[:297] + "..."
-    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
-
-
-def format_details(cause: BaseException) -> str:
-    return "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
-
-
-def default_name(fn: object) -> str:
-    """A readable name for a stage function: its qualified name, ``f(partial)``, or the object's short repr."""
-    if isinstance(fn, functools.partial):
-        return f"{default_name(fn.func)}(partial)"
-    qualname = getattr(fn, "__qualname__", None)
-    if isinstance(qualname, str) and not isinstance(fn, type):
-        return qualname
-    text = repr(fn)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-@attrs.frozen(repr=False)
-class Step:
-    """One step of a stage: a named pure function of one kind, with its item types.
-
-    Kinds: ``map`` (item -> item), ``filter`` (item -> bool, keeps items for which it is true), ``flat_map``
-    (item -> iterable of 0..n items), ``vectorized`` (sequence of items -> sequence of as many items; it must act
-    item by item, i.e. output ``i`` may depend only on input ``i``, so runs may split the items into any
-    sub-batches; ``size`` caps the sub-batch length).
-    """
-
-    name: str
-    kind: StageKind
-    fn: Callable[..., object]
-    in_type: object
-    out_type: object
-    size: int | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigError("Step", "name", f"must be a non-empty string, got {self.name!r}.")
-        if self.kind not in _KINDS:
-            raise ConfigError("Step", "kind", f"must be one of {sorted(_KINDS)}, got {self.kind!r}.")
-        if not callable(self.fn):
-            raise ConfigError("Step", "fn", f"must be callable, got {type(self.fn).__name__}.")
-        if self.size is not None and (not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1):
-            raise ConfigError("Step", "size", f"must be a positive int or None, got {self.size!r}.")
-        if self.size is not None and self.kind != "vectorized":
-            raise ConfigError("Step", "size", "only vectorized steps take a sub-batch size.")
-
-    def signature(self) -> str:
-        return f"{type_name(self.in_type)} -> {type_name(self.out_type)}"
-
-    def __repr__(self) -> str:
-        size = f", size={self.size}" if self.size is not None else ""
-        return f"Step({self.kind} {self.name!r}: {self.signature()}{size})"
-
-
-def flow(steps: Sequence[Step], incoming: object, incoming_label: str, where: str) -> object:
-    """The item type that ``steps`` output when fed ``incoming``; raises :class:`CompositionError` at a bad joint.
-
-    ``incoming_label`` names what feeds the first step in messages (``"the input"``, ``"source 'items'"``).
-    """
-    current = incoming
-    for index, step in enumerate(steps):
-        bindings: dict[TypeVar, object] = {}
-        if not accepts(step.in_type, current, bindings):
-            joint = f"steps[{index - 1}] -> steps[{index}]" if index else "input -> steps[0]"
-            feeder = f"stage {steps[index - 1].name!r}" if index else incoming_label
-            raise CompositionError(
-                where,
-                joint,
-                f"{feeder} outputs {type_name(current)}, but stage {step.name!r} takes {type_name(step.in_type)}.",
-                "insert a stage that converts one into the other, or correct the annotations.",
-            )
-        current = current if step.kind == "filter" else substitute(step.out_type, bindings)
-    return current
 
 
 def _steps_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
@@ -266,8 +110,8 @@ class Stage(Generic[In_contra, Out_co]):
         except Exception:  # redo item by item to find and name the failing item and step
             outputs: list[object] = []
             for index, value in enumerate(values):
-                result = apply_one(self.steps, plan, value)
-                if isinstance(result, _Failure):
+                result = apply_one(plan, value)
+                if isinstance(result, Failure):
                     raise StageError(
                         self.steps[result.step].name,
                         f"item {index}",
@@ -285,21 +129,8 @@ class Stage(Generic[In_contra, Out_co]):
         return f"Stage({self.name}: {type_name(self.in_type)} -> {type_name(self.out_type)})"
 
 
-def describe_steps(steps: Sequence[Step], incoming: object, indent: str = "") -> str:
-    """Numbered lines ``1. map  name  In -> Out`` with the types as they flow (type variables bound)."""
-    lines = []
-    current = incoming
-    width = max(len(step.name) for step in steps)
-    for index, step in enumerate(steps):
-        bindings: dict[TypeVar, object] = {}
-        accepts(step.in_type, current, bindings)
-        out = current if step.kind == "filter" else substitute(step.out_type, bindings)
-        size = f" (sub-batches of {step.size})" if step.size is not None else ""
-        lines.append(
-            f"{indent}{index + 1}. {step.kind:<10} {step.name:<{width}}  {type_name(current)} -> {type_name(out)}{size}"
-        )
-        current = out
-    return "\n".join(lines)
+StageLike: TypeAlias = Stage[A, B] | Callable[[A], B]
+"""What composition takes: a :class:`Stage` from ``A`` to ``B``, or a plain callable ``A -> B`` (a map stage)."""
 
 
 def _one_step(
@@ -381,53 +212,31 @@ def as_stage(value: object, where: str) -> Stage[Any, Any]:
 
 
 @overload
-def compose(s1: Stage[A, B] | Callable[[A], B], /) -> Stage[A, B]: ...
+def compose(s1: StageLike[A, B], /) -> Stage[A, B]: ...
 @overload
-def compose(s1: Stage[A, B] | Callable[[A], B], s2: Stage[B, C] | Callable[[B], C], /) -> Stage[A, C]: ...
+def compose(s1: StageLike[A, B], s2: StageLike[B, C], /) -> Stage[A, C]: ...
 @overload
-def compose(
-    s1: Stage[A, B] | Callable[[A], B], s2: Stage[B, C] | Callable[[B], C], s3: Stage[C, D] | Callable[[C], D], /
-) -> Stage[A, D]: ...
+def compose(s1: StageLike[A, B], s2: StageLike[B, C], s3: StageLike[C, D], /) -> Stage[A, D]: ...
 @overload
-def compose(
-    s1: Stage[A, B] | Callable[[A], B],
-    s2: Stage[B, C] | Callable[[B], C],
-    s3: Stage[C, D] | Callable[[C], D],
-    s4: Stage[D, E] | Callable[[D], E],
-    /,
-) -> Stage[A, E]: ...
+def compose(s1: StageLike[A, B], s2: StageLike[B, C], s3: StageLike[C, D], s4: StageLike[D, E], /) -> Stage[A, E]: ...
+# fmt: off
 @overload
 def compose(
-    s1: Stage[A, B] | Callable[[A], B],
-    s2: Stage[B, C] | Callable[[B], C],
-    s3: Stage[C, D] | Callable[[C], D],
-    s4: Stage[D, E] | Callable[[D], E],
-    s5: Stage[E, F] | Callable[[E], F],
-    /,
+    s1: StageLike[A, B], s2: StageLike[B, C], s3: StageLike[C, D], s4: StageLike[D, E], s5: StageLike[E, F], /
 ) -> Stage[A, F]: ...
 @overload
 def compose(
-    s1: Stage[A, B] | Callable[[A], B],
-    s2: Stage[B, C] | Callable[[B], C],
-    s3: Stage[C, D] | Callable[[C], D],
-    s4: Stage[D, E] | Callable[[D], E],
-    s5: Stage[E, F] | Callable[[E], F],
-    s6: Stage[F, G] | Callable[[F], G],
-    /,
+    s1: StageLike[A, B], s2: StageLike[B, C], s3: StageLike[C, D], s4: StageLike[D, E], s5: StageLike[E, F],
+    s6: StageLike[F, G], /
 ) -> Stage[A, G]: ...
 @overload
 def compose(
-    s1: Stage[A, B] | Callable[[A], B],
-    s2: Stage[B, C] | Callable[[B], C],
-    s3: Stage[C, D] | Callable[[C], D],
-    s4: Stage[D, E] | Callable[[D], E],
-    s5: Stage[E, F] | Callable[[E], F],
-    s6: Stage[F, G] | Callable[[F], G],
-    s7: Stage[G, H] | Callable[[G], H],
-    /,
+    s1: StageLike[A, B], s2: StageLike[B, C], s3: StageLike[C, D], s4: StageLike[D, E], s5: StageLike[E, F],
+    s6: StageLike[F, G], s7: StageLike[G, H], /
 ) -> Stage[A, H]: ...
+# fmt: on
 @overload
-def compose(*stages: Stage[Never, object] | Callable[[Never], object]) -> Stage[Never, object]: ...
+def compose(*stages: StageLike[Never, object]) -> Stage[Never, object]: ...
 def compose(*stages: object) -> Stage[Never, object]:
     """Join stages (or plain callables, taken as map stages) into one stage, checking each joint's types.
 
@@ -441,78 +250,3 @@ def compose(*stages: object) -> Stage[Never, object]:
     for value in stages:
         steps.extend(as_stage(value, "compose").steps)
     return Stage(tuple(steps))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Running steps over a chunk of items. The fast path runs each step over the whole chunk with C-level loops
-# (``map``/``filter``/``itertools.chain``); on any exception the chunk is redone item by item to find the item and
-# the step that failed (steps are pure, so redoing is safe).
-
-
-class VectorizedLengthError(ValueError):
-    """A vectorized step returned a different number of outputs than it got inputs."""
-
-
-def _compile(step: Step) -> Callable[[list[object]], list[object]]:
-    fn = step.fn
-    if step.kind == "map":
-        return lambda items: list(map(fn, items))
-    if step.kind == "filter":
-        return lambda items: list(filter(fn, items))
-    if step.kind == "flat_map":
-        return lambda items: list(itertools.chain.from_iterable(map(fn, items)))  # type: ignore[arg-type]  # fn returns iterables (checked at composition)
-    size = step.size
-
-    def vectorized(items: list[object]) -> list[object]:
-        if not items:
-            return []
-        if size is None or len(items) <= size:
-            parts = [items]
-        else:
-            parts = [items[i : i + size] for i in range(0, len(items), size)]
-        outputs: list[object] = []
-        for part in parts:
-            result = list(cast("Iterable[object]", fn(part)))
-            if len(result) != len(part):
-                raise VectorizedLengthError(
-                    f"vectorized stage {step.name!r} returned {len(result)} outputs for {len(part)} inputs"
-                )
-            outputs.extend(result)
-        return outputs
-
-    return vectorized
-
-
-def compile_steps(steps: Sequence[Step]) -> tuple[Callable[[list[object]], list[object]], ...]:
-    """Each step as a function from a list of items to the list of its outputs."""
-    return tuple(_compile(step) for step in steps)
-
-
-def run_compiled(plan: Sequence[Callable[[list[object]], list[object]]], items: list[object]) -> list[object]:
-    for run in plan:
-        items = run(items)
-    return items
-
-
-@attrs.frozen
-class _Failure:
-    step: int
-    cause: Exception
-
-
-def apply_one(
-    steps: Sequence[Step], plan: Sequence[Callable[[list[object]], list[object]]], item: object
-) -> list[object] | _Failure:
-    """The outputs of one item, or which step failed and why."""
-    items: list[object] = [item]
-    for index, run in enumerate(plan):
-        try:
-            items = run(items)
-        except Exception as cause:
-            return _Failure(index, cause)
-        if not items:
-            break
-    return items
-
-
-Failure = _Failure
