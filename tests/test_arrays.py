@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from jaxtyping import Float32, Int64
@@ -11,6 +16,7 @@ from tinkerflow.arrays import (
     checked,
     runtime_checks,
     runtime_checks_enabled,
+    set_runtime_checks,
 )
 from tinkerflow.errors import ArgumentError, DTypeError, NonFiniteError, ShapeError, TinkerflowError
 
@@ -46,6 +52,30 @@ def test_runtime_checks_switch() -> None:
     assert runtime_checks_enabled()
     with pytest.raises(ArgumentError):
         _weighted_sum(*bad)
+
+
+def test_set_runtime_checks_is_read_at_call_time() -> None:
+    bad = (np.array([1, 2], dtype=np.int64), np.array([0.5, 1.0], dtype=np.float64))
+    try:
+        set_runtime_checks(False)
+        assert not runtime_checks_enabled()
+        assert _weighted_sum(*bad) == 2.5  # defined while checks were on, unchecked now
+    finally:
+        set_runtime_checks(True)
+    with pytest.raises(ArgumentError):
+        _weighted_sum(*bad)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", [True, False]), ("no", [True, False]), ("1", [True, True])])
+def test_the_shell_applies_the_environment_switch(value: str, expected: list[bool]) -> None:
+    # The core never reads TINKERFLOW_RUNTIME_CHECKS; importing the shell does, once.
+    code = (
+        "import json; from tinkerflow.arrays import runtime_checks_enabled as on; before = on(); "
+        "import tinkerflow.shell; print(json.dumps([before, on()]))"
+    )
+    env = {**os.environ, "TINKERFLOW_RUNTIME_CHECKS": value}
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    assert json.loads(output.strip().splitlines()[-1]) == expected
 
 
 def test_as_int64_converts_and_freezes() -> None:

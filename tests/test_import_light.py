@@ -29,3 +29,11 @@ def test_interop_module_imports_tinker_lazily() -> None:
         "i.datum_to_tinker(t.Datum(t.ModelInput.from_tokens([1]), [2]))"
     )
     assert "tinker" in loaded
+
+
+def test_tokenizer_modules_and_the_shell_package_are_light() -> None:
+    loaded = _modules_after(
+        "import tinkerflow.tokenizers, tinkerflow.vocabularies, tinkerflow.shell, tinkerflow.shell.io.tokenizers"
+    )
+    heavy = sorted(name for name in loaded if name.split(".")[0] in HEAVY)
+    assert heavy == [], f"the tokenizer modules loaded heavy modules at import: {heavy}"

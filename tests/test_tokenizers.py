@@ -1,5 +1,5 @@
-"""Tokenizers: the protocol, the offline vocabularies (golden ids, special tokens), the hash-checked cache, the
-loader's sources and errors."""
+"""Tokenizers: the protocol (core), the offline vocabularies (golden ids, special tokens), the hash-checked cache
+and the loader's sources and errors (shell)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinkerflow.tokenizers import (
+from tinkerflow.shell.io.tokenizers import (
     CACHE_ENV,
     OFFLINE_TOKENIZERS,
-    FastTokenizer,
-    Tokenizer,
-    TokenizerError,
     default_cache_dir,
     load_tokenizer,
-    offline_name_for_model,
     offline_tokenizer,
     offline_tokenizer_dir,
 )
+from tinkerflow.tokenizers import FastTokenizer, Tokenizer, TokenizerError
+from tinkerflow.vocabularies import offline_name_for_model
 
 # "Hello, world!" in each vocabulary (llama.cpp / tiktoken golden vectors).
 GOLDEN = {
@@ -170,11 +168,11 @@ def test_cache_is_built_once_with_hash_checks(tmp_path: Path, monkeypatch: pytes
 
 
 def test_a_source_file_with_the_wrong_hash_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tinkerflow.tokenizers as module
+    import tinkerflow.shell.io.tokenizers as module
 
     spec = OFFLINE_TOKENIZERS["gpt2"]
     tampered = attrs.evolve(spec, files=((spec.files[0][0], "0" * 64), spec.files[1]))
-    monkeypatch.setitem(module.OFFLINE_TOKENIZERS, "gpt2", tampered)  # type: ignore[index]  # Final mapping, patched for the test
+    monkeypatch.setitem(module.OFFLINE_TOKENIZERS, "gpt2", tampered)
     with pytest.raises(TokenizerError) as info:
         offline_tokenizer("gpt2", cache_dir=tmp_path)
     assert "sha256" in info.value.problem
@@ -245,7 +243,8 @@ def test_importing_the_modules_loads_no_heavy_library() -> None:
     import sys
 
     code = (
-        "import sys, json; import tinkerflow.render, tinkerflow.tokenizers; "
+        "import sys, json; import tinkerflow.render, tinkerflow.tokenizers, tinkerflow.vocabularies, "
+        "tinkerflow.shell.io.tokenizers; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'transformers', 'tokenizers', 'tinker', 'huggingface_hub'))))"
     )

@@ -99,14 +99,22 @@ def _content(value: object, where: str, field: str) -> str | tuple[ContentPart, 
     return tuple(parts)
 
 
-def _tool_call(value: object, where: str, field: str) -> ToolCall:
+def _function_object(
+    value: object, where: str, field: str, what: str, body_problem: str
+) -> tuple[dict[str, object], dict[str, object]]:
+    """An OpenAI-style ``{"type": "function", "function": {...}}`` object (or the bare function object) as
+    ``(outer, function body)``; anything else is a :class:`ChatFormatError` naming ``field``."""
     if not isinstance(value, dict):
-        raise _fail(where, field, "a tool call must be an object.")
-    call = cast("dict[str, object]", value)
-    function = call.get("function", call)
+        raise _fail(where, field, f"{what} must be an object.")
+    outer = cast("dict[str, object]", value)
+    function = outer.get("function", outer)
     if not isinstance(function, dict):
-        raise _fail(where, f"{field}.function", "must be an object with 'name' and 'arguments'.")
-    body = cast("dict[str, object]", function)
+        raise _fail(where, f"{field}.function", body_problem)
+    return outer, cast("dict[str, object]", function)
+
+
+def _tool_call(value: object, where: str, field: str) -> ToolCall:
+    call, body = _function_object(value, where, field, "a tool call", "must be an object with 'name' and 'arguments'.")
     name = body.get("name")
     if not isinstance(name, str) or not name:
         raise _fail(where, f"{field}.function.name", "is missing or empty.")
@@ -159,13 +167,7 @@ def _message(value: object, where: str, field: str) -> Message:
 
 
 def _tool_spec(value: object, where: str, field: str) -> ToolSpec:
-    if not isinstance(value, dict):
-        raise _fail(where, field, "a tool must be an object.")
-    raw = cast("dict[str, object]", value)
-    function = raw.get("function", raw)
-    if not isinstance(function, dict):
-        raise _fail(where, f"{field}.function", "must be an object.")
-    body = cast("dict[str, object]", function)
+    _, body = _function_object(value, where, field, "a tool", "must be an object.")
     parameters = body.get("parameters", {"type": "object", "properties": {}})
     try:
         return ToolSpec(

@@ -12,8 +12,9 @@ numpy-backed; ``Datum.mask`` is not sent to the service unless ``keep_mask=True`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
+import attrs
 import numpy as np
 
 from tinkerflow.datum import LOSS_INPUT_FIELDS, Datum
@@ -281,27 +282,17 @@ def forward_backward_output_to_tinker(output: ForwardBackwardOutput) -> tt.Forwa
     )
 
 
+#: The fields Adam's parameters share on both sides, in order.
+_ADAM_FIELDS: Final[tuple[str, ...]] = tuple(field.name for field in attrs.fields(AdamParams))
+
+
 def adam_params_to_tinker(params: AdamParams) -> tt.AdamParams:
     """tinkerflow ``AdamParams`` -> ``tinker.types.AdamParams``."""
     import tinker.types as tt
 
-    return tt.AdamParams(
-        learning_rate=params.learning_rate,
-        beta1=params.beta1,
-        beta2=params.beta2,
-        eps=params.eps,
-        weight_decay=params.weight_decay,
-        grad_clip_norm=params.grad_clip_norm,
-    )
+    return tt.AdamParams(**{name: getattr(params, name) for name in _ADAM_FIELDS})
 
 
 def adam_params_from_tinker(params: tt.AdamParams) -> AdamParams:
     """``tinker.types.AdamParams`` -> tinkerflow ``AdamParams``."""
-    return AdamParams(
-        learning_rate=params.learning_rate,
-        beta1=params.beta1,
-        beta2=params.beta2,
-        eps=params.eps,
-        weight_decay=params.weight_decay,
-        grad_clip_norm=params.grad_clip_norm,
-    )
+    return AdamParams(**{name: getattr(params, name) for name in _ADAM_FIELDS})

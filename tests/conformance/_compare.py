@@ -20,7 +20,7 @@ from tinkerflow.render import (
     get_renderer,
     parse_response,
 )
-from tinkerflow.tokenizers import offline_tokenizer
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
 
 from . import _cookbook as cb
 from ._strategies import Profile, all_of, nfc_stable, without_spellings

@@ -12,7 +12,7 @@ import numpy as np
 
 from tinkerflow.chat import Conversation, ImagePart, Message, TextPart, ThinkingPart, ToolSpec
 from tinkerflow.render import TrainOnWhat
-from tinkerflow.tokenizers import offline_tokenizer, offline_tokenizer_dir
+from tinkerflow.shell.io.tokenizers import offline_tokenizer, offline_tokenizer_dir
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from tinkerflow.tokenizers import default_cache_dir, offline_tokenizer
+from tinkerflow.shell.io.tokenizers import default_cache_dir, offline_tokenizer
 
 SDIST = "llama_cpp_python-0.3.36.tar.gz"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"

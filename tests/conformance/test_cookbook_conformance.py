@@ -98,7 +98,7 @@ def test_matches_cookbook(family: Family) -> None:
 def test_control_token_text_in_content_stays_text_unlike_the_cookbook(name: str, tokenizer: str, forged: str) -> None:
     from tinkerflow.chat import Message
     from tinkerflow.render import build_supervised_example, get_renderer
-    from tinkerflow.tokenizers import offline_tokenizer
+    from tinkerflow.shell.io.tokenizers import offline_tokenizer
 
     from . import _cookbook as cb
 
@@ -120,7 +120,7 @@ def test_control_token_text_in_content_stays_text_unlike_the_cookbook(name: str,
 def test_deepseek_ends_a_tool_call_turn_with_its_end_token_unlike_the_cookbook() -> None:
     from tinkerflow.chat import Message, ToolCall
     from tinkerflow.render import build_supervised_example, get_renderer
-    from tinkerflow.tokenizers import offline_tokenizer
+    from tinkerflow.shell.io.tokenizers import offline_tokenizer
 
     from . import _cookbook as cb
 

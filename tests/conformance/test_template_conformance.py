@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.render import RenderError, build_generation_prompt, build_supervised_example, get_renderer
-from tinkerflow.tokenizers import offline_tokenizer
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
 
 from . import _hf
 from ._compare import DATE, _added

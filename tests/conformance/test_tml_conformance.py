@@ -26,7 +26,7 @@ from tinkerflow.render import (
     build_supervised_examples,
     get_renderer,
 )
-from tinkerflow.tokenizers import offline_tokenizer
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
 
 from . import _tml
 from ._strategies import Profile, all_of, alnum_edges, conversations, nfc_stable

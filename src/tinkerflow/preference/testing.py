@@ -15,6 +15,8 @@ Strategies: :func:`completions`, :func:`prompts`, :func:`comparisons`, :func:`la
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import attrs
 import numpy as np
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ from tinkerflow import testing as tft
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.preference.records import Comparison, Label, LabeledComparison
 
-__all__ = ["comparisons", "completions", "dpo_batches", "labeled_comparisons", "prompts"]
+__all__ = ["ComparisonOptions", "comparisons", "completions", "dpo_batches", "labeled_comparisons", "prompts"]
 
 
 def _plain(message: Message) -> Message:
@@ -99,30 +101,25 @@ def comparisons(
     return Comparison(prompt=prompt, completion_a=draw(side), completion_b=draw(side))
 
 
+class ComparisonOptions(TypedDict, total=False):
+    """Keyword options of :func:`comparisons` that :func:`labeled_comparisons` passes on (same defaults)."""
+
+    max_prompt_messages: int
+    max_completion_messages: int
+    tools: bool
+    parts: bool
+    user_last: bool
+    unparsed: bool
+
+
 @st.composite
 def labeled_comparisons(
-    draw: st.DrawFn,
-    *,
-    ties: bool = True,
-    max_prompt_messages: int = 5,
-    max_completion_messages: int = 3,
-    tools: bool = False,
-    parts: bool = True,
-    user_last: bool = True,
-    unparsed: bool = False,
+    draw: st.DrawFn, *, ties: bool = True, **options: Unpack[ComparisonOptions]
 ) -> LabeledComparison:
-    """Valid labeled comparisons; ``ties=False`` draws only ``"a"`` and ``"b"``."""
+    """Valid labeled comparisons (``options`` as for :func:`comparisons`); ``ties=False`` draws only ``"a"`` and
+    ``"b"``."""
     labels: list[Label] = ["a", "b", "tie"] if ties else ["a", "b"]
-    comparison = draw(
-        comparisons(
-            max_prompt_messages=max_prompt_messages,
-            max_completion_messages=max_completion_messages,
-            tools=tools,
-            parts=parts,
-            user_last=user_last,
-            unparsed=unparsed,
-        )
-    )
+    comparison = draw(comparisons(**options))
     return LabeledComparison(comparison=comparison, label=draw(st.sampled_from(labels)))
 
 

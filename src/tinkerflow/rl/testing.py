@@ -15,7 +15,7 @@ short), turns masked for a parse error, image chunks, and optionally empty obser
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypedDict, Unpack
 
 import numpy as np
 from hypothesis import strategies as st
@@ -25,6 +25,7 @@ from tinkerflow.rl.types import RolloutFailure, Trajectory, TrajectoryGroup, Tra
 
 __all__ = [
     "IMAGE_POOL",
+    "GroupOptions",
     "RewardKind",
     "observations",
     "rewards",
@@ -263,6 +264,21 @@ def trajectory_groups(
     )
 
 
+class GroupOptions(TypedDict, total=False):
+    """Keyword options of :func:`trajectory_groups` that :func:`trajectory_group_lists` passes on (same defaults)."""
+
+    reward_kind: RewardKind | None
+    failures: bool
+    multi_turn: bool
+    prefix_breaks: bool
+    masked_turns: bool
+    images: bool
+    empty: bool
+    max_observation: int
+    max_action: int
+    vocab_size: int
+
+
 @st.composite
 def trajectory_group_lists(
     draw: st.DrawFn,
@@ -271,31 +287,12 @@ def trajectory_group_lists(
     max_groups: int = 4,
     min_size: int = 0,
     max_size: int = 6,
-    reward_kind: RewardKind | None = None,
-    failures: bool = True,
-    multi_turn: bool = True,
-    prefix_breaks: bool = True,
-    masked_turns: bool = True,
-    images: bool = False,
-    empty: bool = False,
+    **options: Unpack[GroupOptions],
 ) -> list[TrajectoryGroup]:
     """A batch of groups with unique ids ``"step/0"``, ``"step/1"``, ... (some may have no finished member when
-    ``min_size`` is 0)."""
+    ``min_size`` is 0). ``options`` are :func:`trajectory_groups`'s, for every group."""
     count = draw(st.integers(min_groups, max_groups))
     return [
-        draw(
-            trajectory_groups(
-                group_id=f"step/{index}",
-                min_size=min_size,
-                max_size=max_size,
-                reward_kind=reward_kind,
-                failures=failures,
-                multi_turn=multi_turn,
-                prefix_breaks=prefix_breaks,
-                masked_turns=masked_turns,
-                images=images,
-                empty=empty,
-            )
-        )
+        draw(trajectory_groups(group_id=f"step/{index}", min_size=min_size, max_size=max_size, **options))
         for index in range(count)
     ]

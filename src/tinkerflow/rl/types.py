@@ -25,7 +25,7 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 import attrs
 import numpy as np
 
-from tinkerflow._validate import require_type
+from tinkerflow._validate import int_at_least, require_type
 from tinkerflow.arrays import Float32_T, Int64_T, as_float32_1d, as_int64_1d
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import NonFiniteError, ShapeError, ValidationError
@@ -90,6 +90,15 @@ def _finite(value: float, where: str, field: str) -> float:
     return float(value)
 
 
+def _require_items(items: Sequence[object], kind: type, where: str, field: str) -> None:
+    """Every item of ``items`` is a ``kind`` (bools never count as ints); else a ``ValidationError`` naming
+    ``field[index]``."""
+    for index, item in enumerate(items):
+        require_type(item, kind, where, f"{field}[{index}]")
+
+
+# Typed tuple converters: mypy's attrs plugin needs one concrete signature per field type (a generic one is not
+# solved), so these stay one per element type.
 def _ints(value: Iterable[int]) -> tuple[int, ...]:
     return tuple(value)
 
@@ -131,16 +140,13 @@ class StopCondition:
     max_tokens: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        for index, token in enumerate(self.stop_tokens):
-            require_type(token, int, "StopCondition", f"stop_tokens[{index}]")
-        for index, text in enumerate(self.stop_strings):
-            require_type(text, str, "StopCondition", f"stop_strings[{index}]")
+        _require_items(self.stop_tokens, int, "StopCondition", "stop_tokens")
+        _require_items(self.stop_strings, str, "StopCondition", "stop_strings")
         if self.stop_tokens and self.stop_strings:
             raise ValidationError(
                 "StopCondition", "stop_strings", "given together with stop_tokens.", "use one kind of stop condition."
             )
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens <= 0):
-            raise ValidationError("StopCondition", "max_tokens", f"must be a positive int, got {self.max_tokens!r}.")
+        int_at_least(self.max_tokens, "StopCondition", "max_tokens", allow_none=True)
 
 
 @attrs.frozen
@@ -233,8 +239,7 @@ class Trajectory:
     final_observation: ModelInput = attrs.field(factory=ModelInput.empty)
 
     def __attrs_post_init__(self) -> None:
-        for index, transition in enumerate(self.transitions):
-            require_type(transition, Transition, "Trajectory", f"transitions[{index}]")
+        _require_items(self.transitions, Transition, "Trajectory", "transitions")
 
     @property
     def total_step_reward(self) -> float:

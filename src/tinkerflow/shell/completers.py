@@ -11,8 +11,10 @@
   tool calls* (and unparsed tool calls) and the parse :class:`~tinkerflow.render.Termination` (the cookbook's
   ``MessageCompleter`` dropped both: its issue 403).
 
-This module talks to a sampler (an effect); it is shell-side code that lives under ``tinkerflow.rl`` because the
-RL contract names it there. It imports no torch; the sampler protocol is imported for type checking only.
+This module awaits a sampler (an effect), so it lives in the shell (it was ``tinkerflow.rl.completers``); the core
+never imports it. The rollouts (:mod:`tinkerflow.shell.rollouts`) and the RL recipes call it. It imports no torch;
+the sampler protocol (:class:`tinkerflow.shell.backends.protocol.SamplingClient`) is imported for type checking
+only. Parsing a sampled action into a message is the core's :func:`tinkerflow.rl.envs.parse_tokens`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
-from tinkerflow._validate import finite_float, in_range, require_type
+from tinkerflow._validate import finite_float, in_range, int_at_least, positive_int, require_type
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.render import Renderer, Termination, build_generation_prompt
-from tinkerflow.rl.envs.base import parse_tokens, stop_condition_for
+from tinkerflow.rl.envs import parse_tokens, stop_condition_for
 from tinkerflow.rl.types import StopCondition
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 
@@ -41,8 +43,6 @@ __all__ = [
     "MessageCompleter",
     "SamplerTokenCompleter",
     "TokenCompleter",
-    "parse_tokens",
-    "stop_condition_for",
 ]
 
 _SEED_MODULUS = 1 << 63
@@ -59,8 +59,7 @@ class TokenCompleter(Protocol):
 
 def _check_options(where: str, temperature: float, max_tokens: int | None, seed: int | None) -> None:
     in_range(finite_float(temperature, where, "temperature"), where, "temperature", low=0.0)
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ConfigError(where, "max_tokens", f"must be a positive int or None, got {max_tokens!r}.")
+    int_at_least(max_tokens, where, "max_tokens", allow_none=True)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ConfigError(where, "seed", f"must be an int or None, got {seed!r}.")
 
@@ -203,10 +202,8 @@ class BatchingTokenCompleter(SamplerTokenCompleter):
         in_range(
             finite_float(window_s, "BatchingTokenCompleter", "window_s"), "BatchingTokenCompleter", "window_s", low=0.0
         )
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ConfigError("BatchingTokenCompleter", "max_batch", f"must be a positive int, got {max_batch!r}.")
         self.window_s = float(window_s)
-        self.max_batch = max_batch
+        self.max_batch = positive_int(max_batch, "BatchingTokenCompleter", "max_batch")
         self._pending: dict[tuple[ModelInput, StopCondition], _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
