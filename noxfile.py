@@ -20,7 +20,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "none"
 
 ROOT = pathlib.Path(__file__).parent
-PY_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py"]
+PY_PATHS = ["src", "tests", "benchmarks", "examples", "scripts", "noxfile.py"]
 
 
 @nox.session(venv_backend="none")

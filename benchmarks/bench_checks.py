@@ -1,7 +1,8 @@
 """Cost of runtime shape/dtype checking (``tinkerflow.arrays.checked``) per call, on and off.
 
-Run: ``python benchmarks/bench_checks.py``. ``TINKERFLOW_RUNTIME_CHECKS=0`` removes the wrapper entirely (the
-"unwrapped" figure below is what that gives).
+Run: ``python benchmarks/bench_checks.py``. Checks are switched at call time (``tinkerflow.arrays.set_runtime_checks``;
+the shell applies ``TINKERFLOW_RUNTIME_CHECKS=0`` when ``tinkerflow.shell`` is imported); the wrapper stays, so
+"checked off" is what a run with checks off pays and "unwrapped" is the plain function.
 """
 
 from __future__ import annotations
