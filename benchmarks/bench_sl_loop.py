@@ -16,7 +16,8 @@ import time
 from _common import emit
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
-from fakes import ByteRenderer, FakeBackend
+from byte_renderer import ByteRenderer
+from fakes import FakeBackend
 from tinkerflow.config import SLConfig
 from tinkerflow.shell.recipes.sl import prepare_sl_data, run_sl
 

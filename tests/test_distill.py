@@ -4,11 +4,13 @@ import io
 import pathlib
 
 import numpy as np
-from tests.fakes import ByteRenderer, FakeBackend, FakeSampler
+from tests.byte_renderer import ByteRenderer
+from tests.fakes import FakeBackend, FakeSampler
 
 from tinkerflow.config import SLConfig
+from tinkerflow.shell.io.data import load_chat_jsonl
 from tinkerflow.shell.recipes.distill import student_conversation, teacher_conversations, write_chat_jsonl
-from tinkerflow.shell.recipes.sl import load_chat_jsonl, run_sl
+from tinkerflow.shell.recipes.sl import run_sl
 
 
 def test_student_conversations_drop_the_system_prompt(tmp_path: pathlib.Path) -> None:

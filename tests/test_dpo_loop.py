@@ -34,10 +34,10 @@ from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, RunState, read_
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-import tinkerflow.shell.backends.local.backend as local_module  # noqa: E402
 import tinkerflow.shell.backends.local.checkpoint as checkpoint_module  # noqa: E402 - after the importorskip of torch
 import tinkerflow.shell.io.run as runner_module  # noqa: E402
 import tinkerflow.shell.recipes.dpo as dpo_module  # noqa: E402
+from tinkerflow.rows import DataError  # noqa: E402
 from tinkerflow.shell.backends.local.backend import LocalBackend  # noqa: E402
 from tinkerflow.shell.backends.local.checkpoint import CheckpointMeta  # noqa: E402
 from tinkerflow.shell.recipes.dpo import (  # noqa: E402
@@ -48,7 +48,6 @@ from tinkerflow.shell.recipes.dpo import (  # noqa: E402
     prepare_dpo_data,
     run_dpo,
 )
-from tinkerflow.shell.recipes.sl import DataError  # noqa: E402
 
 LOG2 = math.log(2.0)
 
@@ -392,14 +391,14 @@ def test_kill_during_a_checkpoint_resumes_exactly(
 ) -> None:
     killing = [True]
     if moment == "checkpoint files half written":
-        real_write_meta = local_module.write_meta
+        real_write_meta = checkpoint_module.write_meta
 
         def write_meta(directory: pathlib.Path, meta: CheckpointMeta) -> None:
             if killing[0] and directory.name.startswith(f".{KILLED_NAME}."):
                 raise KilledError  # weights and optimizer are on disk, the metadata and the rename never happen
             real_write_meta(directory, meta)
 
-        monkeypatch.setattr(local_module, "write_meta", write_meta)
+        monkeypatch.setattr(checkpoint_module, "write_meta", write_meta)
     else:
         real_write_state = runner_module.write_state
 
@@ -609,12 +608,19 @@ def test_config_validation_names_the_field(values: dict[str, object], field: str
 
 
 def test_every_config_field_is_used() -> None:
-    """Each field is read by the loop (shell/recipes/dpo.py) or the command (cli._run_dpo), which builds the backend,
+    """Each field is read by the recipe (shell/recipes/dpo.py and the modules it reads the config through: the data
+    loader, the pairing, the reference, the step count) or the command (cli._run_dpo), which builds the backend,
     renderer and sinks from the config; and changing any field changes the run directory's config.json, so a
     resumed run can never silently ignore one."""
     from tinkerflow import cli
+    from tinkerflow.config import DataConfig
+    from tinkerflow.preference import dpo_data
+    from tinkerflow.shell.io import data
+    from tinkerflow.shell.recipes import dpo_reference
 
-    sources = inspect.getsource(dpo_module) + inspect.getsource(cli._run_dpo)
+    readers = [dpo_module, data, dpo_data, dpo_reference, DataConfig.total_steps]
+    sources = "".join(inspect.getsource(reader).replace("self.", "config.") for reader in readers)
+    sources += inspect.getsource(cli._run_dpo)
     unused = [field.name for field in attrs.fields(DPOConfig) if f"config.{field.name}" not in sources]
     assert unused == []
     base = DPOConfig(train_data="hf:org/prefs", hf_split="train", hf_test_split="test", hf_subset="x")

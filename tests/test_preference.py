@@ -36,8 +36,6 @@ from tinkerflow.preference import (
     dpo_token_gradients,
     labeled_comparison_from_json,
     labeled_comparison_to_json,
-    load_preference_hf,
-    load_preference_jsonl,
     parse_preference_line,
     preference_rows_from_hf,
     sequence_logprobs,
@@ -46,8 +44,9 @@ from tinkerflow.preference import (
 from tinkerflow.preference import testing as pft
 from tinkerflow.render import RenderError, build_supervised_example, get_renderer
 from tinkerflow.serde import from_json, to_json
+from tinkerflow.shell.io.data import load_preference_hf, load_preference_jsonl
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
 from tinkerflow.supervised import supervised_datum
-from tinkerflow.tokenizers import offline_tokenizer
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]
 

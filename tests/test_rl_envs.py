@@ -38,7 +38,7 @@ from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backends.protocol import APIFuture
 from tinkerflow.shell.completers import Completion, MessageCompleter, SamplerTokenCompleter
-from tinkerflow.tokenizers import offline_tokenizer
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
 
 T = TypeVar("T")
 

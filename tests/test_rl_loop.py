@@ -211,7 +211,7 @@ def test_a_step_with_only_constant_groups_is_skipped(tmp_path: pathlib.Path) -> 
 
 def test_unknown_environment_and_bad_env_args_are_config_errors() -> None:
     from tinkerflow.render import get_renderer
-    from tinkerflow.tokenizers import offline_tokenizer
+    from tinkerflow.shell.io.tokenizers import offline_tokenizer
 
     renderer = get_renderer("qwen3", offline_tokenizer("qwen3"))
     with pytest.raises(ConfigError, match=r"RLConfig\.env"):

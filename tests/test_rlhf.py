@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from tests.fakes import EOT, ByteRenderer
+from tests.byte_renderer import EOT, ByteRenderer
 
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.config import SLConfig
@@ -38,7 +38,7 @@ from tinkerflow.preference.reward_model import (
     tournament_pairs,
     win_fraction_rewards,
 )
-from tinkerflow.render import Renderer, get_renderer
+from tinkerflow.render import Renderer, build_generation_prompt, get_renderer
 from tinkerflow.rl.config import RLConfig
 from tinkerflow.rl.types import Trajectory, Transition
 from tinkerflow.sampling import SampledSequence
@@ -366,7 +366,7 @@ def test_preference_env_step_reward_is_the_format_term_only() -> None:
     prompt = _user("hi")
     env = PreferenceEnv(ByteRenderer(), prompt, max_tokens=5, format_coef=0.5)
     observation, stop = asyncio.run(env.initial_observation())
-    assert observation == ByteRenderer().generation_prompt(prompt)
+    assert observation == build_generation_prompt(ByteRenderer(), prompt)
     assert stop.stop_tokens == (EOT,)
     assert stop.max_tokens == 5
     good = asyncio.run(env.step(SampledSequence(tokens_T=[104, EOT], stop_reason="stop", logprobs_T=[0.0, 0.0])))

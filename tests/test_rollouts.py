@@ -29,8 +29,8 @@ from tinkerflow.shell.completers import (
     SamplerTokenCompleter,
     TokenCompleter,
 )
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
 from tinkerflow.shell.rollouts import RolloutError, RolloutPolicy, rollout_batch, rollout_group, run_episode
-from tinkerflow.tokenizers import offline_tokenizer
 
 T = TypeVar("T")
 

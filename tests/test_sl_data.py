@@ -15,22 +15,17 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fakes import ByteRenderer, FakeBackend
+from tests.byte_renderer import ByteRenderer
+from tests.fakes import FakeBackend
 
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.chat_format import ChatFormatError, conversation_from_json
 from tinkerflow.config import SLConfig
 from tinkerflow.errors import ConfigError, ValidationError
+from tinkerflow.render import build_supervised_example
+from tinkerflow.shell.io.data import DataError, load_chat_hf, load_chat_jsonl, parse_chat_rows
 from tinkerflow.shell.io.run_dir import MetricsLog
-from tinkerflow.shell.recipes.sl import (
-    DataError,
-    SLData,
-    load_chat_hf,
-    load_chat_jsonl,
-    parse_chat_rows,
-    prepare_sl_data,
-    run_sl,
-)
+from tinkerflow.shell.recipes.sl import SLData, prepare_sl_data, run_sl
 from tinkerflow.supervised import supervised_datum
 
 try:
@@ -276,6 +271,7 @@ def test_conversation_records_are_used_as_given(tmp_path: pathlib.Path) -> None:
     )
     config = _config(tmp_path, test_fraction=0.0)
     data = prepare_sl_data(config, ByteRenderer(), train_rows=[conversation] * 3)
-    model_input, weights = ByteRenderer().supervised_example(conversation, config.train_on)
+    example = build_supervised_example(ByteRenderer(), conversation, config.train_on)
+    model_input, weights = example.model_input, example.weights_T
     assert data.train == (supervised_datum(model_input, weights, reduction=config.reduction),) * 3
     assert data.test == ()

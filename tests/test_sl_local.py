@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from tests.fakes import ByteRenderer
+from tests.byte_renderer import ByteRenderer
 
 from tinkerflow.config import SLConfig
 from tinkerflow.shell.io.run_dir import MetricsLog
@@ -22,7 +22,6 @@ from tinkerflow.shell.io.run_dir import MetricsLog
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-import tinkerflow.shell.backends.local.backend as local_module
 import tinkerflow.shell.backends.local.checkpoint as checkpoint_module
 import tinkerflow.shell.io.run as runner_module
 from tinkerflow.shell.backends.local.backend import LocalBackend
@@ -187,14 +186,14 @@ def test_kill_inside_a_local_checkpoint_write_resumes_exactly(
     def arm(killing: list[bool]) -> None:
         if moment == "files half written":
             # checkpoint.json is the last file the local backend writes: weights and optimizer are on disk by then
-            real_write_meta = local_module.write_meta
+            real_write_meta = checkpoint_module.write_meta
 
             def write_meta(directory: pathlib.Path, meta: CheckpointMeta) -> None:
                 if killing[0] and directory.name.startswith(f".{KILLED_NAME}."):
                     raise KilledError
                 real_write_meta(directory, meta)
 
-            monkeypatch.setattr(local_module, "write_meta", write_meta)
+            monkeypatch.setattr(checkpoint_module, "write_meta", write_meta)
         else:
 
             class Os(types.SimpleNamespace):

@@ -10,7 +10,8 @@ import pathlib
 import attrs
 import numpy as np
 import pytest
-from tests.fakes import ByteRenderer, FakeBackend
+from tests.byte_renderer import ByteRenderer
+from tests.fakes import FakeBackend
 
 from tinkerflow.chat_format import ChatFormatError
 from tinkerflow.config import SLConfig

@@ -14,7 +14,7 @@ from tinkerflow.arrays import Float32_T, as_float32_1d
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import ValidationError
 
-__all__ = ["AdamParams", "ForwardBackwardOutput", "LossFnOutput"]
+__all__ = ["AdamParams", "ForwardBackwardOutput", "LossFnOutput", "loop_adam"]
 
 _ARRAY_EQ = attrs.cmp_using(eq=arrays_equal)
 
@@ -38,6 +38,12 @@ class AdamParams:
         in_range(finite_float(self.eps, where, "eps"), where, "eps", low=0.0, low_open=True)
         in_range(finite_float(self.weight_decay, where, "weight_decay"), where, "weight_decay", low=0.0)
         in_range(finite_float(self.grad_clip_norm, where, "grad_clip_norm"), where, "grad_clip_norm", low=0.0)
+
+
+def loop_adam(learning_rate: float) -> AdamParams:
+    """The Adam step every training loop (SL, DPO, RL) takes: ``beta1`` 0.9, ``beta2`` 0.95, ``eps`` 1e-8, as the
+    cookbook's loops; only the learning rate changes from step to step."""
+    return AdamParams(learning_rate=learning_rate, beta1=0.9, beta2=0.95, eps=1e-8)
 
 
 def _logprobs(value: object) -> np.ndarray:

@@ -4,7 +4,7 @@ Start here::
 
     from tinkerflow import preference
 
-    labeled, skipped = preference.load_preference_jsonl("prefs.jsonl", policy="skip")
+    labeled, skipped = tinkerflow.shell.io.data.load_preference_jsonl("prefs.jsonl", policy="skip")  # shell: reads
     pairs = preference.dpo_pairs(labeled, renderer, max_length=2048, ties="drop")
     # shell: forward passes give per-token logprobs of pairs.chosen / pairs.rejected (policy and reference)
     pi_c = preference.sequence_logprobs(policy_chosen_logprobs, [d.weights_T for d in pairs.chosen])
@@ -12,9 +12,9 @@ Start here::
     out = preference.dpo_loss(pi_c, pi_r, ref_c, ref_r, beta=0.1)
     grads_c, grads_r = preference.dpo_token_gradients(out, chosen_weights, rejected_weights)
 
-Numpy only: importing this package loads neither torch nor ``datasets`` (``load_preference_hf`` imports it when
-called). ``DPOConfig`` is the DPO run's config; the loop is ``tinkerflow.shell.recipes.dpo.run_dpo``
-(``tinkerflow dpo``).
+Numpy only: importing this package loads neither torch nor ``datasets`` (reading files and Hugging Face datasets
+is :mod:`tinkerflow.shell.io.data`). ``DPOConfig`` is the DPO run's config; the loop is
+``tinkerflow.shell.recipes.dpo.run_dpo`` (``tinkerflow dpo``).
 See ``docs/preferences.md``.
 """
 
@@ -26,8 +26,6 @@ from tinkerflow.preference.data import (
     detect_layout,
     labeled_comparison_from_json,
     labeled_comparison_to_json,
-    load_preference_hf,
-    load_preference_jsonl,
     parse_preference_line,
     preference_rows_from_hf,
 )
@@ -103,8 +101,6 @@ __all__ = [
     "judge_metrics",
     "labeled_comparison_from_json",
     "labeled_comparison_to_json",
-    "load_preference_hf",
-    "load_preference_jsonl",
     "parse_preference_line",
     "preference_rows_from_hf",
     "reward_model_conversations",

@@ -23,14 +23,13 @@ Labels are read case-insensitively (``"A"``, ``"Tie"``).
 
 Every bad row raises :class:`PreferenceFormatError` (a :class:`~tinkerflow.chat_format.ChatFormatError`) naming
 the row's source (``prefs.jsonl:17``, ``dataset[17]``) and the field (``chosen[1].role``), as the supervised data
-does. :func:`labeled_comparison_from_json` is pure (a pipeline stage as it is); the ``load_*`` functions read a file
-or a Hugging Face dataset (``datasets`` is imported only by :func:`load_preference_hf`).
+does. Everything here is pure (:func:`labeled_comparison_from_json` is a pipeline stage as it is); reading a file or
+a Hugging Face dataset is the shell's (:func:`tinkerflow.shell.io.data.load_preference_jsonl`,
+:func:`~tinkerflow.shell.io.data.load_preference_hf`, and the loops' one data-source loader).
 """
 
 from __future__ import annotations
 
-import importlib
-import pathlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias, cast
@@ -38,7 +37,7 @@ from typing import Final, Literal, TypeAlias, cast
 from tinkerflow.chat import Conversation, Message, Role
 from tinkerflow.chat_format import ChatFormatError, conversation_from_json, conversation_to_json, decode_json_line
 from tinkerflow.config import BadRowPolicy
-from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
+from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.preference.records import COMPLETION_ROLES, Comparison, Label, LabeledComparison
 
 __all__ = [
@@ -48,8 +47,6 @@ __all__ = [
     "detect_layout",
     "labeled_comparison_from_json",
     "labeled_comparison_to_json",
-    "load_preference_hf",
-    "load_preference_jsonl",
     "parse_preference_line",
     "preference_rows_from_hf",
 ]
@@ -309,33 +306,6 @@ def _check_policy(policy: object, where: str) -> None:
         raise ConfigError(where, "policy", f"must be 'raise' or 'skip', got {policy!r}.")
 
 
-def load_preference_jsonl(
-    path: str | pathlib.Path, policy: BadRowPolicy = "raise", *, layout: PreferenceLayout | None = None
-) -> tuple[list[LabeledComparison], int]:
-    """The labeled comparisons of a JSONL file and the number of bad rows skipped (``policy="skip"``).
-
-    Blank lines are ignored. With ``policy="raise"`` the first bad row raises :class:`PreferenceFormatError` naming
-    ``file:line`` and the field. Ties are kept (they are data, not errors); pairing decides what to do with them.
-    """
-    _check_policy(policy, "load_preference_jsonl")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise ConfigError("load_preference_jsonl", "path", f"{file} does not exist or is not a file.")
-    comparisons: list[LabeledComparison] = []
-    skipped = 0
-    with open(file, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                comparisons.append(parse_preference_line(line, f"{file}:{number}", layout=layout))
-            except ChatFormatError:
-                if policy == "raise":
-                    raise
-                skipped += 1
-    return comparisons, skipped
-
-
 def preference_rows_from_hf(
     rows: Iterable[Mapping[str, object]],
     *,
@@ -356,30 +326,6 @@ def preference_rows_from_hf(
                 raise
             skipped += 1
     return comparisons, skipped
-
-
-def load_preference_hf(
-    name: str,
-    split: str,
-    *,
-    policy: BadRowPolicy = "raise",
-    layout: PreferenceLayout | None = None,
-    **load_kwargs: object,
-) -> tuple[list[LabeledComparison], int]:
-    """``datasets.load_dataset(name, split=split, **load_kwargs)`` read by :func:`preference_rows_from_hf`.
-
-    Raises:
-        TinkerflowError: the ``datasets`` package is not installed (``pip install datasets``).
-    """
-    try:
-        datasets = importlib.import_module("datasets")
-    except ImportError as error:
-        raise TinkerflowError(
-            "load_preference_hf needs the Hugging Face `datasets` package: pip install datasets "
-            "(or read the rows yourself and pass them to preference_rows_from_hf)."
-        ) from error
-    dataset = datasets.load_dataset(name, split=split, **load_kwargs)
-    return preference_rows_from_hf(dataset, policy=policy, source=f"{name}:{split}", layout=layout)
 
 
 def _messages_json(messages: tuple[Message, ...]) -> list[object]:

@@ -1,4 +1,7 @@
-"""The RL run configuration: an attrs record, validated on construction, (de)serialized with the one converter."""
+"""The RL run configuration: an attrs record, validated on construction, (de)serialized with the one converter.
+
+The fields every run shares are documented in :class:`tinkerflow.config.RunConfig`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ from typing import Literal, TypeAlias
 
 import attrs
 
-from tinkerflow._validate import finite_float, in_range, require_type
+from tinkerflow._validate import finite_float, in_range, int_at_least, require_type
+from tinkerflow.config import RunConfig, field_order
 from tinkerflow.errors import ConfigError
 
 __all__ = ["RLConfig", "RLLossName", "RLMode"]
@@ -17,21 +21,26 @@ FailurePolicyName: TypeAlias = Literal["fail_fast", "retry", "drop"]
 EnvArg: TypeAlias = int | float | str | bool
 
 
-@attrs.frozen
-class RLConfig:
+@attrs.frozen(
+    kw_only=True,
+    field_transformer=field_order(
+        "env", "env_args", "base_model", "backend", "renderer", "group_size", "groups_per_batch", "steps",
+        "learning_rate", "lora_rank", "max_tokens", "temperature", "loss", "clip_low", "clip_high", "dro_beta",
+        "normalize_advantages", "constant_groups", "kl_coef", "kl_discount", "substeps", "mode", "max_staleness",
+        "concurrency", "episode_timeout_s", "on_failure", "max_retries", "eval_every", "eval_groups", "save_every",
+        "seed", "log_to", "run_dir",
+    ),
+)  # fmt: skip
+class RLConfig(RunConfig):
     """Reinforcement learning with verifiable rewards on a named environment.
 
     Attributes:
         env: environment name (``arithmetic``, ``guess_number``, ``math_boxed``); see the RL guide.
         env_args: keyword arguments of the environment's dataset factory (e.g. ``{"max_operand": 20}``).
-        base_model: model to train (hub name or local folder for the local backend; a Tinker model name).
-        backend: ``local`` (torch on this machine) or ``tinker`` (the service; needs TINKER_API_KEY).
-        renderer: renderer name; ``None`` picks the model family's renderer.
         group_size: samples (environments) per group; advantages are centered within a group.
         groups_per_batch: groups rolled out per step.
         steps: optimizer steps (one batch of groups each).
         learning_rate: Adam learning rate (constant, as in the cookbook's RL).
-        lora_rank: rank of the LoRA adapters.
         max_tokens: most tokens per sampled action.
         temperature: sampling temperature of rollouts.
         loss: ``importance_sampling``, ``ppo``, ``cispo`` or ``dro``.
@@ -55,21 +64,15 @@ class RLConfig:
         eval_every: roll out the held-out problems every this many steps (0: only before and after).
         eval_groups: held-out groups per evaluation.
         save_every: checkpoint every this many steps (0: only at the end).
-        seed: seeds the data order, LoRA initialization and sampling.
-        log_to: extra metrics sinks (``wandb``, ``tensorboard``) when installed.
         run_dir: where config, metrics, transcripts, plots and checkpoints go; an existing run there is resumed.
     """
 
     env: str = "arithmetic"
     env_args: dict[str, EnvArg] = attrs.field(factory=dict)
-    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    backend: Literal["local", "tinker"] = "local"
-    renderer: str | None = None
     group_size: int = 8
     groups_per_batch: int = 8
     steps: int = 20
     learning_rate: float = 1e-4
-    lora_rank: int = 8
     max_tokens: int = 16
     temperature: float = 1.0
     loss: RLLossName = "importance_sampling"
@@ -90,33 +93,23 @@ class RLConfig:
     eval_every: int = 5
     eval_groups: int = 8
     save_every: int = 10
-    seed: int = 0
-    log_to: tuple[Literal["wandb", "tensorboard"], ...] = ()
     run_dir: str = "runs/rl"
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         where = "RLConfig"
-        for field in ("env", "base_model", "run_dir"):
-            require_type(getattr(self, field), str, where, field)
-            if not getattr(self, field):
-                raise ConfigError(where, field, "is empty.")
+        require_type(self.env, str, where, "env")
+        if not self.env:
+            raise ConfigError(where, "env", "is empty.", "name an environment (see ENVIRONMENTS).")
         require_type(self.env_args, dict, where, "env_args")
         for key, value in self.env_args.items():
             require_type(key, str, where, "env_args")
             if not isinstance(value, bool):  # require_type never counts a bool as a number
                 require_type(value, (int, float, str), where, f"env_args[{key!r}]")
-        if self.backend not in ("local", "tinker"):
-            raise ConfigError(where, "backend", f"must be 'local' or 'tinker', got {self.backend!r}.")
-        for field in ("group_size", "groups_per_batch", "steps", "lora_rank", "max_tokens", "substeps", "concurrency"):
-            value = getattr(self, field)
-            require_type(value, int, where, field)
-            if value <= 0:
-                raise ConfigError(where, field, f"must be positive, got {value}.")
-        for field in ("max_retries", "eval_every", "eval_groups", "save_every", "seed"):
-            value = getattr(self, field)
-            require_type(value, int, where, field)
-            if value < 0:
-                raise ConfigError(where, field, f"must be >= 0, got {value}.")
+        for field in ("group_size", "groups_per_batch", "steps", "max_tokens", "substeps", "concurrency"):
+            int_at_least(getattr(self, field), where, field, 1)
+        for field in ("max_retries", "eval_groups"):
+            int_at_least(getattr(self, field), where, field, 0)
         if self.group_size < 2 and self.constant_groups == "drop":
             raise ConfigError(
                 where, "group_size", "is 1, so every group is constant and would be dropped.", "use group_size >= 2."
@@ -154,9 +147,6 @@ class RLConfig:
         )
         if self.on_failure not in ("fail_fast", "retry", "drop"):
             raise ConfigError(where, "on_failure", f"unknown policy {self.on_failure!r}.", "use fail_fast/retry/drop.")
-        for index, sink in enumerate(self.log_to):
-            if sink not in ("wandb", "tensorboard"):
-                raise ConfigError(where, f"log_to[{index}]", f"unknown sink {sink!r}.", "use wandb or tensorboard.")
 
     @property
     def staleness(self) -> int:

@@ -57,7 +57,7 @@ from typing import Final, Literal, TypeVar
 
 import attrs
 
-from tinkerflow._validate import require_type
+from tinkerflow._validate import attrs_int_at_least, require_type
 from tinkerflow.errors import ConfigError, NonFiniteError, TinkerflowError, ValidationError
 from tinkerflow.rl.types import (
     Env,
@@ -93,11 +93,6 @@ GROUP_FAILURE: Final = -1
 _MESSAGE_LIMIT: Final = 500
 
 
-def _max_concurrency(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError("RolloutPolicy", "max_concurrency", f"must be a positive int, got {value!r}.")
-
-
 def _timeout(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
     if value is None:
         return
@@ -127,15 +122,11 @@ class RolloutPolicy:
         max_retries: extra attempts per member under ``"retry"`` (ignored by the other policies).
     """
 
-    max_concurrency: int = attrs.field(default=64, validator=_max_concurrency)
+    max_concurrency: int = attrs.field(default=64, validator=attrs_int_at_least("RolloutPolicy", 1))
     episode_timeout_s: float | None = attrs.field(default=None, validator=_timeout)
     sample_timeout_s: float | None = attrs.field(default=None, validator=_timeout)
     on_failure: FailurePolicy = attrs.field(default="fail_fast", validator=_on_failure)
-    max_retries: int = 1
-
-    def __attrs_post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ConfigError("RolloutPolicy", "max_retries", f"must be an int >= 0, got {self.max_retries!r}.")
+    max_retries: int = attrs.field(default=1, validator=attrs_int_at_least("RolloutPolicy", 0))
 
     @property
     def retries(self) -> int:

@@ -8,9 +8,10 @@
 * Examples, each with ``make_env``/``builder``/``dataset`` factories: :mod:`~tinkerflow.rl.envs.arithmetic`
   (verifiable reward, learnable by the local embedded model on a CPU), :mod:`~tinkerflow.rl.envs.guess_number`
   (multi-turn), :mod:`~tinkerflow.rl.envs.math_boxed` (boxed-answer grading, for real models).
+* :mod:`~tinkerflow.rl.envs.preference`: RLHF's answers rewarded by a tournament judged by a preference model.
 """
 
-from tinkerflow.rl.envs import arithmetic, guess_number, math_boxed
+from tinkerflow.rl.envs import arithmetic, guess_number, math_boxed, preference
 from tinkerflow.rl.envs.base import (
     MessageEnv,
     MessageStep,
@@ -35,5 +36,6 @@ __all__ = [
     "guess_number",
     "math_boxed",
     "parse_tokens",
+    "preference",
     "stop_condition_for",
 ]

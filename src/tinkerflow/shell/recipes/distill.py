@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.chat_format import conversation_to_json
+from tinkerflow.render import Renderer, build_generation_prompt, parse_response
 from tinkerflow.sampling import SamplingParams
 from tinkerflow.shell.backends.protocol import SamplingClient
 from tinkerflow.shell.io.run_dir import atomic_write_text
-from tinkerflow.shell.recipes.sl import ChatRenderer
 
 __all__ = ["student_conversation", "teacher_conversations", "write_chat_jsonl"]
 
@@ -32,7 +32,7 @@ def student_conversation(user_prompt: str, teacher_answer: Message) -> Conversat
 
 def teacher_conversations(
     sampler: SamplingClient,
-    renderer: ChatRenderer,
+    renderer: Renderer,
     system_prompt: str,
     user_prompts: Sequence[str],
     *,
@@ -43,16 +43,16 @@ def teacher_conversations(
     """Sample the teacher on every prompt (all requests submitted before any is awaited) and assemble the
     student's conversations, in prompt order."""
     params = SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, stop_tokens=renderer.stop_tokens(), seed=seed
+        max_tokens=max_tokens, temperature=temperature, stop_tokens=renderer.stop_sequences().tokens, seed=seed
     )
     futures = []
     for prompt in user_prompts:
         teacher_view = Conversation(
             messages=(Message(role="system", content=system_prompt), Message(role="user", content=prompt))
         )
-        futures.append(sampler.sample(renderer.generation_prompt(teacher_view), 1, params))
+        futures.append(sampler.sample(build_generation_prompt(renderer, teacher_view), 1, params))
     return [
-        student_conversation(prompt, renderer.parse_response(future.result().sequences[0].tokens_T))
+        student_conversation(prompt, parse_response(renderer, future.result().sequences[0].tokens_T).message)
         for prompt, future in zip(user_prompts, futures, strict=True)
     ]
 

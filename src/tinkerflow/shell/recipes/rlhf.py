@@ -10,7 +10,8 @@ Two stages, each a run directory of its own that resumes by itself:
    judge's sampler weights; a rerun finds it (after checking ``config.json`` and ``state.json``) and skips the
    stage.
 2. **Policy.** The judge's weights become a :class:`PairwiseJudge`; every prompt becomes a
-   :class:`PreferenceEnvGroupBuilder` (``rl_config.group_size`` single-turn envs);
+   :class:`~tinkerflow.rl.envs.preference.PreferenceEnvGroupBuilder` (``rl_config.group_size`` single-turn
+   envs, a pure environment of the core);
    :func:`~tinkerflow.shell.recipes.rl.run_rl` trains the policy in ``rl_config.run_dir``. Each group's samples play a
    tournament judged in both presentation orders; a sample's reward is its win fraction (mean 0.5 per group; advantages
    are ``reward - 0.5``), plus an
@@ -25,19 +26,18 @@ with ``x`` shown second, ``p2 = softmax(lp_A, lp_B)[B]``; the estimate is ``(p1 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import Final, Literal, Protocol, TextIO, TypeAlias
+from typing import Final, Literal, TextIO, TypeAlias
 
 import attrs
 import numpy as np
 
-from tinkerflow._validate import finite_float, require_type
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.config import SLConfig
-from tinkerflow.errors import ConfigError, ValidationError
-from tinkerflow.model_input import ModelInput
+from tinkerflow.errors import ValidationError
 from tinkerflow.preference.records import Comparison, LabeledComparison
 from tinkerflow.preference.reward_model import (
     JUDGE_ANSWERS,
@@ -47,23 +47,26 @@ from tinkerflow.preference.reward_model import (
     judge_conversation,
     judge_metrics,
     reward_model_conversations,
-    tournament_pairs,
-    win_fraction_rewards,
 )
-from tinkerflow.render import Renderer, Termination, build_generation_prompt
+from tinkerflow.render import Renderer, build_generation_prompt, build_supervised_example, parse_response
 from tinkerflow.rl.config import RLConfig
-from tinkerflow.rl.envs import ListRLDataset, parse_tokens, stop_condition_for
-from tinkerflow.rl.types import Env, Metrics, StepResult, StopCondition, Trajectory
-from tinkerflow.sampling import SampledSequence, SamplingParams
+from tinkerflow.rl.envs.base import stop_condition_for
+from tinkerflow.rl.envs.preference import (
+    Judge,
+    PreferenceEnv,
+    PreferenceEnvGroupBuilder,
+    parse_answer,
+    preference_dataset,
+)
+from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient
 from tinkerflow.shell.io.run_dir import RunDirError, atomic_write_text, read_state
 from tinkerflow.shell.recipes.rl import RLResult, run_rl
-from tinkerflow.shell.recipes.sl import ChatRenderer, RendererAdapter, prepare_sl_data, run_sl
+from tinkerflow.shell.recipes.sl import prepare_sl_data, run_sl
 
 __all__ = [
     "REWARD_MODEL_FILE",
-    "AnyRenderer",
     "Judge",
     "PairwiseJudge",
     "PreferenceEnv",
@@ -78,10 +81,6 @@ __all__ = [
     "train_reward_model",
 ]
 
-#: A chat renderer of :mod:`tinkerflow.render`, or the narrow :class:`~tinkerflow.shell.recipes.sl.ChatRenderer` of the
-#: SL loop (whose stop condition is its stop tokens).
-AnyRenderer: TypeAlias = Renderer | ChatRenderer
-
 #: The record of a finished reward-model stage, in ``rm_config.run_dir``.
 REWARD_MODEL_FILE: Final = "reward_model.json"
 
@@ -89,21 +88,7 @@ REWARD_MODEL_FILE: Final = "reward_model.json"
 RLHFStage: TypeAlias = Literal["reward_model", "policy"]
 
 
-def _chat(renderer: AnyRenderer) -> ChatRenderer:
-    return RendererAdapter(renderer) if isinstance(renderer, Renderer) else renderer
-
-
 # -- the judge --------------------------------------------------------------------------------------------------
-
-
-class Judge(Protocol):
-    """A pairwise preference model."""
-
-    async def prob_first_better(
-        self, prompt: Conversation, completion_a: Sequence[Message], completion_b: Sequence[Message]
-    ) -> float:
-        """The probability that ``completion_a`` is a better answer to ``prompt`` than ``completion_b``."""
-        ...
 
 
 def _answer_logprob(scores_T: np.ndarray, weights_T: np.ndarray) -> float:
@@ -129,15 +114,13 @@ class PairwiseJudge:
 
     Args:
         sampler: samples from the judge's weights (only ``compute_logprobs`` is used).
-        renderer: the judge model's renderer (a :class:`tinkerflow.render.Renderer` or a
-            :class:`~tinkerflow.shell.recipes.sl.ChatRenderer`); the answer is the weighted tokens of the last assistant
-            message.
+        renderer: the judge model's renderer; the answer is the weighted tokens of the last assistant message.
         instruction: the judge's instruction (the one it was trained with).
     """
 
-    def __init__(self, sampler: SamplingClient, renderer: AnyRenderer, *, instruction: str = JUDGE_INSTRUCTION) -> None:
+    def __init__(self, sampler: SamplingClient, renderer: Renderer, *, instruction: str = JUDGE_INSTRUCTION) -> None:
         self.sampler = sampler
-        self.renderer = _chat(renderer)
+        self.renderer = renderer
         self.instruction = instruction
 
     async def prob_answer_a(self, comparison: Comparison) -> float:
@@ -146,9 +129,9 @@ class PairwiseJudge:
         weights: list[np.ndarray] = []
         for answer in JUDGE_ANSWERS:  # both requests in flight before either is awaited
             conversation = judge_conversation(comparison, order="ab", answer=answer, instruction=self.instruction)
-            model_input, weights_T = self.renderer.supervised_example(conversation, "last_assistant_message")
-            futures.append(self.sampler.compute_logprobs(model_input))
-            weights.append(np.asarray(weights_T))
+            example = build_supervised_example(self.renderer, conversation, "last_assistant_message")
+            futures.append(self.sampler.compute_logprobs(example.model_input))
+            weights.append(np.asarray(example.weights_T))
         logprobs = [
             _answer_logprob(await future, weights_T) for future, weights_T in zip(futures, weights, strict=True)
         ]
@@ -169,6 +152,12 @@ class PairwiseJudge:
         first, second = await self.presentation_probabilities(prompt, completion_a, completion_b)
         return 0.5 * (first + second)
 
+    async def judge_matches(
+        self, prompt: Conversation, matches: Sequence[tuple[Sequence[Message], Sequence[Message]]]
+    ) -> list[float]:
+        """:meth:`prob_first_better` of every match, all judged concurrently."""
+        return list(await asyncio.gather(*(self.prob_first_better(prompt, a, b) for a, b in matches)))
+
 
 async def evaluate_judge(
     judge: Judge, labeled: Sequence[LabeledComparison], *, limit: int | None = None
@@ -184,194 +173,13 @@ async def evaluate_judge(
     return judge_metrics(np.asarray(probabilities, dtype=np.float64))
 
 
-# -- the policy's environments ----------------------------------------------------------------------------------
-
-
-def _observation(renderer: AnyRenderer, prompt: Conversation) -> ModelInput:
-    if isinstance(renderer, Renderer):
-        return build_generation_prompt(renderer, prompt)
-    return renderer.generation_prompt(prompt)
-
-
-def _stop(renderer: AnyRenderer, max_tokens: int | None) -> StopCondition:
-    if isinstance(renderer, Renderer):
-        return stop_condition_for(renderer, max_tokens)
-    return StopCondition(stop_tokens=renderer.stop_tokens(), max_tokens=max_tokens)
-
-
-def _parse(renderer: AnyRenderer, tokens_T: np.ndarray) -> tuple[Message, bool]:
-    """The assistant message in ``tokens_T`` and whether it ended cleanly on the stop sequence."""
-    tokens = np.asarray(tokens_T, dtype=np.int64)
-    if isinstance(renderer, Renderer):
-        message, termination = parse_tokens(renderer, tokens)
-        return message, termination is Termination.STOP_SEQUENCE
-    ended = bool(tokens.size) and int(tokens[-1]) in renderer.stop_tokens()
-    return renderer.parse_response(tokens), ended
-
-
-def _format_coef(value: object, where: str) -> float:
-    coef = finite_float(value, where, "format_coef")
-    if coef < 0:
-        raise ConfigError(where, "format_coef", f"must be >= 0, got {coef}.")
-    return coef
-
-
-class PreferenceEnv:
-    """One answer to ``prompt``; its reward comes from the group's tournament, so the step reward is only the
-    format term ``format_coef * (well_formed - 1)`` (0 by default). ``well_formed``: the response ended on the
-    renderer's stop sequence (a :class:`~tinkerflow.render.Renderer`: ``Termination.STOP_SEQUENCE``; a
-    :class:`~tinkerflow.shell.recipes.sl.ChatRenderer`: its last token is a stop token)."""
-
-    def __init__(
-        self, renderer: AnyRenderer, prompt: Conversation, *, max_tokens: int | None = None, format_coef: float = 0.0
-    ) -> None:
-        require_type(prompt, Conversation, "PreferenceEnv", "prompt")
-        self.renderer = renderer
-        self.prompt = prompt
-        self.max_tokens = max_tokens
-        self.format_coef = _format_coef(format_coef, "PreferenceEnv")
-        self.done = False
-
-    async def initial_observation(self) -> tuple[ModelInput, StopCondition]:
-        return _observation(self.renderer, self.prompt), _stop(self.renderer, self.max_tokens)
-
-    async def step(self, action: SampledSequence) -> StepResult:
-        if self.done:
-            raise ValidationError(
-                "PreferenceEnv", "step", "called after the episode ended.", "environments are single use."
-            )
-        require_type(action, SampledSequence, "PreferenceEnv", "action")
-        self.done = True
-        message, well_formed = _parse(self.renderer, action.tokens_T)
-        return StepResult(
-            reward=self.format_coef * (float(well_formed) - 1.0),
-            done=True,
-            parse_error=not well_formed,
-            metrics={"format": float(well_formed)},
-            logs={"response": message.text()},
-        )
-
-
-def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError("PreferenceEnvGroupBuilder", attribute.name, f"must be a positive int, got {value!r}.")
-
-
-def _opponents(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError("PreferenceEnvGroupBuilder", "opponents", f"must be a positive int or None, got {value!r}.")
-
-
-def _tags(value: Sequence[str] | str) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _schedule(n: int, opponents: int | None) -> tuple[tuple[int, int], ...]:
-    """The tournament of ``n`` finished members: ``opponents`` each when a regular schedule exists, else one
-    fewer (members dropped by failures can leave an odd group)."""
-    if opponents is None or opponents >= n - 1:
-        return tournament_pairs(n)
-    if opponents % 2 and n % 2:
-        opponents -= 1
-    return tournament_pairs(n, opponents=opponents) if opponents > 0 else ()
-
-
-@attrs.frozen
-class PreferenceEnvGroupBuilder:
-    """``group_size`` :class:`PreferenceEnv` answers to ``prompt``, rewarded by a tournament judged by ``judge``.
-
-    :meth:`compute_group_rewards` parses each answer, judges every match of
-    :func:`~tinkerflow.preference.reward_model.tournament_pairs` (``opponents`` per member; ``None``: all pairs)
-    concurrently, and returns each member's win fraction with metrics ``win_fraction`` and ``matches``.
-    """
-
-    prompt: Conversation
-    judge: Judge
-    renderer: AnyRenderer
-    group_size: int = attrs.field(validator=_positive)
-    max_tokens: int | None = None
-    format_coef: float = 0.0
-    opponents: int | None = attrs.field(default=None, validator=_opponents)
-    env_tags: tuple[str, ...] = attrs.field(default=("rlhf",), converter=_tags)
-
-    def __attrs_post_init__(self) -> None:
-        require_type(self.prompt, Conversation, "PreferenceEnvGroupBuilder", "prompt")
-        _format_coef(self.format_coef, "PreferenceEnvGroupBuilder")
-
-    async def make_envs(self) -> Sequence[Env]:
-        return [
-            PreferenceEnv(self.renderer, self.prompt, max_tokens=self.max_tokens, format_coef=self.format_coef)
-            for _ in range(self.group_size)
-        ]
-
-    def response(self, trajectory: Trajectory) -> Message:
-        """The assistant message a (single-turn) trajectory answered."""
-        if not trajectory.transitions:
-            return Message(role="assistant", content="")
-        return _parse(self.renderer, trajectory.transitions[0].action_tokens_T)[0]
-
-    async def compute_group_rewards(self, trajectories: Sequence[Trajectory]) -> Sequence[tuple[float, Metrics]]:
-        n = len(trajectories)
-        if n == 0:
-            return []
-        responses = [self.response(trajectory) for trajectory in trajectories]
-        pairs = _schedule(n, self.opponents)
-        probabilities = await asyncio.gather(
-            *(self.judge.prob_first_better(self.prompt, (responses[i],), (responses[j],)) for i, j in pairs)
-        )
-        rewards_G = win_fraction_rewards(n, dict(zip(pairs, probabilities, strict=True)))
-        matches_G = np.zeros(n, dtype=np.int64)
-        for i, j in pairs:
-            matches_G[i] += 1
-            matches_G[j] += 1
-        return [
-            (float(reward), {"win_fraction": float(reward), "matches": float(matches)})
-            for reward, matches in zip(rewards_G, matches_G, strict=True)
-        ]
-
-    def tags(self) -> tuple[str, ...]:
-        return self.env_tags
-
-
-def preference_dataset(
-    prompts: Sequence[Conversation],
-    judge: Judge,
-    renderer: AnyRenderer,
-    *,
-    group_size: int,
-    batch_size: int,
-    steps: int | None = None,
-    seed: int = 0,
-    max_tokens: int | None = None,
-    format_coef: float = 0.0,
-    opponents: int | None = None,
-) -> ListRLDataset:
-    """A :class:`~tinkerflow.rl.envs.ListRLDataset` of one :class:`PreferenceEnvGroupBuilder` per prompt,
-    ``batch_size`` groups per batch, reshuffled (seeded) every epoch; with ``steps`` it holds enough epochs for
-    that many batches."""
-    builders = [
-        PreferenceEnvGroupBuilder(
-            prompt=prompt,
-            judge=judge,
-            renderer=renderer,
-            group_size=group_size,
-            max_tokens=max_tokens,
-            format_coef=format_coef,
-            opponents=opponents,
-        )
-        for prompt in prompts
-    ]
-    if not builders:
-        raise ConfigError("preference_dataset", "prompts", "is empty.", "give at least one prompt.")
-    per_epoch = -(-len(builders) // batch_size)
-    epochs = max(1, -(-steps // per_epoch)) if steps else 1
-    return ListRLDataset(builders, batch_size, seed, epochs=epochs)
+# -- evaluation of the policy ------------------------------------------------------------------------------------
 
 
 async def policy_win_rate(
     judge: Judge,
     sampler: SamplingClient,
-    renderer: AnyRenderer,
+    renderer: Renderer,
     labeled: Sequence[LabeledComparison],
     *,
     max_tokens: int,
@@ -383,7 +191,7 @@ async def policy_win_rate(
     comparisons = [item for item in labeled if not item.is_tie][:limit]
     if not comparisons:
         return None
-    stop = _stop(renderer, max_tokens)
+    stop = stop_condition_for(renderer, max_tokens)
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=0.0,
@@ -394,8 +202,8 @@ async def policy_win_rate(
 
     async def one(item: LabeledComparison) -> float:
         prompt = item.comparison.prompt
-        response = await sampler.sample(_observation(renderer, prompt), 1, params)
-        answer = _parse(renderer, response.sequences[0].tokens_T)[0]
+        response = await sampler.sample(build_generation_prompt(renderer, prompt), 1, params)
+        answer = parse_answer(renderer, response.sequences[0].tokens_T)[0]
         chosen, _ = item.chosen_rejected()
         return await judge.prob_first_better(prompt, (answer,), chosen)
 
@@ -475,7 +283,7 @@ def _finished_reward_model(config: SLConfig) -> RewardModelResult | None:
 def train_reward_model(
     config: SLConfig,
     backend: Backend,
-    renderer: AnyRenderer,
+    renderer: Renderer,
     comparisons_train: Sequence[LabeledComparison],
     comparisons_test: Sequence[LabeledComparison],
     *,
@@ -497,15 +305,14 @@ def train_reward_model(
         if out is not None:
             out.write(f"reward model: reusing the finished stage in {config.run_dir}\n")
         return finished, True
-    chat = _chat(renderer)
     train_rows = reward_model_conversations(comparisons_train, both_orders=both_orders, instruction=instruction)
     test_rows = reward_model_conversations(comparisons_test, both_orders=True, instruction=instruction)
-    data = prepare_sl_data(config, chat, train_rows=train_rows, test_rows=test_rows)
+    data = prepare_sl_data(config, renderer, train_rows=train_rows, test_rows=test_rows)
     base = backend.create_sampling_client(base_model=config.base_model).result()
     before = asyncio.run(
         evaluate_judge(PairwiseJudge(base, renderer, instruction=instruction), comparisons_test, limit=eval_limit)
     )
-    sl = run_sl(config, backend, chat, data=data, out=out, after_step=after_step, sinks=None)
+    sl = run_sl(config, backend, renderer, data=data, out=out, after_step=after_step, sinks=None)
     sampler = backend.create_sampling_client(model_path=sl.sampler_checkpoint).result()
     after = asyncio.run(
         evaluate_judge(PairwiseJudge(sampler, renderer, instruction=instruction), comparisons_test, limit=eval_limit)
@@ -544,12 +351,12 @@ def run_rlhf(
     rm_config: SLConfig,
     rl_config: RLConfig,
     backend: Backend,
-    renderer: AnyRenderer,
+    renderer: Renderer,
     comparisons_train: Sequence[LabeledComparison],
     comparisons_test: Sequence[LabeledComparison],
     prompts: Sequence[Conversation],
     *,
-    judge_renderer: AnyRenderer | None = None,
+    judge_renderer: Renderer | None = None,
     both_orders: bool = True,
     instruction: str = JUDGE_INSTRUCTION,
     format_coef: float = 0.0,
@@ -597,32 +404,26 @@ def run_rlhf(
         format_coef=format_coef,
         opponents=opponents,
     )
-    chat = _chat(renderer)
     policy = run_rl(
         rl_config,
         backend,
         dataset,
-        decode=decode if decode is not None else (lambda tokens: chat.parse_response(tokens).text()),
+        decode=decode if decode is not None else (lambda tokens: parse_response(renderer, tokens).message.text()),
         out=out,
         after_step=_stage_hook(after_step, "policy"),
     )
     base_policy = backend.create_sampling_client(base_model=rl_config.base_model).result()
     trained_policy = backend.create_sampling_client(model_path=policy.sampler_checkpoint).result()
-
-    def win_rate(sampler: SamplingClient) -> float | None:
-        return asyncio.run(
-            policy_win_rate(
-                judge,
-                sampler,
-                renderer,
-                comparisons_test,
-                max_tokens=rl_config.max_tokens,
-                limit=eval_limit,
-                seed=rl_config.seed,
-            )
-        )
-
-    win_before, win_after = win_rate(base_policy), win_rate(trained_policy)
+    win_rate = functools.partial(
+        policy_win_rate,
+        judge,
+        renderer=renderer,
+        labeled=comparisons_test,
+        max_tokens=rl_config.max_tokens,
+        limit=eval_limit,
+        seed=rl_config.seed,
+    )
+    win_before, win_after = asyncio.run(win_rate(base_policy)), asyncio.run(win_rate(trained_policy))
     if out is not None and win_after is not None:
         out.write(f"policy win rate vs chosen completions (judged): {_rate(win_before)} -> {_rate(win_after)}\n")
     return RLHFResult(

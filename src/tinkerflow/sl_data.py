@@ -1,0 +1,116 @@
+"""Supervised data, pure: conversations -> checked datums, the held-out byte count and the prompts shown.
+
+:func:`sl_data` turns the rows a source gave (:class:`tinkerflow.rows.SplitRows`) into what the SL loop
+trains and evaluates on: each conversation rendered with :func:`tinkerflow.render.build_supervised_example`,
+too-long or unrenderable rows raised or counted under the bad-row policy, the held-out text's UTF-8 bytes (for
+bits per byte) and the held-out prompts whose answers are shown before and after training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+
+from tinkerflow.chat import Conversation
+from tinkerflow.chat_format import SourcedRow
+from tinkerflow.config import SLConfig
+from tinkerflow.datum import Datum
+from tinkerflow.errors import TinkerflowError
+from tinkerflow.render import Renderer, build_supervised_example
+from tinkerflow.rows import DataError, SplitRows
+from tinkerflow.supervised import supervised_datum
+
+__all__ = ["SLData", "checked_datums", "shown_prompts", "sl_data", "text_bytes"]
+
+
+@attrs.frozen
+class SLData:
+    """Everything the SL loop trains and evaluates on, prepared up front (pure data).
+
+    Attributes:
+        train: the training datums.
+        test: the held-out datums.
+        test_bytes: UTF-8 bytes of the held-out trained text (the denominator of bits per byte).
+        prompts: held-out prompts (a conversation without its last assistant message) and that message's text.
+        skipped_rows: bad rows skipped under ``bad_rows="skip"``.
+    """
+
+    train: tuple[Datum, ...]
+    test: tuple[Datum, ...]
+    test_bytes: int
+    prompts: tuple[tuple[Conversation, str], ...]
+    skipped_rows: int
+
+
+def checked_datums(
+    rows: Sequence[SourcedRow[Conversation]], renderer: Renderer, config: SLConfig
+) -> tuple[list[Datum], list[Conversation], int]:
+    """Each row rendered to a datum (``config.train_on``, ``config.reduction``); a row that cannot be rendered or
+    is longer than ``config.max_length`` raises (``bad_rows="raise"``) or is counted. Returns the datums, the
+    conversations kept and the number of bad rows."""
+    datums: list[Datum] = []
+    kept: list[Conversation] = []
+    skipped = 0
+    for row in rows:
+        try:
+            example = build_supervised_example(renderer, row.value, config.train_on)
+            if example.model_input.length > config.max_length:
+                raise DataError(
+                    row.where,
+                    "messages",
+                    f"renders to {example.model_input.length} tokens, more than max_length={config.max_length}.",
+                    "raise max_length, shorten the row, or set bad_rows=skip.",
+                )
+            datums.append(supervised_datum(example.model_input, example.weights_T, reduction=config.reduction))
+            kept.append(row.value)
+        except TinkerflowError:
+            if config.bad_rows == "raise":
+                raise
+            skipped += 1
+    return datums, kept, skipped
+
+
+def text_bytes(renderer: Renderer, tokens_T: np.ndarray) -> int:
+    """UTF-8 bytes of the text of ``tokens_T``, the tokenizer's added (special) tokens left out."""
+    special = np.fromiter(renderer.tokenizer.added_tokens.values(), dtype=np.int64)
+    plain = tokens_T[~np.isin(tokens_T, special)]
+    return len(renderer.tokenizer.decode(plain).encode("utf-8"))
+
+
+def shown_prompts(conversations: Sequence[Conversation], limit: int) -> tuple[tuple[Conversation, str], ...]:
+    """The first ``limit`` conversations that end in an assistant message after something else, as (the
+    conversation without that message, its text)."""
+    prompts: list[tuple[Conversation, str]] = []
+    for conversation in conversations:
+        if len(prompts) >= limit:
+            break
+        last = conversation.messages[-1]
+        if last.role == "assistant" and len(conversation.messages) > 1:
+            prompts.append((Conversation(messages=conversation.messages[:-1], tools=conversation.tools), last.text()))
+    return tuple(prompts)
+
+
+def sl_data(rows: SplitRows[Conversation], renderer: Renderer, config: SLConfig) -> SLData:
+    """:class:`SLData` of the rows a source gave (see the module docstring).
+
+    Raises:
+        DataError: a bad row under ``bad_rows="raise"``, or no usable training conversation at all.
+    """
+    train, _, bad_train = checked_datums(rows.train, renderer, config)
+    test, test_kept, bad_test = checked_datums(rows.test, renderer, config)
+    if not train:
+        raise DataError(rows.train_source, "rows", "no usable training conversation.", "check the data and bad_rows.")
+    test_bytes = sum(
+        text_bytes(renderer, datum.target_tokens_T[datum.weights_T > 0])
+        for datum in test
+        if datum.weights_T is not None
+    )
+    return SLData(
+        train=tuple(train),
+        test=tuple(test),
+        test_bytes=test_bytes,
+        prompts=shown_prompts(test_kept, config.num_samples_shown),
+        skipped_rows=rows.skipped + bad_train + bad_test,
+    )
