@@ -1,17 +1,38 @@
+"""``tinkerflow sl|dpo|rl``: config resolution, a self-documenting command line (--help lists every config field,
+--template writes a complete config that loads back), overrides and flags in any order, typed errors."""
+
 from __future__ import annotations
 
 import json
 import pathlib
 
+import attrs
 import pytest
 
 from tinkerflow.cli import main
+from tinkerflow.config import SLConfig
+from tinkerflow.preference.config import DPOConfig
+from tinkerflow.rl.config import RLConfig
+from tinkerflow.serde import to_json
 
 ROOT = pathlib.Path(__file__).parents[1]
+EXAMPLE = ROOT / "examples" / "sl_people_json.json"
+COMMANDS: dict[str, type] = {"sl": SLConfig, "dpo": DPOConfig, "rl": RLConfig}
 
 
-def test_sl_dry_run_resolves_config_and_renders_data(capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["sl", str(ROOT / "examples" / "sl_people_json.json"), "max_steps=5", "--dry-run"])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        [str(EXAMPLE), "max_steps=5", "--dry-run"],
+        [str(EXAMPLE), "--dry-run", "max_steps=5"],
+        ["--dry-run", str(EXAMPLE), "max_steps=5"],
+    ],
+)
+def test_sl_dry_run_resolves_config_and_renders_data(
+    arguments: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    status = main(["sl", *arguments])
     out = capsys.readouterr().out
     assert status == 0
     resolved = json.loads(out[out.index("{") : out.index("}\n") + 1])
@@ -26,12 +47,16 @@ def test_sl_dry_run_resolves_config_and_renders_data(capsys: pytest.CaptureFixtu
         (["max_steps=0"], "max_steps"),
         (["colour=red"], "colour"),
         (["max_steps"], "key=value"),
+        (["bach_size=3"], "did you mean batch_size"),
+        (["lr_schedule.knd=cosine"], "did you mean lr_schedule.kind"),
     ],
 )
+@pytest.mark.parametrize("flag_first", [False, True])
 def test_sl_bad_config_exits_2_with_the_field(
-    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    arguments: list[str], message: str, flag_first: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main(["sl", str(ROOT / "examples" / "sl_people_json.json"), *arguments, "--dry-run"])
+    ordered = ["--dry-run", *arguments] if flag_first else [*arguments, "--dry-run"]
+    status = main(["sl", str(EXAMPLE), *ordered])
     assert status == 2
     assert message in capsys.readouterr().err
 
@@ -39,3 +64,55 @@ def test_sl_bad_config_exits_2_with_the_field(
 def test_missing_config_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sl", str(tmp_path / "nope.json")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_config_file_is_required_to_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sl", "--dry-run"])
+    assert exit_info.value.code == 2
+    assert "--template" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_lists_every_config_field(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    cls = COMMANDS[name]
+    for field in attrs.fields(cls):
+        assert f"\n  {field.name} (" in text, field.name
+    assert "--template" in text
+    assert "--dry-run" in text
+    if name != "rl":
+        assert "\n  lr_schedule.kind (constant|linear|cosine; default " in text
+    assert "learning_rate (" in text
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_template_loads_back(name: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--template`` prints every field with its default; required fields hold a placeholder that a run refuses
+    (naming the field) until it is filled in, in the file or as an override."""
+    cls = COMMANDS[name]
+    assert main([name, "--template"]) == 0
+    template = json.loads(capsys.readouterr().out)
+    assert list(template) == [field.name for field in attrs.fields(cls)]
+    required = [field.name for field in attrs.fields(cls) if field.default is attrs.NOTHING]
+    assert [key for key, value in template.items() if value == "<required: fill in>"] == required
+    file = tmp_path / "config.json"
+    file.write_text(json.dumps(template))
+    if required:
+        assert main([name, str(file), f"run_dir={tmp_path / 'run'}", "--dry-run"]) == 2
+        assert f"{cls.__name__}.{required[0]}: still holds the placeholder" in capsys.readouterr().err
+    filled = [f"{field}=data.jsonl" for field in required]
+    assert main([name, str(file), "--template", *filled]) == 0  # a file plus overrides: the complete config
+    assert json.loads(capsys.readouterr().out) == json.loads(to_json(cls(**dict.fromkeys(required, "data.jsonl"))))
+
+
+def test_template_takes_overrides_in_any_order(capsys: pytest.CaptureFixture[str]) -> None:
+    expected = json.loads(to_json(SLConfig(train_data="a.jsonl", max_steps=3)))
+    for arguments in (["--template", "train_data=a.jsonl", "max_steps=3"], ["train_data=a.jsonl", "--template"]):
+        assert main(["sl", *arguments, *(["max_steps=3"] if "max_steps=3" not in arguments else [])]) == 0
+        assert json.loads(capsys.readouterr().out) == expected
+    assert main(["sl", "--template", "trian_data=a.jsonl"]) == 2
+    assert "did you mean train_data" in capsys.readouterr().err

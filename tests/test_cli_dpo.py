@@ -53,14 +53,13 @@ def test_dpo_missing_config_file(tmp_path: pathlib.Path, capsys: pytest.CaptureF
 def test_dpo_command_trains_and_reports_before_and_after(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A full ``tinkerflow dpo`` run on the tiny local model (its byte tokenizer stands in for a hub one)."""
+    """A full ``tinkerflow dpo`` run on the tiny local model (the command takes the tokenizer from the backend; the
+    test's byte renderer stands in for the model family's)."""
     torch = pytest.importorskip("torch")
     from tests.test_dpo_loop import RENDERER
 
     import tinkerflow.render
-    import tinkerflow.tokenizers
 
-    monkeypatch.setattr(tinkerflow.tokenizers, "load_tokenizer", lambda name: RENDERER.tokenizer)
     monkeypatch.setattr(tinkerflow.render, "renderer_for_model", lambda name, tokenizer: RENDERER)
     rows = [{"prompt": f"q{i}?", "chosen": "yes!", "rejected": "no"} for i in range(12)]
     data = tmp_path / "prefs.jsonl"

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tinkerflow.config import SLConfig
+from tinkerflow.serde import to_json
+from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import (
     MetricsLog,
     RunDirError,
@@ -16,6 +21,7 @@ from tinkerflow.shell.io.run_dir import (
     read_state,
     write_state,
 )
+from tinkerflow.supervised import LRSchedule
 
 
 def test_atomic_write_replaces_whole_file(tmp_path: pathlib.Path) -> None:
@@ -79,3 +85,62 @@ def test_metrics_rows_are_json(tmp_path: pathlib.Path) -> None:
     log.close()
     with pytest.raises(RunDirError, match="closed"):
         log.log(1, {})
+
+
+def _open(run_dir: pathlib.Path, config: object) -> None:
+    """Open and close the run in ``run_dir`` with ``config`` (what a loop does when it starts or resumes)."""
+    Run.open(run_dir, config, total_steps=4, out=io.StringIO()).close()
+
+
+def _checkpointed(run_dir: pathlib.Path, config: SLConfig) -> None:
+    _open(run_dir, config)
+    write_state(run_dir, RunState(step=2, checkpoint="local://run/checkpoints/000002"))
+
+
+def test_resume_accepts_a_config_json_without_a_field_added_since(tmp_path: pathlib.Path) -> None:
+    """A field added to the record (with its default) since the run started does not block resuming, and the
+    rewritten config.json is the complete current config."""
+    config = SLConfig(train_data="a.jsonl", batch_size=4)
+    _checkpointed(tmp_path, config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["hf_messages_field"], saved["lr_schedule"]["warmup_steps"]  # as written before these fields existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _open(tmp_path, config)
+    assert (tmp_path / "config.json").read_text() == to_json(config, indent=2)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"batch_size": 2}, ["batch_size: 4 -> 2"]),
+        ({"batch_size": 2, "run_dir": "elsewhere"}, ["batch_size: 4 -> 2", 'run_dir: "runs/sl" -> "elsewhere"']),
+        ({"lr_schedule": LRSchedule(kind="cosine", final_ratio=0.1)}, ['lr_schedule.kind: "linear" -> "cosine"']),
+    ],
+)
+def test_resume_refuses_a_changed_value_naming_every_changed_field(
+    tmp_path: pathlib.Path, change: dict[str, object], named: list[str]
+) -> None:
+    config = SLConfig(train_data="a.jsonl", batch_size=4)
+    _checkpointed(tmp_path, config)
+    with pytest.raises(RunDirError, match="another config") as info:
+        _open(tmp_path, attrs.evolve(config, **change))  # type: ignore[arg-type]  # each case changes its own fields
+    message = str(info.value)
+    assert all(text in message for text in named)
+    assert message.count(" -> ") == len(named)
+    assert (tmp_path / "config.json").read_text() == to_json(config, indent=2)  # the refused config is not written
+
+
+def test_resume_refuses_a_config_json_that_no_longer_loads(tmp_path: pathlib.Path) -> None:
+    config = SLConfig(train_data="a.jsonl")
+    _checkpointed(tmp_path, config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "removed_field": 1}))
+    with pytest.raises(RunDirError, match=r"another config.*removed_field"):
+        _open(tmp_path, config)
+
+
+def test_a_fresh_run_directory_takes_any_config(tmp_path: pathlib.Path) -> None:
+    """Without a checkpoint (state.json) nothing is resumed, so a different config simply replaces config.json."""
+    _open(tmp_path, SLConfig(train_data="a.jsonl", batch_size=4))
+    _open(tmp_path, SLConfig(train_data="a.jsonl", batch_size=2))
+    assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 2

@@ -291,3 +291,11 @@ def test_given_sinks_get_every_row_and_are_closed_even_when_the_run_dies(tmp_pat
     with pytest.raises(RuntimeError, match="backend down"):
         run_sl(_config(tmp_path, "other"), Broken(), ByteRenderer(), out=io.StringIO(), sinks=[other])
     assert other.closed == 1  # closed although the run died before its first step
+
+
+def test_sinks_do_not_import_the_run_module() -> None:
+    """The MetricsSink protocol lives with the sinks: run.py imports sinks.py, never the reverse (no cycle)."""
+    import subprocess
+
+    code = "import sys, tinkerflow.shell.io.sinks; assert 'tinkerflow.shell.io.run' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,8 +9,13 @@ it, validate it and the data before any work starts, then train (or resume) with
 ``tinkerflow dpo CONFIG.json [key=value ...] [--dry-run]``: the same for DPO on preference data
 (:class:`tinkerflow.preference.config.DPOConfig`).
 
-Every subcommand takes a JSON config, overrides and ``--dry-run``; a new one is a function ``_run_<name>(args)``
-and an entry in ``_CONFIG_COMMANDS``.
+The config records are the single source of the command line (:mod:`tinkerflow.config_fields`):
+``tinkerflow sl --help`` lists every field with its type, default and documentation, ``tinkerflow sl --template``
+prints a complete config to start from (required fields hold ``"<required: fill in>"``), and overrides and flags
+may come in any order. Unknown keys are refused with the closest field names.
+
+Every subcommand takes a JSON config, overrides, ``--dry-run`` and ``--template``; a new one is a function
+``_run_<name>(config, dry_run)`` and an entry in :func:`_commands`.
 """
 
 from __future__ import annotations
@@ -19,24 +24,39 @@ import argparse
 import json
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from tinkerflow.config import SLConfig, apply_overrides
-from tinkerflow.errors import TinkerflowError
-from tinkerflow.serde import to_json
+import attrs
+
+from tinkerflow.config import SLConfig
+from tinkerflow.config_fields import (
+    REQUIRED,
+    apply_overrides,
+    check_known_keys,
+    config_template,
+    fields_help,
+    merge_overrides,
+    placeholder_fields,
+)
+from tinkerflow.errors import ConfigError, TinkerflowError
+from tinkerflow.serde import structure, to_json
 
 if TYPE_CHECKING:
+    from tinkerflow.preference.config import DPOConfig
     from tinkerflow.render import Renderer
-    from tinkerflow.shell.backends.protocol import Backend
+    from tinkerflow.rl.config import RLConfig
+    from tinkerflow.shell.backends.local.backend import LocalBackend
+    from tinkerflow.shell.backends.tinker import TinkerBackend
 
 __all__ = ["main"]
 
 C = TypeVar("C")
+D = TypeVar("D")
 
 
-def _load_config_as(path: str, overrides: Sequence[str], cls: type[C]) -> C:
-    """A config record of type ``cls`` from a JSON file plus ``key=value`` overrides."""
+def _read_config_file(path: str) -> dict[str, object]:
+    """The JSON object in the config file ``path``."""
     file = pathlib.Path(path)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -46,21 +66,44 @@ def _load_config_as(path: str, overrides: Sequence[str], cls: type[C]) -> C:
         raise TinkerflowError(f"{file}: not valid JSON ({error}).") from error
     if not isinstance(data, dict):
         raise TinkerflowError(f"{file}: a config must be a JSON object.")
-    return apply_overrides(data, overrides, cls)
+    return cast("dict[str, object]", data)
 
 
-def _renderer(base_model: str, name: str | None) -> Renderer:
-    """The renderer a config names, or its model family's."""
-    from tinkerflow import render
-    from tinkerflow.tokenizers import load_tokenizer
+def _load_config_as(path: str, overrides: Sequence[str], cls: type[C]) -> C:
+    """A config record of type ``cls`` from a JSON file plus ``key=value`` overrides.
 
-    tokenizer = load_tokenizer(base_model)
-    return (
-        render.get_renderer(name, tokenizer) if name is not None else render.renderer_for_model(base_model, tokenizer)
-    )
+    Raises:
+        ConfigError: a field still holds the template's placeholder, or a key is not a field (naming the closest).
+    """
+    merged = merge_overrides(_read_config_file(path), overrides, cls)
+    check_known_keys(merged, cls)
+    unset = placeholder_fields(merged)
+    if unset:
+        raise ConfigError(
+            cls.__name__, unset[0], f"still holds the placeholder {REQUIRED!r}.", "set it (file or key=value)."
+        )
+    return apply_overrides(merged, (), cls)
 
 
-def _backend(kind: str, run_dir: str) -> Backend:
+def _template(cls: type, path: str | None, overrides: Sequence[str]) -> str:
+    """A complete config of ``cls`` as JSON: every field with its default (required ones marked), updated with the
+    fields of the config file ``path`` (if given) and the overrides."""
+    data = config_template(cls)
+    if path is not None:
+        data.update(_read_config_file(path))
+    merged = merge_overrides(data, overrides, cls)
+    check_known_keys(merged, cls)
+    if not placeholder_fields(merged):
+        return to_json(structure(merged, cls), indent=2)  # validated and complete
+    return json.dumps(merged, indent=2, ensure_ascii=False)
+
+
+def _print_config(config: object) -> None:
+    print("resolved config:")
+    print(to_json(config, indent=2))
+
+
+def _backend(kind: str, run_dir: str) -> LocalBackend | TinkerBackend:
     """The backend a config names: the local one (checkpoints under the run directory) or the Tinker service."""
     if kind == "local":
         from tinkerflow.shell.backends.local.backend import LocalBackend
@@ -71,123 +114,216 @@ def _backend(kind: str, run_dir: str) -> Backend:
     return TinkerBackend()
 
 
-def _run_sl(args: argparse.Namespace) -> int:
-    config = _load_config_as(args.config, args.overrides, SLConfig)
-    print("resolved config:")
-    print(to_json(config, indent=2))
+def _renderer(backend: LocalBackend | TinkerBackend, base_model: str, name: str | None) -> Renderer:
+    """The renderer a config names (or its model family's), over the backend's own tokenizer of ``base_model``."""
+    from tinkerflow import render
 
-    from tinkerflow.shell.io.sinks import check_sinks
-    from tinkerflow.shell.recipes.sl import RendererAdapter, prepare_sl_data, run_sl
-
-    check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
-
-    renderer = _renderer(config.base_model, config.renderer)
-    adapter = RendererAdapter(renderer)
-    data = prepare_sl_data(config, adapter)
-    print(
-        f"data: {len(data.train)} training and {len(data.test)} held-out conversations "
-        f"({data.skipped_rows} bad rows skipped); renderer {renderer.name}"
+    tokenizer = backend.get_tokenizer(base_model)
+    return (
+        render.get_renderer(name, tokenizer) if name is not None else render.renderer_for_model(base_model, tokenizer)
     )
-    if args.dry_run:
-        return 0
-    result = run_sl(config, _backend(config.backend, config.run_dir), adapter, data=data)
-    print(f"\nrun directory: {config.run_dir} (metrics.jsonl, loss.html, checkpoints)")
-    if result.eval_nll_before is not None and result.eval_nll_after is not None:
-        print(f"held-out NLL: before {result.eval_nll_before:.4f} -> after {result.eval_nll_after:.4f}")
+
+
+def _execute(
+    names: tuple[Sequence[str], str, str, str, str | None],
+    prepare: Callable[[Renderer], tuple[D, str]],
+    train: Callable[[LocalBackend | TinkerBackend, Renderer, D], str],
+    dry_run: bool,
+) -> int:
+    """The flow every command shares. ``names`` are the config's ``(log_to, backend, run_dir, base_model,
+    renderer)``: the sinks are checked first (a missing wandb/tensorboard package fails before any loading or
+    training), then the backend is made and the renderer built on its tokenizer; ``prepare`` loads and checks the
+    data and says what it found, and unless ``dry_run``, ``train`` runs and says what came of it. The backend is
+    closed at the end."""
+    from tinkerflow.shell.io.sinks import check_sinks
+
+    log_to, backend_name, run_dir, base_model, renderer_name = names
+    check_sinks(log_to)
+    backend = _backend(backend_name, run_dir)
+    try:
+        renderer = _renderer(backend, base_model, renderer_name)
+        prepared, summary = prepare(renderer)
+        print(summary)
+        if dry_run:
+            return 0
+        report = train(backend, renderer, prepared)
+    finally:
+        backend.close()
+    print(report)
     return 0
 
 
-def _run_dpo(args: argparse.Namespace) -> int:
-    from tinkerflow.preference.config import DPOConfig
-
-    config = _load_config_as(args.config, args.overrides, DPOConfig)
-    print("resolved config:")
-    print(to_json(config, indent=2))
-
-    from tinkerflow.shell.io.sinks import check_sinks
-    from tinkerflow.shell.recipes.dpo import prepare_dpo_data, run_dpo
-
-    check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
-
-    renderer = _renderer(config.base_model, config.renderer)
-    data = prepare_dpo_data(config, renderer)
-    print(
-        f"data: {len(data.train)} training and {len(data.test)} held-out pairs "
-        f"({data.skipped_rows} bad rows skipped, {data.dropped_ties} ties dropped); renderer {renderer.name}"
-    )
-    if args.dry_run:
-        return 0
-    result = run_dpo(config, _backend(config.backend, config.run_dir), renderer, data=data)
-    print(f"\nrun directory: {config.run_dir} (metrics.jsonl, {pathlib.Path(result.chart).name}, checkpoints)")
-    if result.eval_before is not None and result.eval_after is not None:
-        before, after = result.eval_before, result.eval_after
-        print(
-            f"held-out preference accuracy: before {before.policy_accuracy:.3f} -> after {after.policy_accuracy:.3f} "
-            f"(implicit reward: {before.accuracy:.3f} -> {after.accuracy:.3f}; "
-            f"DPO loss {before.dpo_loss:.4f} -> {after.dpo_loss:.4f})"
-        )
-    return 0
-
-
-def _run_rl(args: argparse.Namespace) -> int:
-    from tinkerflow.rl.config import RLConfig
-
-    config = _load_config_as(args.config, args.overrides, RLConfig)
-    print("resolved config:")
-    print(to_json(config, indent=2))
-
-    from tinkerflow.shell.io.sinks import check_sinks
-    from tinkerflow.shell.recipes.rl import environment_datasets, run_rl
-
-    check_sinks(config.log_to)  # a missing wandb/tensorboard package fails here, before any loading or training
-
-    renderer = _renderer(config.base_model, config.renderer)
-    train, test = environment_datasets(config, renderer)
-    print(
-        f"environment {config.env}: {len(train)} training batches of {config.groups_per_batch} groups x "
-        f"{config.group_size}; held-out: {'none' if test is None else f'{config.eval_groups} groups'}; "
+def _data_line(train: int, test: int, noun: str, skipped: int, renderer: Renderer, extra: str = "") -> str:
+    """What a command says about its data once loaded and checked."""
+    return (
+        f"data: {train} training and {test} held-out {noun} ({skipped} bad rows skipped{extra}); "
         f"renderer {renderer.name}"
     )
-    if args.dry_run:
-        return 0
-    result = run_rl(
-        config,
-        _backend(config.backend, config.run_dir),
-        train,
-        decode=renderer.tokenizer.decode,
-        test_dataset=test,
+
+
+def _run_sl(config: SLConfig, dry_run: bool) -> int:
+    from tinkerflow.shell.recipes.sl import SLData, prepare_sl_data, run_sl
+
+    def prepare(renderer: Renderer) -> tuple[SLData, str]:
+        data = prepare_sl_data(config, renderer)
+        return data, _data_line(len(data.train), len(data.test), "conversations", data.skipped_rows, renderer)
+
+    def train(backend: LocalBackend | TinkerBackend, renderer: Renderer, data: SLData) -> str:
+        result = run_sl(config, backend, renderer, data=data)
+        lines = [f"\nrun directory: {config.run_dir} (metrics.jsonl, loss.html, checkpoints)"]
+        if result.eval_nll_before is not None and result.eval_nll_after is not None:
+            lines.append(f"held-out NLL: before {result.eval_nll_before:.4f} -> after {result.eval_nll_after:.4f}")
+        return "\n".join(lines)
+
+    names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
+    return _execute(names, prepare, train, dry_run)
+
+
+def _run_dpo(config: DPOConfig, dry_run: bool) -> int:
+    from tinkerflow.shell.recipes.dpo import DPOData, prepare_dpo_data, run_dpo
+
+    def prepare(renderer: Renderer) -> tuple[DPOData, str]:
+        data = prepare_dpo_data(config, renderer)
+        ties = f", {data.dropped_ties} ties dropped"
+        return data, _data_line(len(data.train), len(data.test), "pairs", data.skipped_rows, renderer, ties)
+
+    def train(backend: LocalBackend | TinkerBackend, renderer: Renderer, data: DPOData) -> str:
+        result = run_dpo(config, backend, renderer, data=data)
+        lines = [f"\nrun directory: {config.run_dir} (metrics.jsonl, {pathlib.Path(result.chart).name}, checkpoints)"]
+        if result.eval_before is not None and result.eval_after is not None:
+            before, after = result.eval_before, result.eval_after
+            lines.append(
+                f"held-out preference accuracy: before {before.policy_accuracy:.3f} -> "
+                f"after {after.policy_accuracy:.3f} (implicit reward: {before.accuracy:.3f} -> {after.accuracy:.3f}; "
+                f"DPO loss {before.dpo_loss:.4f} -> {after.dpo_loss:.4f})"
+            )
+        return "\n".join(lines)
+
+    names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
+    return _execute(names, prepare, train, dry_run)
+
+
+def _run_rl(config: RLConfig, dry_run: bool) -> int:
+    from tinkerflow.rl.types import RLDataset
+    from tinkerflow.shell.recipes.rl import environment_datasets, run_rl
+
+    def prepare(renderer: Renderer) -> tuple[tuple[RLDataset, RLDataset | None], str]:
+        train_set, test_set = environment_datasets(config, renderer)
+        return (train_set, test_set), (
+            f"environment {config.env}: {len(train_set)} training batches of {config.groups_per_batch} groups x "
+            f"{config.group_size}; held-out: {'none' if test_set is None else f'{config.eval_groups} groups'}; "
+            f"renderer {renderer.name}"
+        )
+
+    def train(
+        backend: LocalBackend | TinkerBackend, renderer: Renderer, datasets: tuple[RLDataset, RLDataset | None]
+    ) -> str:
+        result = run_rl(config, backend, datasets[0], decode=renderer.tokenizer.decode, test_dataset=datasets[1])
+        lines = [f"\nrun directory: {config.run_dir} (metrics.jsonl, reward.html, transcripts.html, checkpoints)"]
+        if result.eval_reward_before is not None and result.eval_reward_after is not None:
+            lines.append(
+                f"held-out reward: before {result.eval_reward_before:.4f} -> after {result.eval_reward_after:.4f}"
+            )
+        return "\n".join(lines)
+
+    names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
+    return _execute(names, prepare, train, dry_run)
+
+
+@attrs.frozen
+class _Command:
+    """A subcommand that trains from a config record: ``CONFIG [key=value ...] [--dry-run] [--template]``."""
+
+    help: str
+    config_class: Callable[[], type]
+    run: Callable[[Any, bool], int]  # Any: each runner takes its own config record
+
+
+def _rl_config() -> type[RLConfig]:
+    from tinkerflow.rl.config import RLConfig
+
+    return RLConfig
+
+
+def _dpo_config() -> type[DPOConfig]:
+    from tinkerflow.preference.config import DPOConfig
+
+    return DPOConfig
+
+
+def _commands() -> Mapping[str, _Command]:
+    return {
+        "sl": _Command("supervised fine-tuning from a JSON config", lambda: SLConfig, _run_sl),
+        "rl": _Command("reinforcement learning on a named environment from a JSON config", _rl_config, _run_rl),
+        "dpo": _Command("direct preference optimization from a JSON config", _dpo_config, _run_dpo),
+    }
+
+
+def _command_parser(name: str, command: _Command) -> argparse.ArgumentParser:
+    """The parser of one subcommand; its help ends with every field of the command's config record."""
+    cls = command.config_class()
+    parser = argparse.ArgumentParser(
+        prog=f"tinkerflow {name}",
+        description=f"{command.help[0].upper()}{command.help[1:]} ({cls.__name__}).",
+        epilog=f"{cls.__name__} fields (in the JSON file, or as key=value; dotted keys reach nested records):\n"
+        + fields_help(cls),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    print(f"\nrun directory: {config.run_dir} (metrics.jsonl, reward.html, transcripts.html, checkpoints)")
-    if result.eval_reward_before is not None and result.eval_reward_after is not None:
-        print(f"held-out reward: before {result.eval_reward_before:.4f} -> after {result.eval_reward_after:.4f}")
-    return 0
+    parser.add_argument("config", nargs="?", help=f"path of a JSON {cls.__name__}")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, before or after the flags")
+    parser.add_argument("--dry-run", action="store_true", help="resolve and validate config and data, then stop")
+    parser.add_argument(
+        "--template",
+        action="store_true",
+        help=f"print a complete JSON {cls.__name__} (every field with its default; required fields hold "
+        f"{REQUIRED!r}; CONFIG and overrides fill it in) and stop",
+    )
+    return parser
 
 
-#: Subcommands that take ``CONFIG [key=value ...] [--dry-run]``: name -> (help, config help, runner).
-_CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[argparse.Namespace], int]]] = {
-    "sl": ("supervised fine-tuning from a JSON config", "path of a JSON SLConfig", _run_sl),
-    "rl": ("reinforcement learning on a named environment from a JSON config", "path of a JSON RLConfig", _run_rl),
-    "dpo": ("direct preference optimization from a JSON config", "path of a JSON DPOConfig", _run_dpo),
-}
+def _top_parser(commands: Mapping[str, _Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinkerflow",
+        description="Typed post-training pipelines. `tinkerflow COMMAND --help` lists the command's config fields.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, command in commands.items():
+        subparsers.add_parser(name, help=command.help, add_help=False)
+    return parser
+
+
+def _run_command(name: str, command: _Command, argv: Sequence[str]) -> int:
+    parser = _command_parser(name, command)
+    args = parser.parse_intermixed_args(argv)
+    cls = command.config_class()
+    overrides: list[str] = list(args.overrides)
+    path: str | None = args.config
+    if path is not None and "=" in path and not pathlib.Path(path).exists():  # only overrides (e.g. --template)
+        overrides.insert(0, path)
+        path = None
+    if args.template:
+        print(_template(cls, path, overrides))
+        return 0
+    if path is None:
+        parser.error(f"give a JSON {cls.__name__} file (start from `tinkerflow {name} --template`).")
+    config: object = _load_config_as(path, overrides, cls)
+    _print_config(config)
+    return command.run(config, args.dry_run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tinkerflow`` command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="tinkerflow", description="Typed post-training pipelines.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, (command_help, config_help, _) in _CONFIG_COMMANDS.items():
-        command = commands.add_parser(name, help=command_help)
-        command.add_argument("config", help=config_help)
-        command.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
-        command.add_argument("--dry-run", action="store_true", help="resolve and validate config and data, then stop")
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    commands = _commands()
+    if not arguments or arguments[0] not in commands:
+        _top_parser(commands).parse_args(arguments)  # prints the usage or help and exits
+        return 1
+    name = arguments[0]
     try:
-        if args.command in _CONFIG_COMMANDS:
-            return _CONFIG_COMMANDS[args.command][2](args)
+        return _run_command(name, commands[name], arguments[1:])
     except TinkerflowError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

@@ -1,68 +1,83 @@
-"""Self-contained HTML line charts of metrics rows (inline SVG; no plotting dependency). Pure."""
+"""Line charts of metrics rows, drawn by matplotlib, as self-contained HTML pages. (Shell: loads a plotting library.)
+
+:func:`metrics_chart_html` draws chosen metrics against ``step`` and returns one HTML page with the chart inlined as
+SVG (text kept as text, so the series names can be searched), viewable offline with nothing beside it.
+matplotlib is imported only when a chart is drawn, and only its Agg canvas is used (no display, no ``pyplot`` global
+state). The SVG is deterministic: the same rows give the same bytes (fixed element ids, no date).
+"""
 
 from __future__ import annotations
 
 import html
+import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Final
 
-__all__ = ["metrics_chart_html"]
+__all__ = ["chart_series", "metrics_chart_html", "metrics_chart_svg"]
 
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+#: Series ``i`` is drawn in group ``<g id="series-i">`` of the SVG.
+SERIES_ID: Final = "series-{index}"
+
+_SIZE_IN: Final = (7.2, 3.6)
+_MARKERS_BELOW: Final = 40  # series with fewer points get a marker on each point
 
 
-def _series(rows: Sequence[Mapping[str, object]], key: str) -> list[tuple[float, float]]:
-    points: list[tuple[float, float]] = []
+def chart_series(rows: Sequence[Mapping[str, object]], key: str) -> tuple[list[float], list[float]]:
+    """The ``(steps, values)`` of ``key`` in ``rows``; rows without the key or with a non-finite value are skipped."""
+    steps: list[float] = []
+    values: list[float] = []
     for row in rows:
         step, value = row.get("step"), row.get(key)
-        if isinstance(step, int) and isinstance(value, (int, float)) and math.isfinite(float(value)):
-            points.append((float(step), float(value)))
-    return points
+        if (
+            isinstance(step, int)
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(float(value))
+        ):
+            steps.append(float(step))
+            values.append(float(value))
+    return steps, values
+
+
+def metrics_chart_svg(rows: Sequence[Mapping[str, object]], keys: Sequence[str], title: str) -> str:
+    """An SVG line chart of ``keys`` against ``step`` (one line per key, in order; an empty chart says no data)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "tinkerflow", "font.size": 9}):
+        figure = Figure(figsize=_SIZE_IN, layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        axes.set_title(title)
+        axes.set_xlabel("step")
+        drawn = 0
+        for index, key in enumerate(keys):
+            steps, values = chart_series(rows, key)
+            if not steps:
+                continue
+            marker = "o" if len(steps) < _MARKERS_BELOW else None
+            (line,) = axes.plot(steps, values, marker=marker, markersize=3, linewidth=1.5, label=key)
+            line.set_gid(SERIES_ID.format(index=index))
+            drawn += 1
+        if drawn:
+            axes.legend(loc="best")
+            axes.grid(visible=True, alpha=0.3)
+        else:
+            axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
 
 
 def metrics_chart_html(rows: Sequence[Mapping[str, object]], keys: Sequence[str], title: str) -> str:
-    """An HTML page with one SVG chart of ``keys`` against ``step`` (missing or non-finite values are skipped)."""
-    width, height, pad = 720, 360, 48
-    series = {key: _series(rows, key) for key in keys}
-    points = [point for values in series.values() for point in values]
-    body: list[str] = []
-    if points:
-        x_low, x_high = min(p[0] for p in points), max(p[0] for p in points)
-        y_low, y_high = min(p[1] for p in points), max(p[1] for p in points)
-        x_span, y_span = (x_high - x_low) or 1.0, (y_high - y_low) or 1.0
-
-        def sx(x: float) -> float:
-            return pad + (x - x_low) / x_span * (width - 2 * pad)
-
-        def sy(y: float) -> float:
-            return height - pad - (y - y_low) / y_span * (height - 2 * pad)
-
-        body.append(f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#444"/>')
-        body.append(f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#444"/>')
-        for fraction in (0.0, 0.5, 1.0):
-            y_value = y_low + fraction * y_span
-            x_value = x_low + fraction * x_span
-            body.append(f'<text x="4" y="{sy(y_value) + 4:.1f}" font-size="11">{y_value:.3g}</text>')
-            body.append(
-                f'<text x="{sx(x_value):.1f}" y="{height - pad + 16}" font-size="11" text-anchor="middle">'
-                f"{x_value:.0f}</text>"
-            )
-        for index, (key, values) in enumerate(series.items()):
-            color = _COLORS[index % len(_COLORS)]
-            if values:
-                path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in values)
-                body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
-                for x, y in values if len(values) < 40 else ():
-                    body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>')
-            body.append(
-                f'<text x="{width - pad - 150}" y="{pad + 16 * index}" font-size="12" fill="{color}">'
-                f"{html.escape(key)}</text>"
-            )
-    else:
-        body.append(f'<text x="{pad}" y="{height / 2}">no data</text>')
-    svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{"".join(body)}</svg>'
+    """An HTML page holding :func:`metrics_chart_svg` of ``rows`` (missing or non-finite values are skipped)."""
+    escaped = html.escape(title)
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-        f"<body style='font-family:sans-serif'><h2>{html.escape(title)}</h2>{svg}"
-        f"<p>x: step. Generated by tinkerflow from metrics.jsonl.</p></body></html>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escaped}</title></head>"
+        f"<body style='font-family:sans-serif'><h2>{escaped}</h2>{metrics_chart_svg(rows, keys, title)}"
+        f"<p>x: step; series: {html.escape(', '.join(keys))}. Generated by tinkerflow from metrics.jsonl.</p>"
+        "</body></html>"
     )

@@ -1,69 +1,71 @@
-"""What every training loop shares: the run directory, resume, metrics, progress, checkpoints, the final plot.
+"""What every training loop shares: the run directory, resume, metrics, progress, checkpoints, the final chart.
 
 The SL, RL and DPO loops differ in what a step does; they share how a run starts, logs, saves and resumes, and
 this module is that shared part (so exact resume is implemented once):
 
-* :meth:`Run.open` checks ``config.json`` (a run directory holds one run: resuming with another config is an
-  error), reads ``state.json`` and opens the metrics log at the resume step (rows of the killed run after its
-  last checkpoint are dropped; they are written again identically);
+* :meth:`Run.open` compares the config with the one in ``config.json`` field by field (a run directory holds one
+  run: resuming with a changed value is an error naming every changed field; a field added since, with its
+  default, is not a change), rewrites ``config.json`` with the complete current config, reads ``state.json`` and
+  opens the metrics log at the resume step (rows of the killed run after its last checkpoint are dropped; they
+  are written again identically);
 * :meth:`Run.training_client` creates a fresh LoRA client or restores the checkpointed one with its optimizer;
 * :meth:`Run.log` appends one metrics row (flushed and fsynced), forwards it to the optional sinks (W&B,
-  TensorBoard) and updates the progress line;
+  TensorBoard) and updates the progress bar (:mod:`tinkerflow.shell.io.progress`);
 * :meth:`Run.checkpoint` saves the backend state and, once it is durable, ``state.json`` with the loop's data
   position and any loop-specific bookkeeping;
-* :meth:`Run.close` closes the log and sinks and writes a self-contained HTML chart of chosen metrics.
+* :meth:`Run.close` closes the progress bar, the log and the sinks; :meth:`Run.write_chart` writes a
+  self-contained HTML chart of chosen metrics (:mod:`tinkerflow.shell.io.charts`).
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
-import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TextIO
+from typing import TextIO
+
+import attrs
 
 from tinkerflow.config import SinkName
+from tinkerflow.config_fields import config_differences, config_to_dict
 from tinkerflow.errors import TinkerflowError
+from tinkerflow.serde import structure, to_json
 from tinkerflow.shell.backends.protocol import Backend, TrainingClient
 from tinkerflow.shell.io.charts import metrics_chart_html
+from tinkerflow.shell.io.progress import Progress
 from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, RunState, atomic_write_text, read_state, write_state
+from tinkerflow.shell.io.sinks import MetricsSink, MetricValue, close_sinks, make_sinks
 
-__all__ = ["MetricsSink", "Progress", "Run"]
+__all__ = ["MetricsSink", "Progress", "Run", "check_resumable_config"]
 
-MetricValue = float | int | str | None
-
-
-class MetricsSink(Protocol):
-    """Somewhere else metrics rows go (the JSONL log is always written; sinks are extra)."""
-
-    def log(self, step: int, row: Mapping[str, MetricValue]) -> None:
-        """Record one step's row."""
-        ...
-
-    def close(self) -> None:
-        """Flush and release resources."""
-        ...
+CONFIG_FILE = "config.json"
 
 
-class Progress:
-    """A one-line progress display with ETA (plain text, rewritten in place with ``\\r``)."""
+def check_resumable_config(config_file: pathlib.Path, config: object) -> None:
+    """Raise :class:`RunDirError` unless the run saved in ``config_file`` has the same config as ``config``.
 
-    def __init__(self, total: int, start: int, stream: TextIO, label: str = "loss") -> None:
-        self.total, self.start, self.stream, self.label = total, start, stream, label
-        self.began = time.monotonic()
-
-    def update(self, step: int, value: float) -> None:
-        done = step + 1 - self.start
-        elapsed = time.monotonic() - self.began
-        eta = elapsed / done * (self.total - step - 1) if done > 0 else 0.0
-        self.stream.write(
-            f"\rstep {step + 1}/{self.total}  {self.label} {value:.4f}  {elapsed:5.0f}s elapsed, ETA {eta:4.0f}s "
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+    The saved JSON is structured into ``config``'s class (fields added since take their defaults) and compared
+    field by field, nested records included; the error names every changed field with its old and new value.
+    """
+    text = config_file.read_text(encoding="utf-8")
+    if text == to_json(config, indent=2):
+        return
+    where = config_file.parent
+    fix = "use a new run_dir to start over, or the same config to resume."
+    if not attrs.has(type(config)):  # not a record: only the exact JSON can match
+        raise RunDirError(f"{where}: holds a run with another config (see its {CONFIG_FILE}); {fix}")
+    try:
+        saved = structure(json.loads(text), type(config))
+    except (json.JSONDecodeError, TinkerflowError) as error:
+        raise RunDirError(
+            f"{where}: holds a run with another config ({CONFIG_FILE} does not load as a "
+            f"{type(config).__name__}: {error}); {fix}"
+        ) from error
+    changes = config_differences(saved, config)
+    if changes:
+        listed = "; ".join(str(change) for change in changes)
+        raise RunDirError(f"{where}: holds a run with another config (changed: {listed}); {fix}")
 
 
 class Run:
@@ -90,24 +92,26 @@ class Run:
     def open(
         cls,
         run_dir: str | pathlib.Path,
-        config_json: str,
+        config: object,
         *,
         total_steps: int,
         out: TextIO | None = None,
         progress_label: str = "loss",
         sinks: Sequence[MetricsSink] = (),
     ) -> Run:
-        """Open (creating or resuming) the run in ``run_dir`` whose config serializes to ``config_json``."""
+        """Open (creating or resuming) the run in ``run_dir`` with the config record ``config``.
+
+        Raises:
+            RunDirError: ``run_dir`` holds a run whose config differs (naming each changed field), or its
+                resume state is unreadable.
+        """
         directory = pathlib.Path(run_dir)
         directory.mkdir(parents=True, exist_ok=True)
         state = read_state(directory)
-        config_file = directory / "config.json"
-        if state is not None and config_file.exists() and config_file.read_text(encoding="utf-8") != config_json:
-            raise RunDirError(
-                f"{directory}: holds a run with another config (see its config.json); "
-                "use a new run_dir to start over, or the same config to resume."
-            )
-        atomic_write_text(config_file, config_json)
+        config_file = directory / CONFIG_FILE
+        if state is not None and config_file.exists():
+            check_resumable_config(config_file, config)
+        atomic_write_text(config_file, to_json(config, indent=2))
         start = state.step if state is not None else 0
         stream = out if out is not None else sys.stdout
         metrics = MetricsLog(directory / "metrics.jsonl", resume_step=start)
@@ -127,20 +131,11 @@ class Run:
     ) -> Run:
         """:meth:`open` for a loop's config record: ``sinks=None`` makes the sinks ``log_to`` names (W&B,
         TensorBoard; :func:`tinkerflow.shell.io.sinks.make_sinks`), and closes them again if opening fails."""
-        from tinkerflow.config import config_to_dict
-        from tinkerflow.serde import to_json
-        from tinkerflow.shell.io.sinks import close_sinks, make_sinks
-
         made = sinks is None
         run_sinks = make_sinks(log_to, run_dir, config_to_dict(config)) if sinks is None else tuple(sinks)
         try:
             return cls.open(
-                run_dir,
-                to_json(config, indent=2),
-                total_steps=total_steps,
-                out=out,
-                progress_label=progress_label,
-                sinks=run_sinks,
+                run_dir, config, total_steps=total_steps, out=out, progress_label=progress_label, sinks=run_sinks
             )
         except BaseException:
             if made:
@@ -160,8 +155,12 @@ class Run:
         """A fresh LoRA training client, or the one restored from the last checkpoint (weights and optimizer)."""
         if self.state is None:
             return backend.create_lora_training_client(base_model, rank=lora_rank, seed=seed).result()
-        self.out.write(f"resuming at step {self.state.step} from {self.state.checkpoint}\n")
+        self.write(f"resuming at step {self.state.step} from {self.state.checkpoint}\n")
         return backend.create_training_client_from_state(self.state.checkpoint, with_optimizer=True).result()
+
+    def write(self, text: str) -> None:
+        """Write a message to the run's stream (clearing and redrawing the progress bar around it)."""
+        self.progress.write(text)
 
     def log(self, step: int, row: Mapping[str, MetricValue], progress_value: float) -> None:
         """Append step ``step``'s metrics row durably, forward it to the sinks, update the progress line."""
@@ -199,7 +198,7 @@ class Run:
         return target
 
     def close(self) -> None:
-        """Close the progress line, the metrics log and the sinks (errors of one sink do not hide the others)."""
+        """Close the progress bar, the metrics log and the sinks (errors of one sink do not hide the others)."""
         self.progress.close()
         self.metrics.close()
         errors: list[BaseException] = []

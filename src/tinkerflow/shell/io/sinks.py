@@ -1,4 +1,4 @@
-"""Optional metrics sinks: Weights & Biases and TensorBoard. (Shell: files, processes, a clock.)
+"""Metrics sinks: the :class:`MetricsSink` protocol, Weights & Biases and TensorBoard. (Shell: files, a clock.)
 
 The JSONL metrics log of a run is always written; these sinks receive the same rows when a config asks for them
 (``log_to=["wandb", "tensorboard"]``). Each sink's package is imported lazily, only when the sink is made, so
@@ -29,11 +29,10 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from tinkerflow.config import SinkName
 from tinkerflow.errors import ConfigError, TinkerflowError
-from tinkerflow.shell.io.run import MetricsSink, MetricValue
 from tinkerflow.shell.io.run_dir import atomic_write_text
 
 if TYPE_CHECKING:
@@ -41,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SINK_PACKAGES",
+    "MetricValue",
+    "MetricsSink",
     "TensorBoardSink",
     "WandbSink",
     "check_sinks",
@@ -48,6 +49,22 @@ __all__ = [
     "make_sinks",
     "numeric_metrics",
 ]
+
+#: A value of a metrics row.
+MetricValue: TypeAlias = float | int | str | None
+
+
+class MetricsSink(Protocol):
+    """Somewhere else metrics rows go (the JSONL log of :mod:`tinkerflow.shell.io.run` is always written)."""
+
+    def log(self, step: int, row: Mapping[str, MetricValue]) -> None:
+        """Record one step's row."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources."""
+        ...
+
 
 #: The package each sink needs (what to ``pip install``).
 SINK_PACKAGES: Final[Mapping[str, str]] = {"wandb": "wandb", "tensorboard": "tensorboard"}
