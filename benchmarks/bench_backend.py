@@ -11,6 +11,11 @@ Two workloads, each done the same way by both sides in the same run (interleaved
 
 Prints the figures and, last, one JSON object with them (tokens/s and LocalBackend / hand-written ratios).
 Usage: ``python benchmarks/bench_backend.py [--repeats N]``.
+
+``--lora-layer`` instead times one adapted layer, forward + backward over 1024 positions, with tinkerflow's
+``LoraLinear`` and with peft's own LoRA layer (same weights, so the outputs are compared too) at SmolLM2's shapes:
+the unembedding (576 -> 49152), an MLP projection (576 -> 1536) and an attention projection (576 -> 576). This is
+the measurement behind keeping ``LoraLinear`` (docs/backends.md).
 """
 
 from __future__ import annotations
@@ -21,20 +26,15 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from _common import emit
 from tinkerflow import AdamParams, Datum, ModelInput, SamplingParams
-from tinkerflow.shell.backends.local.backend import (
-    ATTENTION_MODULES,
-    LORA_ALPHA,
-    MLP_MODULES,
-    UNEMBED_MODULES,
-    LocalBackend,
-)
+from tinkerflow.shell.backends.local import LocalBackend
+from tinkerflow.shell.backends.local.lora import ATTENTION_MODULES, LORA_ALPHA, MLP_MODULES, UNEMBED_MODULES, LoraLinear
 from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL, embedded_model_dir
 
 BATCH, LENGTH, RANK = 8, 128, 32
@@ -121,10 +121,51 @@ class HandWritten:
         return new.numpy(), logprobs.gather(2, new[..., None])[..., 0].numpy()
 
 
+def _lora_layers(shape: tuple[int, int], rank: int = 8) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """One frozen linear layer adapted twice: tinkerflow's ``LoraLinear`` and peft's layer, with equal weights."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    base = torch.nn.Linear(*shape, bias=False).requires_grad_(False)
+    ours = LoraLinear(base, rank, LORA_ALPHA, torch.Generator().manual_seed(0))
+    holder = torch.nn.Module()
+    holder.add_module("lm_head", base)
+    theirs = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=LORA_ALPHA, target_modules=["lm_head"]), holder)
+    layer = cast("torch.nn.Module", theirs.lm_head)
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(ours.lora_A.weight)
+        layer.lora_B["default"].weight.normal_()
+        ours.lora_B.weight.copy_(layer.lora_B["default"].weight)
+    return ours, layer
+
+
+def lora_layer_benchmark(repeats: int) -> None:
+    """``LoraLinear`` vs peft's LoRA layer: forward + backward of one layer, best of ``repeats`` (interleaved)."""
+    figures: dict[str, object] = {}
+    for label, shape in (("unembed", (576, 49152)), ("mlp", (576, 1536)), ("attention", (576, 576))):
+        ours, theirs = _lora_layers(shape)
+        x = torch.randn(1024, shape[0])
+        difference = float((ours(x) - theirs(x)).abs().max().detach())
+
+        def step(layer: torch.nn.Module, x: torch.Tensor = x) -> Callable[[], object]:
+            return lambda: layer(x).square().sum().backward()
+
+        best_ours, best_peft = _interleaved_best(step(ours), step(theirs), repeats)
+        timing = f"LoraLinear {best_ours * 1e3:.1f} ms, peft {best_peft * 1e3:.1f} ms"
+        print(f"{label} {shape}: {timing}, max |diff| {difference:.1e}")
+        figures[f"{label}_ms"] = {"lora_linear": round(best_ours * 1e3, 1), "peft": round(best_peft * 1e3, 1)}
+        figures[f"{label}_max_abs_diff"] = difference
+    emit("lora_layer", figures)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--lora-layer", action="store_true", help="time LoraLinear against peft's LoRA layer")
+    arguments = parser.parse_args()
+    repeats = arguments.repeats
+    if arguments.lora_layer:
+        lora_layer_benchmark(max(repeats, 10))
+        return
     torch.manual_seed(0)
     with (
         tempfile.TemporaryDirectory() as checkpoints,

@@ -22,10 +22,41 @@ from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 from tinkerflow.shell.backends.protocol import APIFuture, CustomLossFn, ModelInfo
+from tinkerflow.tokenizers import TokenizerError
 from tinkerflow.training import AdamParams, ForwardBackwardOutput, LossFnOutput
 
 VOCAB = 512
 EOT = 256
+
+
+class FakeTokenizer:
+    """The fake model's tokenizer (a core ``Tokenizer``): ids 0-255 are UTF-8 bytes, ``EOT`` is ``<|eot|>``."""
+
+    name = "fake"
+    vocab_size = VOCAB
+    bos_token_id = None
+    eos_token_id = EOT
+
+    @property
+    def added_tokens(self) -> Mapping[str, int]:
+        return {"<|eot|>": EOT}
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
+        pieces = (bytes([t]) if t < EOT else f"<|{'eot' if t == EOT else t}|>".encode() for t in map(int, tokens))
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def token_id(self, token: str) -> int:
+        if token == "<|eot|>":
+            return EOT
+        if len(token.encode("utf-8")) == 1:
+            return token.encode("utf-8")[0]
+        raise TokenizerError("FakeTokenizer", "token", f"{token!r} is not a single token.")
 
 
 class FakeSampler:
@@ -51,8 +82,8 @@ class FakeSampler:
     def compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
         raise NotImplementedError("not used by the loops under test")
 
-    def get_tokenizer(self) -> object:
-        raise NotImplementedError("not used by the loops under test")
+    def get_tokenizer(self) -> FakeTokenizer:
+        return FakeTokenizer()
 
     def get_base_model(self) -> str:
         return "fake"
@@ -159,8 +190,8 @@ class FakeTrainingClient:
     def get_info(self) -> ModelInfo:
         return ModelInfo(base_model="fake", model_id="fake-run", is_lora=True, lora_rank=1, vocab_size=VOCAB)
 
-    def get_tokenizer(self) -> object:
-        raise NotImplementedError("not used by the loops under test")
+    def get_tokenizer(self) -> FakeTokenizer:
+        return FakeTokenizer()
 
 
 class FakeBackend:
@@ -198,6 +229,9 @@ class FakeBackend:
         self, *, model_path: str | None = None, base_model: str | None = None
     ) -> APIFuture[FakeSampler]:
         return APIFuture.completed(FakeSampler(self.store[model_path][0] if model_path else np.zeros(VOCAB)))
+
+    def get_tokenizer(self, base_model: str) -> FakeTokenizer:
+        return FakeTokenizer()
 
 
 class ByteRenderer:

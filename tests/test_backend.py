@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinkerflow.errors import ValidationError
-from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, Tokenizer, TrainingClient
+from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, TrainingClient, Worker
+from tinkerflow.tokenizers import Tokenizer
 
 
 def test_completed_and_failed_futures() -> None:
@@ -70,9 +71,7 @@ def test_map_converts_and_propagates_errors() -> None:
 @settings(max_examples=20)
 @given(st.lists(st.floats(0, 0.002), min_size=1, max_size=25))
 def test_worker_applies_requests_in_submission_order(delays: list[float]) -> None:
-    from tinkerflow.shell.backends.local.backend import _Worker
-
-    worker = _Worker("order-test")
+    worker = Worker("order-test")
     applied: list[int] = []
     lock = threading.Lock()
 
@@ -90,8 +89,9 @@ def test_worker_applies_requests_in_submission_order(delays: list[float]) -> Non
 
 def test_local_and_tinker_backends_satisfy_the_protocols() -> None:
     """Structural check (the type checker does the real one): every protocol method exists on both backends."""
+    from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
     from tinkerflow.shell.backends.local.backend import LocalBackend, LocalSamplingClient, LocalTrainingClient
-    from tinkerflow.shell.backends.local.models import ByteTokenizer, HFTokenizer
+    from tinkerflow.shell.backends.local.models import ByteTokenizer
     from tinkerflow.shell.backends.tinker import TinkerBackend, TinkerSamplingClient, TinkerTrainingClient
 
     pairs = [

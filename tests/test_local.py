@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from tinkerflow import AdamParams, Datum, ModelInput, SamplingParams
 from tinkerflow import losses as lf
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
+from tinkerflow.tokenizers import Tokenizer
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tinkerflow.shell.backends.local.backend import LocalBackend, LocalSamplingClient, LocalTrainingClient  # noqa: E402
+from tinkerflow.shell.backends.local import LocalBackend, LocalSamplingClient, LocalTrainingClient  # noqa: E402
 from tinkerflow.shell.backends.local.checkpoint import CheckpointError, LocalPath  # noqa: E402  (after the importorskips)
 
 TINY = "tiny-llama:hidden=32,layers=2,heads=4,kv_heads=2,intermediate=64,vocab=300,context=64"
@@ -624,6 +625,18 @@ def test_model_info_and_tokenizer(backend: LocalBackend) -> None:
     tokenizer = client.get_tokenizer()
     assert tokenizer.decode(tokenizer.encode("héllo")) == "héllo"
     assert tokenizer.eos_token_id == 257
+    assert isinstance(tokenizer, Tokenizer)
+    assert backend.get_tokenizer(TINY) is tokenizer  # the loaded model's own tokenizer
+
+
+def test_backend_tokenizer_without_loading_weights(tmp_path: pathlib.Path) -> None:
+    with LocalBackend(checkpoint_dir=tmp_path, device="cpu") as fresh:
+        tokenizer = fresh.get_tokenizer("tiny-qwen3:vocab=400")
+        assert isinstance(tokenizer, Tokenizer)
+        assert (tokenizer.vocab_size, tokenizer.bos_token_id, tokenizer.eos_token_id) == (400, 256, 257)
+        assert fresh.get_tokenizer("tiny-qwen3:vocab=400") is tokenizer
+        with pytest.raises(ConfigError):
+            fresh.get_tokenizer("")
 
 
 # ---- bad input: typed errors, raised at submission, weights unchanged ------------------------------------------

@@ -17,13 +17,9 @@ from tinkerflow.shell.backends.local.checkpoint import (
     read_meta,
     write_meta,
 )
-from tinkerflow.shell.backends.local.models import (
-    EMBEDDED_SHA256,
-    ByteTokenizer,
-    TinyModelSpec,
-    cache_root,
-    embedded_gguf,
-)
+from tinkerflow.shell.backends.local.embedded import EMBEDDED_SHA256, cache_root, embedded_gguf
+from tinkerflow.shell.backends.local.models import ByteTokenizer, TinyModelSpec
+from tinkerflow.tokenizers import Tokenizer, TokenizerError
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 
@@ -34,13 +30,21 @@ def test_byte_tokenizer_round_trips_text(text: str) -> None:
     tokens = tokenizer.encode(text)
     assert all(0 <= token < 256 for token in tokens)
     assert tokenizer.decode(tokens) == text
-    assert tokenizer.encode(text, add_special_tokens=True) == [ByteTokenizer.BOS, *tokens]
+    assert tokenizer.encode_batch([text, text]) == [tokens, tokens]
 
 
 def test_byte_tokenizer_special_ids() -> None:
     tokenizer = ByteTokenizer(300)
     assert tokenizer.decode([104, 105, 257, 260]) == "hi<|eos|><|extra_1|>"
     assert (tokenizer.eos_token_id, tokenizer.vocab_size) == (257, 300)
+    assert tokenizer.bos_token_id == ByteTokenizer.BOS  # BOS is written by id: encode never adds it
+    assert tokenizer.encode("<|eos|>") == list(b"<|eos|>")  # control-token spellings stay plain text
+    assert (tokenizer.token_id("<|eos|>"), tokenizer.token_id("<|extra_1|>"), tokenizer.token_id("a")) == (257, 260, 97)
+    assert tokenizer.added_tokens["<|pad|>"] == 258
+    assert len(tokenizer.added_tokens) == 300 - 256
+    assert isinstance(tokenizer, Tokenizer)
+    with pytest.raises(TokenizerError):
+        tokenizer.token_id("ab")
     with pytest.raises(ConfigError):
         ByteTokenizer(100)
 

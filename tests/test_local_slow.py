@@ -13,7 +13,7 @@ from tinkerflow.supervised import supervised_datum
 pytest.importorskip("peft")
 pytest.importorskip("gguf")
 
-from tinkerflow.shell.backends.local.backend import LocalBackend
+from tinkerflow.shell.backends.local import LocalBackend
 from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL
 
 
@@ -24,14 +24,20 @@ def test_embedded_model_lora_steps_and_sampling(tmp_path: pathlib.Path) -> None:
         info = client.get_info()
         assert (info.vocab_size, info.max_context, info.lora_rank) == (49152, 8192, 8)
         tokenizer = client.get_tokenizer()
-        chat = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-        prompt = tokenizer.encode(chat)
+        start, end = tokenizer.token_id("<|im_start|>"), tokenizer.token_id("<|im_end|>")
+        # control tokens by id (encode keeps their spellings as plain text); the same ids as the chat template's
+        prompt = [start, *tokenizer.encode("user\nWhat is the capital of France?"), end]
+        prompt += [*tokenizer.encode("\n"), start, *tokenizer.encode("assistant\n")]
+        assert tokenizer.decode(prompt) == (
+            "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+        )
+        assert tokenizer.encode("<|im_end|>") != [end]
         base = backend.create_sampling_client(base_model=EMBEDDED_MODEL).result()
         greedy = SamplingParams(max_tokens=12, temperature=0.0, stop_strings=("<|im_end|>",))
         answer = tokenizer.decode(base.sample(ModelInput.from_tokens(prompt), 1, greedy).result().sequences[0].tokens_T)
         assert "Paris" in answer
 
-        target = tokenizer.encode(" Tinkerflow trains it.<|im_end|>")
+        target = [*tokenizer.encode(" Tinkerflow trains it."), end]
         datum = supervised_datum(
             ModelInput.from_tokens(prompt + target), np.r_[np.zeros(len(prompt)), np.ones(len(target))]
         )

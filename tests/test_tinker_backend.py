@@ -23,6 +23,7 @@ from tinkerflow import AdamParams, Datum, ModelInput, SamplingParams
 from tinkerflow import interop as io
 from tinkerflow import testing as tft
 from tinkerflow.errors import ConfigError, ValidationError
+from tinkerflow.tokenizers import Tokenizer
 
 tt = pytest.importorskip("tinker.types")
 torch = pytest.importorskip("torch")
@@ -376,6 +377,14 @@ def test_compute_logprobs_maps_none_to_nan(service: FakeServiceClient) -> None:
     assert values[1:].tolist() == [-1.5, -1.5]
     assert sampler.get_base_model() == "Qwen/Qwen3-8B"
     assert sampler.get_tokenizer().decode(sampler.get_tokenizer().encode("hi")) == "hi"
+    assert isinstance(sampler.get_tokenizer(), Tokenizer)
+
+
+def test_backend_tokenizer_comes_from_the_shell_loader(service: FakeServiceClient) -> None:
+    tokenizer = TinkerBackend(service).get_tokenizer("gpt2")  # an offline vocabulary: no service call, no network
+    assert isinstance(tokenizer, Tokenizer)
+    assert tokenizer.decode(tokenizer.encode("hello")) == "hello"
+    assert service.recorder.calls == []
 
 
 def test_sdk_errors_reach_the_caller(service: FakeServiceClient) -> None:

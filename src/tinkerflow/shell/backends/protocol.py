@@ -11,6 +11,9 @@ Every call returns an :class:`APIFuture` at once: block with ``future.result()``
 code. Requests to one training client are applied in submission order (a request submitted before another is
 applied before it), so submit ``forward_backward`` and ``optim_step`` back to back and wait later.
 
+Both backends share :class:`Worker` (one thread per client, first in, first out) or :func:`waiting_future`, and
+the ``check_*`` functions below, so they refuse the same bad arguments with the same errors.
+
 Bad input (unknown loss, missing loss input, token id outside the vocabulary, a sequence longer than the
 context) raises a :class:`~tinkerflow.errors.TinkerflowError` from the submitting call itself, before anything
 is queued, so no weights change.
@@ -20,16 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Never, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Never, Protocol, TypeAlias, TypeVar
 
 import attrs
 import numpy as np
 
+from tinkerflow import losses
+from tinkerflow._validate import int_at_least
 from tinkerflow.datum import Datum
+from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampleResponse, SamplingParams
+from tinkerflow.tokenizers import Tokenizer
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
 if TYPE_CHECKING:
@@ -41,8 +49,14 @@ __all__ = [
     "CustomLossFn",
     "ModelInfo",
     "SamplingClient",
-    "Tokenizer",
     "TrainingClient",
+    "Worker",
+    "check_adam_params",
+    "check_builtin_loss",
+    "check_custom_loss",
+    "check_one_source",
+    "check_sample_request",
+    "waiting_future",
 ]
 
 T_co = TypeVar("T_co", covariant=True)
@@ -127,25 +141,80 @@ class APIFuture(Generic[T_co]):
         return APIFuture(mapped)
 
 
-@runtime_checkable
-class Tokenizer(Protocol):
-    """The little of a tokenizer that the backends expose: encode, decode and the end-of-sequence id."""
+class Worker:
+    """One thread running submitted jobs first in, first out: the submission-order guarantee of a client."""
 
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of ``text`` (no BOS unless ``add_special_tokens``)."""
-        ...
+    def __init__(self, name: str) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
-    def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
-        """Text of ``tokens``, special tokens included."""
-        ...
+    def submit(self, job: Callable[[], U]) -> APIFuture[U]:
+        """Queue ``job``; its future completes with its value (or its error) once every earlier job has run."""
+        return APIFuture(self._executor.submit(job))
 
-    @property
-    def eos_token_id(self) -> int | None: ...
+    def close(self) -> None:
+        """Finish the queued jobs and stop the thread."""
+        self._executor.shutdown(wait=True)
 
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids the tokenizer can produce (special and added tokens included)."""
-        ...
+
+def waiting_future(wait: Callable[[], U]) -> APIFuture[U]:
+    """A future of ``wait()``, a blocking call run on its own daemon thread (for futures that only block)."""
+    pending: concurrent.futures.Future[U] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            pending.set_result(wait())
+        except BaseException as error:  # the call's error belongs to whoever awaits the future
+            pending.set_exception(error)
+
+    threading.Thread(target=run, name="tinkerflow-wait", daemon=True).start()
+    return APIFuture(pending)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks every backend makes, in the caller's thread, before anything is queued or sent
+
+
+def check_builtin_loss(
+    data: Sequence[Datum], loss_fn: LossFnType, loss_fn_config: Mapping[str, float] | None, where: str
+) -> tuple[LossFnType, Mapping[str, float]]:
+    """The built-in loss's name and full configuration, after checking the data carry every input it needs."""
+    name = losses.check_loss_fn(loss_fn, where)
+    config = losses.resolve_loss_config(name, loss_fn_config, where)
+    losses.check_loss_inputs(name, data, where)
+    return name, config
+
+
+def check_custom_loss(data: Sequence[Datum], loss_fn: object, where: str = "forward_backward_custom") -> None:
+    """Raise unless ``data`` are non-empty datums and ``loss_fn`` is callable."""
+    losses.check_datums(data, where)
+    if not callable(loss_fn):
+        raise ValidationError(where, "loss_fn", f"must be callable, got {type(loss_fn).__name__}.")
+
+
+def check_adam_params(adam_params: object) -> None:
+    """Raise unless ``adam_params`` is an :class:`~tinkerflow.training.AdamParams`."""
+    if not isinstance(adam_params, AdamParams):
+        raise ValidationError("optim_step", "adam_params", f"expected AdamParams, got {type(adam_params).__name__}.")
+
+
+def check_sample_request(
+    prompt: object, num_samples: object, sampling_params: object, topk_prompt_logprobs: object, where: str = "sample"
+) -> None:
+    """Raise unless a sampling request's arguments have the right types (``num_samples >= 1``, ``topk >= 0``)."""
+    if not isinstance(prompt, ModelInput):
+        raise ValidationError(where, "prompt", f"expected a ModelInput, got {type(prompt).__name__}.")
+    int_at_least(num_samples, where, "num_samples", 1)
+    int_at_least(topk_prompt_logprobs, where, "topk_prompt_logprobs", 0)
+    if not isinstance(sampling_params, SamplingParams):
+        raise ValidationError(
+            where, "sampling_params", f"expected SamplingParams, got {type(sampling_params).__name__}."
+        )
+
+
+def check_one_source(model_path: str | None, base_model: str | None) -> None:
+    """Raise unless exactly one of ``model_path`` and ``base_model`` is given (``create_sampling_client``)."""
+    if (model_path is None) == (base_model is None):
+        raise ConfigError("create_sampling_client", "model_path", "give exactly one of model_path and base_model.")
 
 
 @attrs.frozen
@@ -274,4 +343,8 @@ class Backend(Protocol):
         self, *, model_path: str | None = None, base_model: str | None = None
     ) -> APIFuture[SamplingClient]:
         """A sampling client of saved weights (``model_path``) or of a base model (exactly one of the two)."""
+        ...
+
+    def get_tokenizer(self, base_model: str) -> Tokenizer:
+        """The tokenizer of ``base_model`` as this backend runs it (build renderers from it)."""
         ...

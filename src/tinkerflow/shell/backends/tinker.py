@@ -15,21 +15,32 @@ tinkerflow ``Datum`` records rather than ``tinker.types.Datum``.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
-from tinkerflow import interop, losses
+from tinkerflow import interop
+from tinkerflow._validate import int_at_least
 from tinkerflow.datum import Datum
-from tinkerflow.errors import ConfigError, ValidationError
+from tinkerflow.errors import ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampleResponse, SamplingParams
-from tinkerflow.shell.backends.local.models import HFTokenizer
-from tinkerflow.shell.backends.protocol import APIFuture, CustomLossFn, ModelInfo, Tokenizer
+from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
+from tinkerflow.shell.backends.protocol import (
+    APIFuture,
+    CustomLossFn,
+    ModelInfo,
+    check_adam_params,
+    check_builtin_loss,
+    check_custom_loss,
+    check_one_source,
+    check_sample_request,
+    waiting_future,
+)
+from tinkerflow.tokenizers import Tokenizer
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
 if TYPE_CHECKING:
@@ -39,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TinkerBackend", "TinkerSamplingClient", "TinkerTrainingClient"]
 
-T = TypeVar("T")
 U = TypeVar("U")
 
 
@@ -52,26 +62,8 @@ def _from_sdk(sdk_future: Any, convert: Callable[[Any], U]) -> APIFuture[U]:
             return APIFuture(inner).map(convert)
     result_method = getattr(sdk_future, "result", None)
     if callable(result_method):
-        pending: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def wait() -> None:
-            try:
-                pending.set_result(result_method())
-            except BaseException as error:
-                pending.set_exception(error)
-
-        threading.Thread(target=wait, name="tinkerflow-sdk-wait", daemon=True).start()
-        return APIFuture(pending).map(convert)
+        return waiting_future(result_method).map(convert)
     return APIFuture.completed(sdk_future).map(convert)
-
-
-def _check_builtin(
-    data: Sequence[Datum], loss_fn: LossFnType, loss_fn_config: Mapping[str, float] | None, where: str
-) -> LossFnType:
-    name = losses.check_loss_fn(loss_fn, where)
-    losses.resolve_loss_config(name, loss_fn_config, where)
-    losses.check_loss_inputs(name, data, where)
-    return name
 
 
 class TinkerSamplingClient:
@@ -89,14 +81,7 @@ class TinkerSamplingClient:
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
     ) -> APIFuture[SampleResponse]:
-        if not isinstance(prompt, ModelInput):
-            raise ValidationError("sample", "prompt", f"expected a ModelInput, got {type(prompt).__name__}.")
-        if not isinstance(sampling_params, SamplingParams):
-            raise ValidationError(
-                "sample", "sampling_params", f"expected SamplingParams, got {type(sampling_params).__name__}."
-            )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError("sample", "num_samples", f"must be an integer >= 1, got {num_samples!r}.")
+        check_sample_request(prompt, num_samples, sampling_params, topk_prompt_logprobs)
         sdk_future = self.sdk.sample(
             prompt=interop.model_input_to_tinker(prompt),
             num_samples=num_samples,
@@ -131,24 +116,29 @@ class TinkerTrainingClient:
     def forward(
         self, data: Sequence[Datum], loss_fn: LossFnType, loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
-        name = _check_builtin(data, loss_fn, loss_fn_config, "forward")
-        sdk_data = [interop.datum_to_tinker(datum) for datum in data]
-        config = None if loss_fn_config is None else dict(loss_fn_config)
-        return _from_sdk(self.sdk.forward(sdk_data, name, config), interop.forward_backward_output_from_tinker)
+        return self._builtin(self.sdk.forward, data, loss_fn, loss_fn_config, "forward")
 
     def forward_backward(
         self, data: Sequence[Datum], loss_fn: LossFnType, loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
-        name = _check_builtin(data, loss_fn, loss_fn_config, "forward_backward")
+        return self._builtin(self.sdk.forward_backward, data, loss_fn, loss_fn_config, "forward_backward")
+
+    @staticmethod
+    def _builtin(
+        method: Callable[..., Any],
+        data: Sequence[Datum],
+        loss_fn: LossFnType,
+        loss_fn_config: Mapping[str, float] | None,
+        where: str,
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Check a built-in loss request, then send it through the SDK's ``forward`` or ``forward_backward``."""
+        name, _ = check_builtin_loss(data, loss_fn, loss_fn_config, where)
         sdk_data = [interop.datum_to_tinker(datum) for datum in data]
         config = None if loss_fn_config is None else dict(loss_fn_config)
-        return _from_sdk(self.sdk.forward_backward(sdk_data, name, config), interop.forward_backward_output_from_tinker)
+        return _from_sdk(method(sdk_data, name, config), interop.forward_backward_output_from_tinker)
 
     def forward_backward_custom(self, data: Sequence[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
-        where = "forward_backward_custom"
-        losses.check_datums(data, where)
-        if not callable(loss_fn):
-            raise ValidationError(where, "loss_fn", f"must be callable, got {type(loss_fn).__name__}.")
+        check_custom_loss(data, loss_fn)
         records = tuple(data)
 
         def sdk_loss(_sdk_data: list[Any], logprobs: list[Any]) -> tuple[Any, dict[str, float]]:
@@ -161,10 +151,7 @@ class TinkerTrainingClient:
         )
 
     def optim_step(self, adam_params: AdamParams) -> APIFuture[Mapping[str, float]]:
-        if not isinstance(adam_params, AdamParams):
-            raise ValidationError(
-                "optim_step", "adam_params", f"expected AdamParams, got {type(adam_params).__name__}."
-            )
+        check_adam_params(adam_params)
 
         def convert(response: Any) -> Mapping[str, float]:
             metrics = getattr(response, "metrics", None) or {}
@@ -264,6 +251,13 @@ class TinkerBackend:
         else:
             self.close("interrupted" if issubclass(kind, KeyboardInterrupt) else "errored")
 
+    def get_tokenizer(self, base_model: str) -> Tokenizer:
+        """The tokenizer of ``base_model``, from the shell's loader (local folder, offline vocabulary or hub cache;
+        no service call)."""
+        from tinkerflow.shell.io.tokenizers import load_tokenizer
+
+        return load_tokenizer(base_model)
+
     def create_lora_training_client(
         self,
         base_model: str,
@@ -274,8 +268,7 @@ class TinkerBackend:
         train_attn: bool = True,
         train_unembed: bool = True,
     ) -> APIFuture[TinkerTrainingClient]:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ConfigError("create_lora_training_client", "rank", f"must be an integer >= 1, got {rank!r}.")
+        int_at_least(rank, "create_lora_training_client", "rank", 1)
         sdk_future = self.service.create_lora_training_client(
             base_model=base_model,
             rank=rank,
@@ -299,8 +292,7 @@ class TinkerBackend:
     def create_sampling_client(
         self, *, model_path: str | None = None, base_model: str | None = None
     ) -> APIFuture[TinkerSamplingClient]:
-        if (model_path is None) == (base_model is None):
-            raise ConfigError("create_sampling_client", "model_path", "give exactly one of model_path and base_model.")
+        check_one_source(model_path, base_model)
         if model_path is not None:
             _check_tinker_path(model_path, "create_sampling_client")
         sdk_future = self.service.create_sampling_client(model_path=model_path, base_model=base_model)

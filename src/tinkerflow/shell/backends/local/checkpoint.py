@@ -26,12 +26,15 @@ import pathlib
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from typing import Final, Literal, TypeAlias
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import attrs
 
 from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -40,13 +43,22 @@ __all__ = [
     "CheckpointMeta",
     "LocalPath",
     "atomic_directory",
+    "peft_config",
     "read_meta",
+    "read_tensors",
+    "read_weights",
+    "write_checkpoint",
     "write_meta",
 ]
 
 CHECKPOINT_FORMAT: Final = 1
 META_FILE: Final = "checkpoint.json"
 SCHEME: Final = "local://"
+ADAPTER_FILE: Final = "adapter_model.safetensors"
+FULL_FILE: Final = "model.safetensors"
+OPTIMIZER_FILE: Final = "optimizer.safetensors"
+#: peft's prefix of adapter keys in ``adapter_model.safetensors`` (stripped in memory).
+PEFT_PREFIX: Final = "base_model.model."
 
 CheckpointKind: TypeAlias = Literal["weights", "sampler_weights"]
 _KINDS: Final[tuple[CheckpointKind, ...]] = ("weights", "sampler_weights")
@@ -209,3 +221,66 @@ def atomic_directory(target: pathlib.Path, *, overwrite: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoint contents: safetensors files in peft's layout
+
+
+def peft_config(base_model: str, rank: int, alpha: int, target_modules: tuple[str, ...]) -> dict[str, object]:
+    """A peft ``adapter_config.json`` for the adapter (so ``PeftModel.from_pretrained`` can load it)."""
+    modules = sorted({name.rsplit(".", 1)[-1] for name in target_modules})
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "init_lora_weights": True,
+    }
+
+
+def write_checkpoint(
+    directory: pathlib.Path,
+    meta: CheckpointMeta,
+    weights: Mapping[str, torch.Tensor],
+    optimizer_state: Mapping[str, torch.Tensor] | None,
+    *,
+    overwrite: bool,
+) -> None:
+    """Write a checkpoint atomically: the weights (peft adapter files for LoRA), the optimizer state when given,
+    and ``checkpoint.json`` last."""
+    from safetensors.torch import save_file
+
+    with atomic_directory(directory, overwrite=overwrite) as temp:
+        if meta.lora_rank is not None:
+            save_file({PEFT_PREFIX + key: value for key, value in weights.items()}, str(temp / ADAPTER_FILE))
+            config = peft_config(meta.base_model, meta.lora_rank, meta.lora_alpha, meta.target_modules)
+            (temp / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        else:
+            save_file(dict(weights), str(temp / FULL_FILE))
+        if optimizer_state is not None:
+            save_file(dict(optimizer_state), str(temp / OPTIMIZER_FILE))
+        write_meta(temp, meta)
+
+
+def read_tensors(file: pathlib.Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on ``device``; :class:`CheckpointError` when it is missing."""
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing.")
+    return load_file(str(file), device=str(device))
+
+
+def read_weights(directory: pathlib.Path, meta: CheckpointMeta, device: torch.device) -> dict[str, torch.Tensor]:
+    """A checkpoint's trainable weights by parameter name (adapter keys without peft's prefix)."""
+    if meta.lora_rank is None:
+        return read_tensors(directory / FULL_FILE, device)
+    raw = read_tensors(directory / ADAPTER_FILE, device)
+    return {key.removeprefix(PEFT_PREFIX): value for key, value in raw.items()}

