@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.render import build_supervised_batch, build_supervised_example, get_renderer
-from tinkerflow.tokenizers import offline_tokenizer, offline_tokenizer_dir
+from tinkerflow.shell.io.tokenizers import offline_tokenizer, offline_tokenizer_dir
 
 WORDS = (
     "the",

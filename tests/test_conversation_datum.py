@@ -28,9 +28,11 @@ from tinkerflow.render import (
     build_supervised_example,
     get_renderer,
 )
-from tinkerflow.render.base import _contexts, _last_user_index
+from tinkerflow.render.packing import packed_batches
+from tinkerflow.render.plan import last_user_index, message_contexts
+from tinkerflow.shell.io import prefetch
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
 from tinkerflow.supervised import conversation_datum, conversation_datums
-from tinkerflow.tokenizers import offline_tokenizer
 
 # (renderer name, offline tokenizer name); qwen3_vl exercises image chunks in the batch path
 _FAMILIES = {
@@ -207,6 +209,32 @@ def test_batch_equals_one_by_one(
     event("datums" if isinstance(expected, list) else f"error: {expected[0].__name__}")
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data(), st.sampled_from(sorted(_FAMILIES)), _MODES, _MAX_LENGTHS, _REDUCTIONS, st.integers(1, 4))
+def test_overlapped_equals_sequential(
+    data: st.DataObject, name: str, mode: TrainOnWhat, max_length: int | None, reduction: Any, batch_size: int
+) -> None:
+    """The shell's overlapped conversation_datums (tokenizer on a helper thread) equals the core's sequential one:
+    the same datums, exactly, or the same error; and its packed batches are the core's, batch for batch."""
+    renderer = _get(name)
+    conversations = data.draw(_batch(name, mode))
+    settings_ = {"renderer": renderer, "train_on": mode, "max_length": max_length, "reduction": reduction}
+    expected = _outcome(lambda: conversation_datums(conversations, batch_size=batch_size, **settings_))
+    actual = _outcome(lambda: prefetch.conversation_datums(conversations, batch_size=batch_size, **settings_))
+    assert actual == expected
+    sequential = _outcome(lambda: list(packed_batches(renderer, conversations, mode, batch_size=batch_size)))
+    overlapped = _outcome(lambda: list(prefetch.packed_batches(renderer, conversations, mode, batch_size=batch_size)))
+    if isinstance(sequential, list) and isinstance(overlapped, list):
+        assert len(overlapped) == len(sequential)
+        for ours, theirs in zip(overlapped, sequential, strict=True):
+            for field in ("tokens_N", "weights_N", "offsets"):
+                np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+                assert getattr(ours, field).dtype == getattr(theirs, field).dtype
+            assert ours.images == theirs.images
+    else:
+        assert overlapped == sequential
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data(), st.sampled_from(sorted(_FAMILIES)), _MODES, st.integers(1, 4))
 def test_build_supervised_batch_equals_one_by_one(
@@ -239,7 +267,7 @@ def test_render_units_is_render_message(name: str, conversation: Conversation, p
     except TinkerflowError:
         assume(False)
     messages = renderer.prepare(messages, tools)
-    last_user = _last_user_index(messages)
+    last_user = last_user_index(messages)
     units = renderer.render_units(messages, last_user, tools)
     if name in ("qwen3_vl", "role_colon"):
         assert units is None  # qwen3_vl writes messages its own way; role_colon has stop overlaps
@@ -248,7 +276,7 @@ def test_render_units_is_render_message(name: str, conversation: Conversation, p
         assert units is not None
     if units is None:
         return
-    contexts = _contexts(messages, _last_user_index(messages[:-1]) + 1, tools)
+    contexts = message_contexts(messages, last_user_index(messages[:-1]) + 1, tools)
     rendered = [renderer.render_message(message, ctx) for message, ctx in zip(messages, contexts, strict=True)]
     assert units == [unit for header, output, _ in rendered for unit in (header, output)]
     assert all(not overlap for _, _, overlap in rendered)

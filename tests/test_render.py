@@ -43,7 +43,8 @@ from tinkerflow.render import (
     renderer_for_model,
     renderer_name_for_model,
 )
-from tinkerflow.tokenizers import FastTokenizer, offline_tokenizer
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
+from tinkerflow.tokenizers import FastTokenizer
 
 
 @functools.cache

@@ -15,7 +15,8 @@ from tinkerflow.render import (
     build_supervised_example,
     get_renderer,
 )
-from tinkerflow.tokenizers import FastTokenizer, offline_tokenizer
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
+from tinkerflow.tokenizers import FastTokenizer
 
 CHAT = Conversation(
     messages=(

@@ -22,7 +22,7 @@ from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, ShapeError, TinkerflowError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
 from tinkerflow.render import Renderer, TrainOn, build_supervised_example
-from tinkerflow.render.base import PackedBatch, packed_batches
+from tinkerflow.render.packing import BatchPacker, PackedBatch, packed_batches
 
 __all__ = [
     "DEFAULT_LR_TABLE",
@@ -317,26 +317,28 @@ def conversation_datums(
     max_length: int | None = None,
     reduction: Reduction = "mean",
     batch_size: int = 256,
-    overlap: bool = True,
+    packer: BatchPacker = packed_batches,
 ) -> list[Datum]:
     """:func:`conversation_datum` for many conversations: exactly the same datums, in order, several times faster.
 
     ``batch_size`` conversations at a time are rendered and tokenized (one tokenizer call) into one packed token
-    array (:func:`tinkerflow.render.base.packed_batches`); truncation, the shift and the reduction are array
-    operations over the batch, and each datum is cut from it. With ``overlap`` the tokenizer works on a helper
-    thread, a batch or two ahead, while this thread renders and packs (``overlap=False``: everything on this
-    thread). Errors are exactly those of ``[conversation_datum(c, ...) for c in conversations]``: the first
-    failing conversation's.
+    array (``packer``, by default :func:`tinkerflow.render.packing.packed_batches`, everything on this thread);
+    truncation, the shift and the reduction are array operations over the batch, and each datum is cut from it.
+    Errors are exactly those of ``[conversation_datum(c, ...) for c in conversations]``: the first failing
+    conversation's.
+
+    :func:`tinkerflow.shell.io.prefetch.conversation_datums` is the same with the tokenizer on a helper thread, a
+    batch or two ahead (same results; faster with a Rust tokenizer, which releases the GIL).
 
     Throughput (``python benchmarks/bench_conversation_datum.py``, 10,000 chats, qwen3 or llama3, 2 idle CPUs):
-    about 1.2x the time of batch-tokenizing the same message texts (1.3x with ``overlap=False``), about 6x
-    faster than the cookbook's ``conversation_to_datum``.
+    about 1.3x the time of batch-tokenizing the same message texts (1.2x overlapped), about 6x faster than the
+    cookbook's ``conversation_to_datum``.
     """
     if not _valid_batch_settings(max_length, reduction):
         return [_one_datum(c, renderer, train_on, max_length, reduction) for c in conversations]
     try:
         result: list[Datum] = []
-        for batch in packed_batches(renderer, conversations, train_on, batch_size=batch_size, overlap=overlap):
+        for batch in packer(renderer, conversations, train_on, batch_size=batch_size):
             result.extend(_batch_datums(batch, max_length, reduction))
         return result
     except TinkerflowError:

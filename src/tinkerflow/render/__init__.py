@@ -2,7 +2,7 @@
 
 Start here::
 
-    from tinkerflow.tokenizers import load_tokenizer
+    from tinkerflow.shell.io.tokenizers import load_tokenizer
     from tinkerflow import render
 
     tokenizer = load_tokenizer("Qwen/Qwen3-8B")          # hub cache, or the offline qwen3 vocabulary
@@ -11,39 +11,40 @@ Start here::
     prompt = render.build_generation_prompt(renderer, conversation.messages[:-1])
     parsed = render.parse_response(renderer, sampled_tokens)   # message + Termination
 
+Modules, one concern each: ``records`` (errors, modes, terminations, pieces, the records produced),
+``control`` (control-token spellings), ``renderer`` (the :class:`Renderer` base), ``family`` (helpers families
+share), ``plan`` / ``assemble`` / ``packing`` (conversation -> units -> tokens and weights, packed batches),
+``build`` (the functions above), one module per family, and ``registry``.
+
 See ``docs/rendering.md`` for the train-on modes, parsing and terminations, and how to add a renderer.
 """
 
-from tinkerflow.render.base import (
+from tinkerflow.render.build import (
+    build_generation_prompt,
+    build_supervised_batch,
+    build_supervised_example,
+    build_supervised_examples,
+    parse_response,
+)
+from tinkerflow.render.chatml import ChatMLRenderer, SmolLM2Renderer
+from tinkerflow.render.control import encode_control_text
+from tinkerflow.render.deepseek_v3 import DeepSeekV3Renderer, DeepSeekV3ThinkingRenderer
+from tinkerflow.render.family import PieceList
+from tinkerflow.render.gpt_oss import GptOssRenderer
+from tinkerflow.render.llama3 import Llama3Renderer
+from tinkerflow.render.qwen3 import Qwen3DisableThinkingRenderer, Qwen3InstructRenderer, Qwen3Renderer
+from tinkerflow.render.qwen3_vl import Qwen3VLInstructRenderer, Qwen3VLRenderer
+from tinkerflow.render.records import (
     ParsedResponse,
     Piece,
-    PieceList,
     RenderContext,
     RenderedMessage,
-    Renderer,
     RenderError,
     StopSequences,
     SupervisedExample,
     Termination,
     TrainOn,
     TrainOnWhat,
-    build_generation_prompt,
-    build_supervised_batch,
-    build_supervised_example,
-    build_supervised_examples,
-    encode_control_text,
-    parse_response,
-)
-from tinkerflow.render.chatml import ChatMLRenderer, SmolLM2Renderer
-from tinkerflow.render.deepseek_v3 import DeepSeekV3Renderer, DeepSeekV3ThinkingRenderer
-from tinkerflow.render.gpt_oss import GptOssRenderer
-from tinkerflow.render.llama3 import Llama3Renderer
-from tinkerflow.render.qwen3 import (
-    Qwen3DisableThinkingRenderer,
-    Qwen3InstructRenderer,
-    Qwen3Renderer,
-    Qwen3VLInstructRenderer,
-    Qwen3VLRenderer,
 )
 from tinkerflow.render.registry import (
     DEFAULT_REGISTRY,
@@ -53,6 +54,7 @@ from tinkerflow.render.registry import (
     renderer_for_model,
     renderer_name_for_model,
 )
+from tinkerflow.render.renderer import Renderer
 from tinkerflow.render.role_colon import RoleColonRenderer
 
 __all__ = [

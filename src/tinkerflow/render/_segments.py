@@ -6,9 +6,9 @@ thinking block or a tool call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
-__all__ = ["Segment", "find", "segments", "spell"]
+__all__ = ["Segment", "blocks", "find", "segments", "spell"]
 
 Segment = int | str
 """A control-token id, or the decoded text of a run of ordinary tokens."""
@@ -42,3 +42,19 @@ def find(items: Sequence[Segment], target: int, start: int = 0) -> int:
 def spell(items: Sequence[Segment], names: dict[int, str]) -> str:
     """Segments back to text, control ids spelled with ``names``."""
     return "".join(item if isinstance(item, str) else names[item] for item in items)
+
+
+def blocks(items: Sequence[Segment], opener: int, closer: int) -> Iterator[Segment | list[Segment]]:
+    """``items`` in order, each block from control id ``opener`` to the first ``closer`` after it given as the
+    list of the segments inside it; an ``opener`` never closed stays an ordinary item."""
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if item == opener and type(item) is int:
+            closing = find(items, closer, index + 1)
+            if closing >= 0:
+                yield list(items[index + 1 : closing])
+                index = closing + 1
+                continue
+        yield item
+        index += 1

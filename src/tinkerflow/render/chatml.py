@@ -16,16 +16,9 @@ from typing import ClassVar, Final
 import attrs
 
 from tinkerflow.chat import Message, Role, ToolSpec
-from tinkerflow.render.base import (
-    ParsedResponse,
-    Piece,
-    RenderContext,
-    RenderedMessage,
-    Renderer,
-    StopSequences,
-    split_at_stop_token,
-    text_of,
-)
+from tinkerflow.render.family import chatml_header, chatml_headers, control_ids, parse_at_stop_token, text_of
+from tinkerflow.render.records import ParsedResponse, Piece, RenderContext, RenderedMessage, StopSequences
+from tinkerflow.render.renderer import Renderer
 
 __all__ = ["SMOLLM2_SYSTEM_PROMPT", "ChatMLRenderer", "SmolLM2Renderer"]
 
@@ -43,17 +36,11 @@ class ChatMLRenderer(Renderer):
     _headers: dict[tuple[str, bool], tuple[int, ...]] = attrs.field(init=False, repr=False, factory=dict)
 
     name: ClassVar[str] = "chatml"
-    roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._ids["<|im_start|>"] = self.tokenizer.token_id("<|im_start|>")
-        self._ids["<|im_end|>"] = self.tokenizer.token_id("<|im_end|>")
-        newline = tuple(self.tokenizer.encode("\n"))
-        for role in self.roles:
-            body = (self._ids["<|im_start|>"], *self.tokenizer.encode(f"{role}\n"))
-            self._headers[(role, False)] = body
-            self._headers[(role, True)] = newline + body
+        self._ids.update(control_ids(self.tokenizer, ("<|im_start|>", "<|im_end|>")))
+        self._headers.update(chatml_headers(self.tokenizer, self._ids["<|im_start|>"], self.roles))
 
     @property
     def has_extension_property(self) -> bool:
@@ -65,11 +52,11 @@ class ChatMLRenderer(Renderer):
         return (Message(role="system", content=self.default_system_prompt), *messages)
 
     def _header(self, role: str, index: int) -> tuple[Piece, ...]:
-        header = self._headers.get((role, index > 0))
-        if header is None:
-            body = (self._ids["<|im_start|>"], *self.tokenizer.encode(f"{role}\n"))
-            header = (*self.tokenizer.encode("\n"), *body) if index > 0 else body
-        return (header,)
+        later = index > 0
+        return (
+            self._headers.get((role, later))
+            or chatml_header(self.tokenizer, self._ids["<|im_start|>"], role, later=later),
+        )
 
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
         return RenderedMessage(
@@ -83,8 +70,7 @@ class ChatMLRenderer(Renderer):
         return StopSequences(tokens=(self._ids["<|im_end|>"],))
 
     def parse_response(self, tokens: list[int]) -> ParsedResponse:
-        body, termination = split_at_stop_token(self, tokens, self._ids["<|im_end|>"])
-        return ParsedResponse(Message(role="assistant", content=self.tokenizer.decode(body)), termination)
+        return parse_at_stop_token(self, tokens, self._ids["<|im_end|>"])
 
 
 @attrs.frozen(eq=False)

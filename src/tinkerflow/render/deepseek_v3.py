@@ -21,20 +21,11 @@ import attrs
 
 from tinkerflow.chat import Message, Role, TextPart, ThinkingPart, ToolCall, ToolSpec, UnparsedToolCall
 from tinkerflow.render._parsing import UNTERMINATED_TOOL_BLOCK, assistant_message
-from tinkerflow.render._segments import Segment, find, segments, spell
-from tinkerflow.render.base import (
-    ParsedResponse,
-    Piece,
-    PieceList,
-    RenderContext,
-    RenderedMessage,
-    Renderer,
-    StopSequences,
-    Termination,
-    split_at_stop_token,
-    split_control,
-    text_of,
-)
+from tinkerflow.render._segments import Segment, blocks, find, segments, spell
+from tinkerflow.render.control import split_control
+from tinkerflow.render.family import PieceList, control_ids, parse_at_stop_token, text_of
+from tinkerflow.render.records import ParsedResponse, Piece, RenderContext, RenderedMessage, StopSequences
+from tinkerflow.render.renderer import Renderer
 
 __all__ = ["DeepSeekV3Renderer", "DeepSeekV3ThinkingRenderer", "deepseek_tools_text"]
 
@@ -115,7 +106,7 @@ class DeepSeekV3Renderer(Renderer):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._ids.update({text: self.tokenizer.token_id(text) for text in _CONTROL})
+        self._ids.update(control_ids(self.tokenizer, _CONTROL))
         self._tools_format.extend(split_control(self.tokenizer, _TOOLS_FORMAT))
 
     @property
@@ -198,11 +189,7 @@ class DeepSeekV3Renderer(Renderer):
         return tokens
 
     def parse_response(self, tokens: list[int]) -> ParsedResponse:
-        tokens = self._normalize(tokens)
-        body, termination = split_at_stop_token(self, tokens, self._ids[_EOS])
-        if termination is Termination.MALFORMED:
-            return ParsedResponse(Message(role="assistant", content=self.tokenizer.decode(body)), termination)
-        return ParsedResponse(self._parse_body(body), termination)
+        return parse_at_stop_token(self, self._normalize(tokens), self._ids[_EOS], self._parse_body)
 
     def _parse_body(self, tokens: list[int]) -> Message:
         ids = self._ids
@@ -259,20 +246,12 @@ class DeepSeekV3Renderer(Renderer):
         return ToolCall(name=name, arguments=arguments)
 
     def _without_call_sections(self, items: list[Segment]) -> list[Segment]:
-        ids = self._ids
         result: list[Segment] = []
-        index = 0
-        while index < len(items):
-            item = items[index]
-            if item == ids[_CALLS] and type(item) is int:
-                closing = find(items, ids[_END_CALLS], index + 1)
-                if closing >= 0:
-                    if result and isinstance(result[-1], str):
-                        result[-1] = result[-1].rstrip()
-                    index = closing + 1
-                    continue
-            result.append(item)
-            index += 1
+        for item in blocks(items, self._ids[_CALLS], self._ids[_END_CALLS]):
+            if not isinstance(item, list):
+                result.append(item)
+            elif result and isinstance(result[-1], str):
+                result[-1] = result[-1].rstrip()
         return result
 
     def _content(
@@ -293,22 +272,16 @@ class DeepSeekV3Renderer(Renderer):
                 items[-1] = items[-1].rstrip()
         parts: list[TextPart | ThinkingPart] = []
         pending: list[Segment] = []
-        index = 0
-        while index < len(items):
-            item = items[index]
-            if item == ids[_THINK] and type(item) is int:
-                closing = find(items, ids[_END_THINK], index + 1)
-                if closing >= 0:
-                    if pending:
-                        parts.append(TextPart(spell(pending, names)))
-                        pending = []
-                    thinking = spell(items[index + 1 : closing], names)
-                    if thinking:
-                        parts.append(ThinkingPart(thinking))
-                    index = closing + 1
-                    continue
-            pending.append(item)
-            index += 1
+        for item in blocks(items, ids[_THINK], ids[_END_THINK]):
+            if not isinstance(item, list):
+                pending.append(item)
+                continue
+            if pending:
+                parts.append(TextPart(spell(pending, names)))
+                pending = []
+            thinking = spell(item, names)
+            if thinking:
+                parts.append(ThinkingPart(thinking))
         if pending:
             parts.append(TextPart(spell(pending, names)))
         return assistant_message(parts, calls, unparsed)

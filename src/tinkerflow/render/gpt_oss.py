@@ -27,18 +27,9 @@ import attrs
 from tinkerflow.chat import Message, Role, TextPart, ThinkingPart, ToolCall, ToolSpec, UnparsedToolCall
 from tinkerflow.render._parsing import UNTERMINATED_TOOL_BLOCK, assistant_message
 from tinkerflow.render._segments import find, segments, spell
-from tinkerflow.render.base import (
-    ParsedResponse,
-    Piece,
-    PieceList,
-    RenderContext,
-    RenderedMessage,
-    Renderer,
-    RenderError,
-    StopSequences,
-    Termination,
-    text_of,
-)
+from tinkerflow.render.family import PieceList, control_ids, text_of
+from tinkerflow.render.records import ParsedResponse, Piece, RenderContext, RenderedMessage, StopSequences, Termination
+from tinkerflow.render.renderer import Renderer
 
 __all__ = ["GptOssRenderer", "harmony_tools_text"]
 
@@ -168,21 +159,17 @@ class GptOssRenderer(Renderer):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        where = f"render[{self.name}]"
         if self.reasoning_effort not in (None, "low", "medium", "high"):
-            raise RenderError(
-                where, "reasoning_effort", f"must be low, medium or high, got {self.reasoning_effort!r}.", ""
-            )
+            raise self._error("reasoning_effort", f"must be low, medium or high, got {self.reasoning_effort!r}.")
         if self.reasoning_effort is not None and self.current_date is None:
-            raise RenderError(
-                where,
+            raise self._error(
                 "current_date",
                 "the system prompt states the current date, and a renderer never reads the clock.",
                 "pass current_date='YYYY-MM-DD' (e.g. datetime.date.today().isoformat() in your script).",
             )
         if self.current_date is not None and not _DATE.fullmatch(self.current_date):
-            raise RenderError(where, "current_date", f"expected YYYY-MM-DD, got {self.current_date!r}.", "")
-        self._ids.update({text: self.tokenizer.token_id(text) for text in _CONTROL})
+            raise self._error("current_date", f"expected YYYY-MM-DD, got {self.current_date!r}.")
+        self._ids.update(control_ids(self.tokenizer, _CONTROL))
 
     @property
     def has_extension_property(self) -> bool:

@@ -16,16 +16,9 @@ from typing import ClassVar
 import attrs
 
 from tinkerflow.chat import Message, Role, ToolSpec
-from tinkerflow.render.base import (
-    ParsedResponse,
-    Piece,
-    RenderContext,
-    RenderedMessage,
-    Renderer,
-    StopSequences,
-    split_at_stop_token,
-    text_of,
-)
+from tinkerflow.render.family import parse_at_stop_token, text_of
+from tinkerflow.render.records import ParsedResponse, Piece, RenderContext, RenderedMessage, StopSequences
+from tinkerflow.render.renderer import Renderer
 
 __all__ = ["Llama3Renderer"]
 
@@ -40,7 +33,6 @@ class Llama3Renderer(Renderer):
     _header_units: dict[str, tuple[Piece, ...]] = attrs.field(init=False, repr=False, factory=dict)
 
     name: ClassVar[str] = "llama3"
-    roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -87,5 +79,4 @@ class Llama3Renderer(Renderer):
         return StopSequences(tokens=(self._eot[0],))
 
     def parse_response(self, tokens: list[int]) -> ParsedResponse:
-        body, termination = split_at_stop_token(self, tokens, self._eot[0])
-        return ParsedResponse(Message(role="assistant", content=self.tokenizer.decode(body)), termination)
+        return parse_at_stop_token(self, tokens, self._eot[0])

@@ -1,6 +1,6 @@
-"""Qwen3 renderers: ``qwen3`` (thinking), ``qwen3_disable_thinking``, ``qwen3_instruct`` (2507 instruct models,
-no thinking blocks) and ``qwen3_vl`` / ``qwen3_vl_instruct`` (images become image chunks between
-``<|vision_start|>`` and ``<|vision_end|>``).
+"""Qwen3 renderers: ``qwen3`` (thinking), ``qwen3_disable_thinking`` and ``qwen3_instruct`` (2507 instruct models,
+no thinking blocks). The vision-language variants derive from :class:`Qwen3Renderer` in
+:mod:`tinkerflow.render.qwen3_vl`.
 
 Layout (token for token as tinker-cookbook 0.6.1, which matches Qwen3's official template on the turn it
 trains)::
@@ -25,30 +25,13 @@ from typing import ClassVar, Final
 import attrs
 
 from tinkerflow.chat import ImagePart, Message, Role, TextPart, ThinkingPart, ToolCall, ToolSpec, UnparsedToolCall
-from tinkerflow.render._images import image_size, qwen_vl_image_tokens
 from tinkerflow.render._parsing import assistant_message, tool_call_from_json
-from tinkerflow.render.base import (
-    ParsedResponse,
-    Piece,
-    PieceList,
-    RenderContext,
-    RenderedMessage,
-    Renderer,
-    StopSequences,
-    Termination,
-    split_at_stop_token,
-    split_control,
-    text_of,
-)
+from tinkerflow.render.control import split_control
+from tinkerflow.render.family import PieceList, chatml_header, chatml_headers, control_ids, parse_at_stop_token, text_of
+from tinkerflow.render.records import ParsedResponse, Piece, RenderContext, RenderedMessage, StopSequences
+from tinkerflow.render.renderer import Renderer
 
-__all__ = [
-    "Qwen3DisableThinkingRenderer",
-    "Qwen3InstructRenderer",
-    "Qwen3Renderer",
-    "Qwen3VLInstructRenderer",
-    "Qwen3VLRenderer",
-    "qwen3_tools_text",
-]
+__all__ = ["Qwen3DisableThinkingRenderer", "Qwen3InstructRenderer", "Qwen3Renderer", "qwen3_tools_text"]
 
 _CONTROL: Final[tuple[str, ...]] = (
     "<|im_start|>",
@@ -106,10 +89,6 @@ def _find(tokens: list[int], token: int, start: int) -> int:
         return -1
 
 
-def _tool_call_json(call: ToolCall) -> str:
-    return '{"name": ' + json.dumps(call.name) + ', "arguments": ' + call.arguments + "}"
-
-
 @attrs.frozen(eq=False)
 class Qwen3Renderer(Renderer):
     """Qwen3 with thinking (the hybrid models' default). See the module docstring."""
@@ -131,12 +110,8 @@ class Qwen3Renderer(Renderer):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._ids.update({text: self.tokenizer.token_id(text) for text in _CONTROL})
-        newline = tuple(self.tokenizer.encode("\n"))
-        for role in ("system", "user", "assistant"):
-            body = (self._ids["<|im_start|>"], *self.tokenizer.encode(f"{role}\n"))
-            self._headers[(role, False)] = body
-            self._headers[(role, True)] = newline + body
+        self._ids.update(control_ids(self.tokenizer, _CONTROL))
+        self._headers.update(chatml_headers(self.tokenizer, self._ids["<|im_start|>"], ("system", "user", "assistant")))
         self._header_units.update({key: (header,) for key, header in self._headers.items()})
         self._blank.append(tuple(self.tokenizer.encode("\n\n")))
         self._tools_tail.extend(split_control(self.tokenizer, _TOOLS_TAIL))
@@ -146,12 +121,11 @@ class Qwen3Renderer(Renderer):
         return not self.strip_thinking_from_history
 
     def _header(self, role: str, ctx: RenderContext) -> tuple[Piece, ...]:
-        key = (role, ctx.idx > 0)
-        header = self._headers.get(key)
-        if header is None:
-            body = (self._ids["<|im_start|>"], *self.tokenizer.encode(f"{role}\n"))
-            header = (*self.tokenizer.encode("\n"), *body) if key[1] else body
-        return (header,)
+        later = ctx.idx > 0
+        return (
+            self._headers.get((role, later))
+            or chatml_header(self.tokenizer, self._ids["<|im_start|>"], role, later=later),
+        )
 
     def prepare(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...]) -> tuple[Message, ...]:
         if tools and not (messages and messages[0].role == "system"):
@@ -184,6 +158,28 @@ class Qwen3Renderer(Renderer):
             return False
         return ctx.is_last or not self.strip_thinking_from_history
 
+    def _empty_frame(self) -> tuple[Piece, ...]:
+        """The empty thinking block: ``<think>\\n\\n</think>\\n\\n``."""
+        ids = self._ids
+        return (ids["<think>"], "\n\n", ids["</think>"], "\n\n")
+
+    def _tool_call_pieces(self, call: ToolCall) -> tuple[Piece, ...]:
+        """``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>``, the arguments as given."""
+        payload = '{"name": ' + json.dumps(call.name) + ', "arguments": ' + call.arguments + "}"
+        return (self._ids["<tool_call>"], "\n" + payload + "\n", self._ids["</tool_call>"])
+
+    def _plain_output(self, role: str, content: str, framed: bool) -> tuple[Piece, ...]:
+        """The output of a plain-text message without tool calls (``framed``: the produced turn's empty thinking
+        block first; a tool result wrapped in its tags). The fast path of :meth:`render_units` and
+        :meth:`render_message`: the same tokens as the general path, with the frame's ``\\n\\n`` pre-encoded."""
+        ids = self._ids
+        end = ids["<|im_end|>"]
+        if role == "assistant" and framed:
+            return (ids["<think>"], self._blank[0], ids["</think>"], "\n\n" + content.lstrip("\n"), end)
+        if role == "tool":
+            return (ids["<tool_response>"], "\n" + content + "\n", ids["</tool_response>"], end)
+        return (content, end) if content else (end,)
+
     def render_units(
         self, messages: tuple[Message, ...], last_user_index: int, tools: tuple[ToolSpec, ...]
     ) -> list[tuple[Piece, ...]] | None:
@@ -191,10 +187,7 @@ class Qwen3Renderer(Renderer):
         unless every message is plain text without tool calls and no tools are declared."""
         if tools or type(self).render_message is not Qwen3Renderer.render_message:
             return None  # tools, or a subclass that writes messages its own way (qwen3_vl)
-        ids = self._ids
-        end = ids["<|im_end|>"]
-        headers = self._header_units
-        frame = (ids["<think>"], self._blank[0], ids["</think>"])
+        headers, plain_output = self._header_units, self._plain_output
         framing = self.frames_thinking and last_user_index >= 0
         frame_all = framing and not self.strip_thinking_from_history
         last = len(messages) - 1
@@ -205,95 +198,73 @@ class Qwen3Renderer(Renderer):
             if type(content) is not str or message.tool_calls:
                 return None
             role = message.role
-            if role == "assistant":
-                append(headers["assistant", index > 0])
-                if frame_all or (framing and index == last):
-                    append((*frame, "\n\n" + content.lstrip("\n"), end))
-                else:
-                    append((content, end) if content else (end,))
-            elif role == "tool":
-                append(headers["user", index > 0])
-                append((ids["<tool_response>"], "\n" + content + "\n", ids["</tool_response>"], end))
-            else:
-                header = headers.get((role, index > 0))
-                if header is None:
-                    return None
-                append(header)
-                append((content, end) if content else (end,))
+            header = headers.get(("user" if role == "tool" else role, index > 0))
+            if header is None:
+                return None
+            append(header)
+            append(plain_output(role, content, frame_all or (framing and index == last)))
         return units
 
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
-        ids = self._ids
         role = "user" if message.role == "tool" else message.role
         content = message.content
         if type(content) is str and not message.tool_calls and not (ctx.tools and ctx.idx == 0 and role == "system"):
-            # fast path (the common case): the same tokens the general path below gives
-            end = ids["<|im_end|>"]
             header = self._header_units.get((role, ctx.idx > 0)) or self._header(role, ctx)
-            if message.role == "assistant":
-                if (
-                    self.frames_thinking
-                    and ctx.last_user_index >= 0
-                    and (ctx.is_last or not self.strip_thinking_from_history)
-                ):
-                    framed = (ids["<think>"], self._blank[0], ids["</think>"], "\n\n" + content.lstrip("\n"), end)
-                    return RenderedMessage(header, framed)
-            elif message.role == "tool":
-                return RenderedMessage(
-                    header, (ids["<tool_response>"], "\n" + content + "\n", ids["</tool_response>"], end)
-                )
-            return RenderedMessage(header, (content, end) if content else (end,))
+            return RenderedMessage(header, self._plain_output(message.role, content, self._frames(message, ctx)))
         system = self._system_with_tools(message, ctx)
         if system is not None:
             return RenderedMessage(header=self._header(role, ctx), output=system)
-        frames = self._frames(message, ctx)
-        out = PieceList()
-        has_text = False
-        has_reasoning = False
-        if isinstance(content, str):
-            text = content
-            if frames:
-                text = text.lstrip("\n")
-                out.add(ids["<think>"]).add("\n\n").add(ids["</think>"]).add("\n\n")
-            has_text = bool(content)
-            out.add(text)
-        else:
-            has_reasoning = any(isinstance(part, ThinkingPart) for part in content)
-            strip = self.strip_thinking_from_history and message.role == "assistant" and not ctx.is_last
-            if frames and not has_reasoning:
-                out.add(ids["<think>"]).add("\n\n").add(ids["</think>"]).add("\n\n")
-            after_block = frames and not has_reasoning
-            for part in content:
-                if isinstance(part, ThinkingPart):
-                    if strip:
-                        continue
-                    if frames:
-                        out.add(ids["<think>"]).add("\n" + part.thinking.strip("\n") + "\n")
-                        out.add(ids["</think>"]).add("\n\n")
-                    else:
-                        out.add(ids["<think>"]).add(part.thinking).add(ids["</think>"])
-                    has_text = True
-                    after_block = frames
-                elif isinstance(part, TextPart):
-                    text = part.text.lstrip("\n") if after_block else part.text
-                    if frames and not has_reasoning:
-                        # the template strips the content's leading newlines only before any text is written
-                        has_text = has_text or bool(part.text)
-                        after_block = after_block and not text
-                    else:
-                        has_text = has_text or bool(text)
-                        after_block = False
-                    out.add(text)
+        out, has_text = self._content(message, ctx)
+        ids = self._ids
         if message.role == "tool":
-            wrapped = PieceList(ids["<tool_response>"], "\n")
-            wrapped.extend(out.to_tuple()).add("\n").add(ids["</tool_response>"])
-            out = wrapped
+            out = PieceList(ids["<tool_response>"], "\n").extend(out.to_tuple()).add("\n").add(ids["</tool_response>"])
         for position, call in enumerate(message.tool_calls):
             if position > 0 or has_text:
                 out.add("\n")
-            out.add(ids["<tool_call>"]).add("\n" + _tool_call_json(call) + "\n").add(ids["</tool_call>"])
+            out.extend(self._tool_call_pieces(call))
         out.add(ids["<|im_end|>"])
         return RenderedMessage(header=self._header(role, ctx), output=out.to_tuple())
+
+    def _content(self, message: Message, ctx: RenderContext) -> tuple[PieceList, bool]:
+        """The pieces of a message's content (thinking framed or kept as the position asks), and whether it
+        wrote text (a tool call after text is separated by a newline)."""
+        ids = self._ids
+        frames = self._frames(message, ctx)
+        content = message.content
+        out = PieceList()
+        if isinstance(content, str):
+            if frames:
+                out.extend(self._empty_frame())
+            out.add(content.lstrip("\n") if frames else content)
+            return out, bool(content)
+        has_text = False
+        has_reasoning = any(isinstance(part, ThinkingPart) for part in content)
+        strip = self.strip_thinking_from_history and message.role == "assistant" and not ctx.is_last
+        if frames and not has_reasoning:
+            out.extend(self._empty_frame())
+        after_block = frames and not has_reasoning
+        for part in content:
+            if isinstance(part, ThinkingPart):
+                if strip:
+                    continue
+                if frames:
+                    out.add(ids["<think>"]).add("\n" + part.thinking.strip("\n") + "\n")
+                    out.add(ids["</think>"]).add("\n\n")
+                else:
+                    out.add(ids["<think>"]).add(part.thinking).add(ids["</think>"])
+                has_text = True
+                after_block = frames
+            elif isinstance(part, TextPart):
+                text = part.text.lstrip("\n") if after_block else part.text
+                if frames and not has_reasoning:
+                    # the template strips the content's leading newlines only before any text is written
+                    has_text = has_text or bool(part.text)
+                    after_block = after_block and not text
+                else:
+                    has_text = has_text or bool(text)
+                    after_block = False
+                out.add(text)
+        return out, has_text
 
     def generation_suffix(self, role: Role, ctx: RenderContext) -> tuple[Piece, ...]:
         return self._header("user" if role == "tool" else role, ctx)
@@ -304,10 +275,7 @@ class Qwen3Renderer(Renderer):
     # -- parsing --------------------------------------------------------------------------------------------
 
     def parse_response(self, tokens: list[int]) -> ParsedResponse:
-        body, termination = split_at_stop_token(self, tokens, self._ids["<|im_end|>"])
-        if termination is Termination.MALFORMED:
-            return ParsedResponse(Message(role="assistant", content=self.tokenizer.decode(body)), termination)
-        return ParsedResponse(self._parse_body(body), termination)
+        return parse_at_stop_token(self, tokens, self._ids["<|im_end|>"], self._parse_body)
 
     def _parse_body(self, tokens: list[int]) -> Message:
         """Split at the thinking and tool-call control tokens (never at look-alike text)."""
@@ -403,12 +371,7 @@ class Qwen3DisableThinkingRenderer(Qwen3Renderer):
                 )
 
     def generation_suffix(self, role: Role, ctx: RenderContext) -> tuple[Piece, ...]:
-        ids = self._ids
-        return (
-            PieceList(*super().generation_suffix(role, ctx))
-            .extend((ids["<think>"], "\n\n", ids["</think>"], "\n\n"))
-            .to_tuple()
-        )
+        return PieceList(*super().generation_suffix(role, ctx)).extend(self._empty_frame()).to_tuple()
 
 
 @attrs.frozen(eq=False)
@@ -422,86 +385,3 @@ class Qwen3InstructRenderer(Qwen3Renderer):
     @property
     def has_extension_property(self) -> bool:
         return True
-
-
-@attrs.frozen(eq=False)
-class Qwen3VLRenderer(Qwen3Renderer):
-    """Qwen3-VL: text as :class:`Qwen3Renderer` (thinking as ``<think>...</think>``, without the frame), and each
-    image part as ``<|vision_start|>`` + an image chunk + ``<|vision_end|>``.
-
-    The image chunk keeps the image's bytes and format; its size in tokens follows Qwen3-VL's resize rule
-    (``patch_size`` 16, ``merge_size`` 2, area in ``[min_pixels, max_pixels]``).
-    """
-
-    patch_size: int = 16
-    merge_size: int = 2
-    min_pixels: int = 65536
-    max_pixels: int = 16777216
-
-    name: ClassVar[str] = "qwen3_vl"
-    supports_images: ClassVar[bool] = True
-
-    def validate(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> None:
-        super().validate(messages, tools)
-        for index, message in enumerate(messages):
-            if isinstance(message.content, tuple):
-                for part_index, part in enumerate(message.content):
-                    if isinstance(part, ImagePart) and image_size(part.data) is None:
-                        raise self._error(
-                            f"messages[{index}].content[{part_index}]",
-                            "the image bytes are not a PNG or JPEG whose size can be read.",
-                            "pass a PNG or JPEG file's bytes.",
-                        )
-
-    def image_tokens(self, image: ImagePart) -> int:
-        """Number of positions ``image`` occupies."""
-        size = image_size(image.data)
-        if size is None:
-            raise self._error("content", "the image bytes are not a PNG or JPEG whose size can be read.")
-        width, height = size
-        return qwen_vl_image_tokens(
-            width,
-            height,
-            patch_size=self.patch_size,
-            merge_size=self.merge_size,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-        )
-
-    def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
-        ids = self._ids
-        role = "user" if message.role == "tool" else message.role
-        system = self._system_with_tools(message, ctx)
-        if system is not None:
-            return RenderedMessage(header=self._header(role, ctx), output=system)
-        strip = self.strip_thinking_from_history and message.role == "assistant" and not ctx.is_last
-        out = PieceList()
-        if message.role == "tool":
-            out.add(ids["<tool_response>"]).add("\n")
-        content = message.content
-        if isinstance(content, str):
-            out.add(content)
-        else:
-            for part in content:
-                if isinstance(part, TextPart):
-                    out.add(part.text)
-                elif isinstance(part, ThinkingPart):
-                    if not strip:
-                        out.add(ids["<think>"]).add(part.thinking).add(ids["</think>"])
-                else:
-                    out.add(ids["<|vision_start|>"]).add(part).add(ids["<|vision_end|>"])
-        if message.role == "tool":
-            out.add("\n").add(ids["</tool_response>"])
-        if message.tool_calls:
-            for call in message.tool_calls:
-                out.add("\n").add(ids["<tool_call>"]).add("\n" + _tool_call_json(call) + "\n").add(ids["</tool_call>"])
-        out.add(ids["<|im_end|>"])
-        return RenderedMessage(header=self._header(role, ctx), output=out.to_tuple())
-
-
-@attrs.frozen(eq=False)
-class Qwen3VLInstructRenderer(Qwen3VLRenderer):
-    """Qwen3-VL instruct models (no thinking)."""
-
-    name: ClassVar[str] = "qwen3_vl_instruct"
-    frames_thinking: ClassVar[bool] = False

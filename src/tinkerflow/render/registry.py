@@ -17,18 +17,14 @@ from typing import Final
 
 import attrs
 
-from tinkerflow.render.base import Renderer, RenderError
 from tinkerflow.render.chatml import ChatMLRenderer, SmolLM2Renderer
 from tinkerflow.render.deepseek_v3 import DeepSeekV3Renderer, DeepSeekV3ThinkingRenderer
 from tinkerflow.render.gpt_oss import GptOssRenderer
 from tinkerflow.render.llama3 import Llama3Renderer
-from tinkerflow.render.qwen3 import (
-    Qwen3DisableThinkingRenderer,
-    Qwen3InstructRenderer,
-    Qwen3Renderer,
-    Qwen3VLInstructRenderer,
-    Qwen3VLRenderer,
-)
+from tinkerflow.render.qwen3 import Qwen3DisableThinkingRenderer, Qwen3InstructRenderer, Qwen3Renderer
+from tinkerflow.render.qwen3_vl import Qwen3VLInstructRenderer, Qwen3VLRenderer
+from tinkerflow.render.records import RenderError
+from tinkerflow.render.renderer import Renderer
 from tinkerflow.render.role_colon import RoleColonRenderer
 from tinkerflow.tokenizers import Tokenizer
 

@@ -15,16 +15,9 @@ from typing import ClassVar, Final
 import attrs
 
 from tinkerflow.chat import Message, Role
-from tinkerflow.render.base import (
-    ParsedResponse,
-    Piece,
-    RenderContext,
-    RenderedMessage,
-    Renderer,
-    StopSequences,
-    Termination,
-    text_of,
-)
+from tinkerflow.render.family import text_of
+from tinkerflow.render.records import ParsedResponse, Piece, RenderContext, RenderedMessage, StopSequences, Termination
+from tinkerflow.render.renderer import Renderer
 
 __all__ = ["RoleColonRenderer"]
 
@@ -40,7 +33,6 @@ class RoleColonRenderer(Renderer):
     _headers: dict[str, tuple[int, ...]] = attrs.field(init=False, repr=False, factory=dict)
 
     name: ClassVar[str] = "role_colon"
-    roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

@@ -1,0 +1,209 @@
+"""Packed supervised batches: many conversations' examples as one token array, one weight array and offsets.
+
+Packing runs in three steps per chunk of ``batch_size`` conversations: :func:`render_chunks` (pure Python: plans
+and the texts to encode), :func:`encode_chunk` (one batch call of the tokenizer) and :func:`pack_chunk` (numpy:
+the ids concatenated, weights per position, the generation prompt of a trained turn zeroed). :func:`packed_batches`
+runs them in order; :func:`tinkerflow.shell.io.prefetch.packed_batches` runs the tokenizer a chunk or two ahead on
+a helper thread, with the same results.
+
+In the ``last_assistant_message`` / ``last_assistant_turn`` modes the prefix equal to the generation prompt of
+the trained turn is zeroed (so a prefilled ``<think>`` is never trained), as tinker-cookbook 0.6.1 does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import chain
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from tinkerflow.arrays import frozen_array
+from tinkerflow.chat import Conversation
+from tinkerflow.render.assemble import assemble, encode_flat, encode_units, prefill_tokens
+from tinkerflow.render.plan import (
+    ConversationLike,
+    Plan,
+    Unit,
+    last_user_index,
+    message_contexts,
+    plan_conversation,
+    resolve_train_on,
+    suffix_context,
+)
+from tinkerflow.render.records import Piece, SupervisedExample, TrainOn, TrainOnWhat
+from tinkerflow.render.renderer import Renderer
+from tinkerflow.tokenizers import Tokenizer
+
+__all__ = [
+    "BatchPacker",
+    "PackedBatch",
+    "RenderedChunk",
+    "encode_chunk",
+    "pack_chunk",
+    "packed_batches",
+    "render_chunks",
+]
+
+
+class PackedBatch(NamedTuple):
+    """Supervised examples of several conversations, packed (what :func:`packed_batches` yields).
+
+    Conversation ``i`` of the batch is ``tokens_N[offsets[i]:offsets[i + 1]]`` with weights
+    ``weights_N[offsets[i]:offsets[i + 1]]`` (unshifted, 0 or 1), unless it holds an image: then its range is
+    empty and ``images[i]`` is its example.
+    """
+
+    tokens_N: np.ndarray
+    weights_N: np.ndarray
+    offsets: np.ndarray
+    images: dict[int, SupervisedExample]
+
+
+class RenderedChunk(NamedTuple):
+    """A chunk of conversations rendered to pieces, before tokenization (what :func:`render_chunks` yields)."""
+
+    plans: list[Plan]
+    pieces: list[Piece]
+    """The pieces of the text-only plans' units, in order."""
+    texts: list[str]
+    """The non-empty ``str`` pieces, in order: what the tokenizer encodes."""
+
+
+def render_chunks(
+    renderer: Renderer,
+    conversations: Sequence[ConversationLike],
+    train_on: TrainOn = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
+    *,
+    batch_size: int = 64,
+) -> Iterator[RenderedChunk]:
+    """``conversations``, ``batch_size`` at a time, validated and rendered to pieces (lazily, chunk by chunk).
+
+    Raises (when the chunk is reached) the :class:`~tinkerflow.render.records.RenderError` of the chunk's first
+    conversation that has one; a bad ``train_on`` on the first chunk.
+    """
+    where = f"render[{renderer.name}]"
+    mode = resolve_train_on(train_on, where)
+    step = max(1, batch_size)
+    for start in range(0, len(conversations), step):
+        plans = [plan_conversation(renderer, item, mode, where) for item in conversations[start : start + step]]
+        pieces = [piece for plan in plans if not plan.images for unit in plan.units for piece in unit]
+        yield RenderedChunk(plans, pieces, [piece for piece in pieces if type(piece) is str and piece])
+
+
+def encode_chunk(tokenizer: Tokenizer, chunk: RenderedChunk) -> list[list[int]]:
+    """The ids of every text of ``chunk``, in one batch call of the tokenizer."""
+    return tokenizer.encode_batch(chunk.texts) if chunk.texts else []
+
+
+def packed_batches(
+    renderer: Renderer,
+    conversations: Sequence[ConversationLike],
+    train_on: TrainOn = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
+    *,
+    batch_size: int = 64,
+) -> Iterator[PackedBatch]:
+    """The supervised examples of ``conversations``, ``batch_size`` at a time, packed (see :class:`PackedBatch`):
+    the same tokens and weights as :func:`~tinkerflow.render.build.build_supervised_example`, without a record per
+    conversation (for consumers that process a batch with array operations, e.g.
+    :func:`tinkerflow.supervised.conversation_datums`).
+
+    Each batch's text is tokenized in one call, on this thread (the overlapped version, with the same results, is
+    :func:`tinkerflow.shell.io.prefetch.packed_batches`). An error is raised for the first conversation (in
+    order) that has one, after the batches before it.
+    """
+    for chunk in render_chunks(renderer, conversations, train_on, batch_size=batch_size):
+        yield pack_chunk(renderer, chunk, encode_chunk(renderer.tokenizer, chunk))
+
+
+class BatchPacker(Protocol):
+    """A function with :func:`packed_batches`' signature and results (the sequential one, or the shell's
+    overlapped one)."""
+
+    def __call__(
+        self, renderer: Renderer, conversations: Sequence[Conversation], train_on: TrainOn, *, batch_size: int
+    ) -> Iterator[PackedBatch]: ...
+
+
+def pack_chunk(renderer: Renderer, chunk: RenderedChunk, encoded: Sequence[Sequence[int]]) -> PackedBatch:
+    """A rendered chunk and the encodings of its texts (``encode_chunk``, in order) -> one packed token/weight
+    array (the second half of packing; pure given the encodings).
+
+    Every piece becomes one part (a run of ids); numpy concatenates the ids in one pass, and per-unit lengths
+    (for the weights) come from cumulative part lengths, so the Python work is one step per piece.
+    """
+    plans, pieces = chunk.plans, chunk.pieces
+    text_plans = [plan for plan in plans if not plan.images]
+    units = [unit for plan in text_plans for unit in plan.units]
+    next_encoding = iter(encoded).__next__
+    parts: list[Sequence[int]] = [
+        piece if type(piece) is tuple else (piece,) if type(piece) is int else next_encoding() if piece else ()
+        for piece in pieces
+    ]
+    part_ends = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=part_ends[1:])
+    tokens_N = np.fromiter(chain.from_iterable(parts), dtype=np.int64, count=int(part_ends[-1]))
+    unit_ends = np.zeros(len(units) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, units), dtype=np.int64, count=len(units)), out=unit_ends[1:])
+    unit_token_ends = part_ends[unit_ends]  # where each unit ends in tokens_N (a leading 0 first)
+    unit_weights = np.fromiter(chain.from_iterable(plan.weights for plan in text_plans), dtype=np.float32)
+    weights_N = np.repeat(unit_weights, np.diff(unit_token_ends))
+    plan_unit_ends = np.zeros(len(plans) + 1, dtype=np.int64)
+    np.cumsum([0 if plan.images else len(plan.units) for plan in plans], out=plan_unit_ends[1:])
+    offsets = unit_token_ends[plan_unit_ends]
+    images: dict[int, SupervisedExample] = {}
+    for index, plan in enumerate(plans):
+        if plan.images:
+            segments = encode_units(renderer, plan.units)
+            model_input, weights_T, _ = assemble(renderer, segments, plan.weights)
+            images[index] = SupervisedExample(model_input=model_input, weights_T=frozen_array(weights_T))
+        elif plan.boundary is not None:
+            start, stop = int(offsets[index]), int(offsets[index + 1])
+            first_unit = int(plan_unit_ends[index])
+            lengths = np.diff(unit_token_ends[first_unit : first_unit + len(plan.units) + 1]).tolist()
+            length = _prompt_length(renderer, plan, tokens_N[start:stop].tolist(), lengths)
+            if length:
+                weights_N[start : start + length] = 0.0
+    return PackedBatch(frozen_array(tokens_N), frozen_array(weights_N), frozen_array(offsets), images)
+
+
+def _prompt_length(renderer: Renderer, plan: Plan, flat: list[int], lengths: list[int]) -> int:
+    """Length of the prefix of ``flat`` equal to ``build_generation_prompt(messages[:boundary])``, or 0.
+
+    The prompt renders messages ``0..boundary-2`` exactly as the full conversation does (their contexts are
+    equal), so only message ``boundary-1`` (now last) and the suffix are rendered again, and their encodings
+    are reused when their pieces did not change.
+    """
+    messages, contexts, units, first_unit_of = plan.messages, plan.contexts, plan.units, plan.first_unit_of
+    if contexts is None:
+        contexts = message_contexts(messages, last_user_index(messages[:-1]) + 1, plan.tools)
+    boundary = plan.boundary
+    assert boundary is not None
+    prefix = messages[:boundary]
+    shared_units = first_unit_of[boundary - 1] if boundary > 0 else first_unit_of[0]
+    start = sum(lengths[:shared_units])
+    pending: list[Unit] = []
+    reused = 0
+    if boundary > 0:
+        ctx = contexts[boundary - 1]._replace(is_last=True, next_message=None)
+        rendered = renderer.render_message(messages[boundary - 1], ctx)
+        index = first_unit_of[boundary - 1]
+        if rendered.header == units[index] and rendered.output == units[index + 1]:
+            reused = lengths[index] + lengths[index + 1]
+        else:
+            pending.extend((rendered.header, rendered.output))
+    pending.append(renderer.generation_suffix("assistant", suffix_context(prefix, plan.tools)))
+    extra, _ = encode_flat(renderer.tokenizer, pending)
+    extra.extend(prefill_tokens(renderer, prefix, None))
+    middle = start + reused
+    end = middle + len(extra)
+    if flat[middle:end] != extra:
+        if renderer.disables_thinking:
+            raise renderer._error(
+                f"messages[{boundary}].content",
+                "this renderer's generation prompt closes the thinking block (thinking disabled), but the trained "
+                "turn reasons, so the example would train reasoning after a prompt that forbids it.",
+                "use the thinking variant of this renderer, or remove the thinking from the turn.",
+            )
+        return 0
+    return end
