@@ -279,7 +279,7 @@ from tinkerflow.shell.recipes.rlhf import (  # noqa: E402
 
 
 class CraftedJudgeSampler:
-    """Reads the rendered judge conversation (``tests.fakes.ByteRenderer`` tokens) and scores the answer letter,
+    """Reads the rendered judge conversation (``tests.byte_renderer.ByteRenderer`` tokens) and scores the answer letter,
     the token before the final end-of-turn, with ``log(score(response under that letter, letter) / 100)``."""
 
     def __init__(self, score: object) -> None:

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Mapping
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.fakes import ByteRenderer, FakeBackend
+from tests.byte_renderer import ByteRenderer
+from tests.fakes import FakeBackend
 
 from tinkerflow.cli import main
 from tinkerflow.config import SLConfig

@@ -62,7 +62,7 @@ def test_sl_lowers_held_out_loss(tmp_path: pathlib.Path) -> None:
     assert read_state(tmp_path / "run") is not None
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 4
     assert len(result.samples_after) == 2
-    assert "<polyline" in (tmp_path / "run" / "loss.html").read_text()
+    assert 'id="series-0"' in (tmp_path / "run" / "loss.html").read_text()
 
 
 class KilledError(Exception):

@@ -38,8 +38,9 @@ from tinkerflow.serde import to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, TrainingClient
 from tinkerflow.shell.io.charts import metrics_chart_html
 from tinkerflow.shell.io.data import load_split, preference_format
-from tinkerflow.shell.io.run import MetricsSink, Run
+from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
+from tinkerflow.shell.io.sinks import MetricsSink
 from tinkerflow.shell.loop import Finish, StepPlan, resume_batches, run_steps
 from tinkerflow.shell.recipes.dpo_loss import dpo_loss_fn
 from tinkerflow.shell.recipes.dpo_reference import REFERENCE_FILE, Reference, interleaved, load_or_compute_reference

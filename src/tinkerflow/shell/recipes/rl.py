@@ -44,8 +44,9 @@ from tinkerflow.rl.transcripts import EpisodeTranscript, episode_transcripts, tr
 from tinkerflow.rl.types import RLDataset, TrajectoryGroup
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, TrainingClient
-from tinkerflow.shell.io.run import MetricsSink, Run
+from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
+from tinkerflow.shell.io.sinks import MetricsSink
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, run_steps
 from tinkerflow.shell.recipes.rl_sampling import RolloutSampling
 from tinkerflow.training import ForwardBackwardOutput

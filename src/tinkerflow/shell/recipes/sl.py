@@ -37,7 +37,8 @@ from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.io.data import chat_format, load_split
-from tinkerflow.shell.io.run import MetricsSink, Run
+from tinkerflow.shell.io.run import Run
+from tinkerflow.shell.io.sinks import MetricsSink
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, resume_batches, run_steps
 from tinkerflow.sl_data import SLData, sl_data
 from tinkerflow.supervised import recommended_lr, token_nll_totals
