@@ -77,7 +77,30 @@ def test_describe_fields_lists_nested_records_with_the_parents_default() -> None
     assert fields["name"].type == "str"
     assert fields["schedule.kind"].default == '"cosine"'  # the parent's default, not LRSchedule's own
     assert fields["schedule.kind"].type == "constant|linear|cosine"
-    assert "LRSchedule" in fields["schedule.kind"].doc  # undocumented nested fields name their record
+    assert "cosine" in fields["schedule.kind"].doc  # the nested record's own Attributes: entry
+    assert "warmup" in fields["schedule.warmup_steps"].doc
+
+
+@attrs.frozen
+class _Undocumented:
+    size: int = 3
+
+
+@attrs.frozen(kw_only=True)
+class _Holder:
+    """Holds a record whose fields have no docs.
+
+    Attributes:
+        inner: the nested record.
+    """
+
+    inner: _Undocumented = attrs.field(factory=_Undocumented)
+
+
+def test_undocumented_nested_fields_name_their_record() -> None:
+    fields = {field.name: field for field in describe_fields(_Holder)}
+    assert "_Undocumented" in fields["inner.size"].doc
+    assert fields["inner.size"].default == "3"
 
 
 @pytest.mark.parametrize("cls", CONFIGS)

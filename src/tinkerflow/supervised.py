@@ -144,6 +144,11 @@ class LRSchedule:
 
     After ``warmup_steps`` the multiplier decays from 1 to ``final_ratio`` over the remaining steps (linear or
     cosine); with ``warmup_steps=0`` and ``final_ratio=0`` linear and cosine equal the cookbook's schedules.
+
+    Attributes:
+        kind: ``constant``, ``linear`` or ``cosine`` decay after the warmup.
+        warmup_steps: steps of linear warmup from 0 to the base learning rate.
+        final_ratio: the multiplier reached at the last step (0 to 1).
     """
 
     kind: ScheduleKind = "constant"
