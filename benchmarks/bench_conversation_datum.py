@@ -6,9 +6,9 @@ datum (input tokens, target tokens, weights) with the defaults of the cookbook's
 conversation in ten is truncated). Three contenders, same vocabulary (the offline Qwen3 tokenizer, or the offline
 Llama-3 one with ``--renderer llama3``):
 
-* tinkerflow: ``tinkerflow.shell.io.prefetch.conversation_datums`` (a batch) -> ``Datum`` records, the tokenizer
-  on a helper thread overlapping the Python work (the core's ``tinkerflow.supervised.conversation_datums``, all on
-  one thread, and one-by-one ``conversation_datum`` are reported too);
+* tinkerflow: ``conversation_datums(..., packer=tinkerflow.shell.io.prefetch.packed_batches)`` (a batch) ->
+  ``Datum`` records, the tokenizer on a helper thread overlapping the Python work (the core's default packer, all
+  on one thread, and one-by-one ``conversation_datum`` are reported too);
 * tinker-cookbook: ``tinker_cookbook.supervised.data.conversation_to_datum`` on each conversation, its renderer
   built on a transformers fast tokenizer loaded from the same ``tokenizer.json``;
 * the floor: batch tokenization of the same message texts (every message's text) with the same Rust tokenizer,
@@ -47,7 +47,7 @@ from _common import emit
 from bench_render import conversations
 from tinkerflow.datum import Datum
 from tinkerflow.render import get_renderer
-from tinkerflow.shell.io.prefetch import conversation_datums as overlapped_conversation_datums
+from tinkerflow.shell.io.prefetch import packed_batches as overlapped_packer
 from tinkerflow.shell.io.tokenizers import offline_tokenizer, offline_tokenizer_dir
 from tinkerflow.supervised import conversation_datum, conversation_datums
 
@@ -123,7 +123,9 @@ def main() -> None:
 
     # the same inputs, targets and weights first (on a sample), and the batch equals one by one
     sample = min(args.sample, len(data))
-    batch = overlapped_conversation_datums(data[:sample], renderer=ours, max_length=max_length, batch_size=64)
+    batch = conversation_datums(
+        data[:sample], renderer=ours, max_length=max_length, batch_size=64, packer=overlapped_packer
+    )
     assert batch == conversation_datums(data[:sample], renderer=ours, max_length=max_length, batch_size=64)
     for index in range(sample):
         single = conversation_datum(data[index], renderer=ours, max_length=max_length)
@@ -132,7 +134,7 @@ def main() -> None:
         assert _same(batch[index], reference), f"conversation {index}: differs from the cookbook"
 
     def run_ours() -> object:
-        return overlapped_conversation_datums(data, renderer=ours, max_length=max_length)
+        return conversation_datums(data, renderer=ours, max_length=max_length, packer=overlapped_packer)
 
     def run_ours_sequential() -> object:
         return conversation_datums(data, renderer=ours, max_length=max_length)

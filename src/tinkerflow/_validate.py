@@ -30,7 +30,7 @@ def finite_float(value: object, where: str, field: str) -> float:
 
 
 def in_range(
-    value: float,
+    value: object,
     where: str,
     field: str,
     *,
@@ -38,15 +38,28 @@ def in_range(
     high: float | None = None,
     low_open: bool = False,
     high_open: bool = False,
-) -> None:
-    """Raise ``ConfigError`` when ``value`` lies outside the (optionally open) interval."""
-    bad_low = low is not None and (value <= low if low_open else value < low)
-    bad_high = high is not None and (value >= high if high_open else value > high)
+) -> float:
+    """Return ``value`` as a float after checking it is finite (:func:`finite_float`) and lies in the (optionally
+    open) interval; outside it, raise ``ConfigError``."""
+    number = finite_float(value, where, field)
+    bad_low = low is not None and (number <= low if low_open else number < low)
+    bad_high = high is not None and (number >= high if high_open else number > high)
     if bad_low or bad_high:
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
         interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
-        raise ConfigError(where, field, f"must lie in {interval}, got {value!r}.")
+        raise ConfigError(where, field, f"must lie in {interval}, got {number!r}.")
+    return number
+
+
+def non_empty_str(value: object, where: str, field: str, fix: str) -> str:
+    """Return ``value`` after checking it is a string (else ``ValidationError``) that is not empty (else
+    ``ConfigError`` "is empty." with ``fix``)."""
+    require_type(value, str, where, field)
+    assert isinstance(value, str)
+    if not value:
+        raise ConfigError(where, field, "is empty.", fix)
+    return value
 
 
 def int_at_least(value: object, where: str, field: str, low: int = 1, *, allow_none: bool = False) -> int | None:

@@ -54,6 +54,20 @@ def _json_object_text(value: object, where: str, field: str) -> str:
     return text
 
 
+def image_bytes_repr(data: bytes) -> str:
+    """How an image's bytes show in a record's repr: their count, not their content."""
+    return f"<{len(data)} bytes>"
+
+
+def check_image(data: object, image_format: object, where: str) -> None:
+    """An encoded image of a record (``ImagePart``, ``ImageChunk``): non-empty bytes in png or jpeg format."""
+    require_type(data, bytes, where, "data")
+    if not data:
+        raise ValidationError(where, "data", "is empty.", "pass the encoded image bytes.")
+    if image_format not in ("png", "jpeg"):
+        raise ValidationError(where, "format", f"must be 'png' or 'jpeg', got {image_format!r}.")
+
+
 @attrs.frozen
 class TextPart:
     """Plain text inside a message."""
@@ -78,15 +92,11 @@ class ThinkingPart:
 class ImagePart:
     """An encoded image inside a message (for vision-language renderers)."""
 
-    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+    data: bytes = attrs.field(repr=image_bytes_repr)
     format: ImageFormat = "png"
 
     def __attrs_post_init__(self) -> None:
-        require_type(self.data, bytes, "ImagePart", "data")
-        if not self.data:
-            raise ValidationError("ImagePart", "data", "is empty.", "pass the encoded image bytes.")
-        if self.format not in ("png", "jpeg"):
-            raise ValidationError("ImagePart", "format", f"must be 'png' or 'jpeg', got {self.format!r}.")
+        check_image(self.data, self.format, "ImagePart")
 
 
 ContentPart: TypeAlias = TextPart | ThinkingPart | ImagePart

@@ -12,12 +12,13 @@ flat JSON layout and field order it always had (:func:`field_order`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Final, Literal, TypeAlias, cast, get_args
 
 import attrs
 
-from tinkerflow._validate import finite_float, in_range, int_at_least, require_type
+from tinkerflow._validate import in_range, int_at_least, non_empty_str, require_type
 from tinkerflow.config_fields import apply_overrides, config_to_dict
 from tinkerflow.errors import ConfigError
 from tinkerflow.render.records import TrainOnName
@@ -62,10 +63,7 @@ def _check_source(source: object, where: str, field: str, *, optional: bool, fix
     """A data source field: a non-empty string, and an ``hf:``/``hf-disk:`` prefix followed by a name."""
     if source is None and optional:
         return
-    require_type(source, str, where, field)
-    assert isinstance(source, str)
-    if not source:
-        raise ConfigError(where, field, "is empty.", fix)
+    source = non_empty_str(source, where, field, fix)
     for prefix, what in ((HF_PREFIX, "org/name"), (HF_DISK_PREFIX, "/path/of/saved/dataset")):
         rest = source[len(prefix) :] if source.startswith(prefix) else None
         if rest is not None and (not rest or rest != rest.strip()):
@@ -81,11 +79,15 @@ def _sink_names(value: object) -> tuple[SinkName, ...]:
     return cast("tuple[SinkName, ...]", value)
 
 
-def _optional_name(value: object, where: str, field: str) -> None:
+def optional_name(value: object, where: str, field: str) -> None:
+    """An optional name field: ``None`` (the default is used) or a non-empty string."""
     if value is not None:
-        require_type(value, str, where, field)
-        if not value:
-            raise ConfigError(where, field, "is empty.", "give a name, or null for the default.")
+        non_empty_str(value, where, field, "give a name, or null for the default.")
+
+
+def linear_decay(final_ratio: float) -> Callable[[], LRSchedule]:
+    """A default factory of ``lr_schedule`` fields: linear decay to ``final_ratio`` of the rate, no warmup."""
+    return functools.partial(LRSchedule, kind="linear", warmup_steps=0, final_ratio=final_ratio)
 
 
 def field_order(*names: str) -> Callable[[type, list[attrs.Attribute[Any]]], list[attrs.Attribute[Any]]]:
@@ -132,12 +134,10 @@ class RunConfig:
     def __attrs_post_init__(self) -> None:
         where = type(self).__name__
         for field in ("base_model", "run_dir"):
-            require_type(getattr(self, field), str, where, field)
-            if not getattr(self, field):
-                raise ConfigError(where, field, "is empty.", "give a value (see the field's documentation).")
+            non_empty_str(getattr(self, field), where, field, "give a value (see the field's documentation).")
         if self.backend not in get_args(BackendName):
             raise ConfigError(where, "backend", f"must be 'local' or 'tinker', got {self.backend!r}.")
-        _optional_name(self.renderer, where, "renderer")
+        optional_name(self.renderer, where, "renderer")
         int_at_least(self.lora_rank, where, "lora_rank", 1)
         for field in ("seed", "eval_every", "save_every"):
             int_at_least(getattr(self, field), where, field, 0)
@@ -189,8 +189,7 @@ class DataConfig(RunConfig):
         _check_source(
             self.test_data, where, "test_data", optional=True, fix="give held-out data, or null to split train_data."
         )
-        fraction = finite_float(self.test_fraction, where, "test_fraction")
-        in_range(fraction, where, "test_fraction", low=0.0, high=1.0, high_open=True)
+        in_range(self.test_fraction, where, "test_fraction", low=0.0, high=1.0, high_open=True)
         self._check_hf_fields(where)
         for field in ("batch_size", "epochs"):
             int_at_least(getattr(self, field), where, field, 1)
@@ -201,7 +200,7 @@ class DataConfig(RunConfig):
     def _check_hf_fields(self, where: str) -> None:
         train_hf, test_hf = is_hf_source(self.train_data), is_hf_source(self.test_data)
         for field in ("hf_split", "hf_test_split", "hf_subset"):
-            _optional_name(getattr(self, field), where, field)
+            optional_name(getattr(self, field), where, field)
         fix = "name a Hugging Face dataset (hf:org/name or hf-disk:/path), or remove this field."
         if self.hf_split is not None and not train_hf:
             raise ConfigError(where, "hf_split", "applies only to a Hugging Face train_data.", fix)
@@ -220,10 +219,6 @@ class DataConfig(RunConfig):
         """Optimizer steps of a run over ``rows`` training rows: every epoch's batches, capped by ``max_steps``."""
         per_epoch = -(-rows // self.batch_size)
         return per_epoch * self.epochs if self.max_steps is None else min(self.max_steps, per_epoch * self.epochs)
-
-
-def _sl_schedule() -> LRSchedule:
-    return LRSchedule(kind="linear", warmup_steps=0, final_ratio=0.1)
 
 
 @attrs.frozen(
@@ -258,7 +253,7 @@ class SLConfig(DataConfig):
     max_length: int = 512
     reduction: Reduction = "mean"
     learning_rate: float | None = None
-    lr_schedule: LRSchedule = attrs.field(factory=_sl_schedule)
+    lr_schedule: LRSchedule = attrs.field(factory=linear_decay(0.1))
     num_samples_shown: int = 3
     sample_max_tokens: int = 48
     run_dir: str = "runs/sl"
@@ -266,7 +261,7 @@ class SLConfig(DataConfig):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         where = "SLConfig"
-        _optional_name(self.hf_messages_field, where, "hf_messages_field")
+        optional_name(self.hf_messages_field, where, "hf_messages_field")
         if self.hf_messages_field != "messages" and not (is_hf_source(self.train_data) or is_hf_source(self.test_data)):
             raise ConfigError(
                 where,
@@ -282,7 +277,5 @@ class SLConfig(DataConfig):
         int_at_least(self.sample_max_tokens, where, "sample_max_tokens", 1)
         int_at_least(self.num_samples_shown, where, "num_samples_shown", 0)
         if self.learning_rate is not None:
-            in_range(
-                finite_float(self.learning_rate, where, "learning_rate"), where, "learning_rate", low=0.0, low_open=True
-            )
+            in_range(self.learning_rate, where, "learning_rate", low=0.0, low_open=True)
         require_type(self.lr_schedule, LRSchedule, where, "lr_schedule")

@@ -10,7 +10,7 @@ import numpy as np
 
 from tinkerflow._validate import require_type
 from tinkerflow.arrays import Int64_T, as_int64_1d, frozen_array
-from tinkerflow.chat import ImageFormat
+from tinkerflow.chat import ImageFormat, check_image, image_bytes_repr
 from tinkerflow.errors import ValidationError
 
 __all__ = ["Chunk", "ImageChunk", "ModelInput", "TokenChunk"]
@@ -45,16 +45,12 @@ class TokenChunk:
 class ImageChunk:
     """An encoded image that occupies ``expected_tokens`` positions of the model input."""
 
-    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+    data: bytes = attrs.field(repr=image_bytes_repr)
     format: ImageFormat
     expected_tokens: int
 
     def __attrs_post_init__(self) -> None:
-        require_type(self.data, bytes, "ImageChunk", "data")
-        if not self.data:
-            raise ValidationError("ImageChunk", "data", "is empty.", "pass the encoded image bytes.")
-        if self.format not in ("png", "jpeg"):
-            raise ValidationError("ImageChunk", "format", f"must be 'png' or 'jpeg', got {self.format!r}.")
+        check_image(self.data, self.format, "ImageChunk")
         require_type(self.expected_tokens, int, "ImageChunk", "expected_tokens")
         if self.expected_tokens <= 0:
             raise ValidationError(

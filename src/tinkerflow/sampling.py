@@ -7,7 +7,7 @@ from typing import Literal, TypeAlias, cast
 import attrs
 import numpy as np
 
-from tinkerflow._validate import finite_float, in_range, require_type
+from tinkerflow._validate import in_range, require_type
 from tinkerflow.arrays import (
     Float32_T,
     Float32_T_K,
@@ -66,8 +66,8 @@ class SamplingParams:
             require_type(self.max_tokens, int, where, "max_tokens")
             if self.max_tokens <= 0:
                 raise ConfigError(where, "max_tokens", f"must be positive, got {self.max_tokens}.")
-        in_range(finite_float(self.temperature, where, "temperature"), where, "temperature", low=0.0)
-        in_range(finite_float(self.top_p, where, "top_p"), where, "top_p", low=0.0, high=1.0, low_open=True)
+        in_range(self.temperature, where, "temperature", low=0.0)
+        in_range(self.top_p, where, "top_p", low=0.0, high=1.0, low_open=True)
         require_type(self.top_k, int, where, "top_k")
         if self.top_k == 0 or self.top_k < -1:
             raise ConfigError(where, "top_k", f"must be -1 (all tokens) or >= 1, got {self.top_k}.")

@@ -32,12 +32,12 @@ class AdamParams:
 
     def __attrs_post_init__(self) -> None:
         where = "AdamParams"
-        in_range(finite_float(self.learning_rate, where, "learning_rate"), where, "learning_rate", low=0.0)
-        in_range(finite_float(self.beta1, where, "beta1"), where, "beta1", low=0.0, high=1.0, high_open=True)
-        in_range(finite_float(self.beta2, where, "beta2"), where, "beta2", low=0.0, high=1.0, high_open=True)
-        in_range(finite_float(self.eps, where, "eps"), where, "eps", low=0.0, low_open=True)
-        in_range(finite_float(self.weight_decay, where, "weight_decay"), where, "weight_decay", low=0.0)
-        in_range(finite_float(self.grad_clip_norm, where, "grad_clip_norm"), where, "grad_clip_norm", low=0.0)
+        in_range(self.learning_rate, where, "learning_rate", low=0.0)
+        in_range(self.beta1, where, "beta1", low=0.0, high=1.0, high_open=True)
+        in_range(self.beta2, where, "beta2", low=0.0, high=1.0, high_open=True)
+        in_range(self.eps, where, "eps", low=0.0, low_open=True)
+        in_range(self.weight_decay, where, "weight_decay", low=0.0)
+        in_range(self.grad_clip_norm, where, "grad_clip_norm", low=0.0)
 
 
 def loop_adam(learning_rate: float) -> AdamParams:

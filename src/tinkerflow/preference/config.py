@@ -12,8 +12,8 @@ from typing import get_args
 
 import attrs
 
-from tinkerflow._validate import finite_float, in_range, int_at_least, require_type
-from tinkerflow.config import DataConfig, field_order
+from tinkerflow._validate import in_range, int_at_least, require_type
+from tinkerflow.config import DataConfig, field_order, linear_decay, optional_name
 from tinkerflow.errors import ConfigError
 from tinkerflow.preference.data import PREFERENCE_LAYOUTS, PreferenceLayout
 from tinkerflow.preference.dpo import DPOTrainOn, TiePolicy
@@ -22,10 +22,6 @@ from tinkerflow.supervised import LRSchedule
 __all__ = ["DPOConfig"]
 
 _WHERE = "DPOConfig"
-
-
-def _linear() -> LRSchedule:
-    return LRSchedule(kind="linear", warmup_steps=0, final_ratio=0.0)
 
 
 @attrs.frozen(
@@ -69,7 +65,7 @@ class DPOConfig(DataConfig):
     ties: TiePolicy = "raise"
     beta: float = 0.1
     learning_rate: float = 1e-5
-    lr_schedule: LRSchedule = attrs.field(factory=_linear)
+    lr_schedule: LRSchedule = attrs.field(factory=linear_decay(0.0))
     lora_rank: int = 32
     run_dir: str = "runs/dpo"
 
@@ -79,10 +75,7 @@ class DPOConfig(DataConfig):
             raise ConfigError(
                 _WHERE, "layout", f"unknown layout {self.layout!r}.", f"use one of {PREFERENCE_LAYOUTS} or null."
             )
-        if self.reference_model is not None:
-            require_type(self.reference_model, str, _WHERE, "reference_model")
-            if not self.reference_model:
-                raise ConfigError(_WHERE, "reference_model", "is empty.", "give a name, or null for the default.")
+        optional_name(self.reference_model, _WHERE, "reference_model")
         if self.train_on not in get_args(DPOTrainOn):
             raise ConfigError(
                 _WHERE, "train_on", f"unknown mode {self.train_on!r}.", f"use one of {get_args(DPOTrainOn)}."
@@ -90,7 +83,6 @@ class DPOConfig(DataConfig):
         int_at_least(self.max_length, _WHERE, "max_length", 2)
         if self.ties not in get_args(TiePolicy):
             raise ConfigError(_WHERE, "ties", f"must be 'raise' or 'drop', got {self.ties!r}.")
-        in_range(finite_float(self.beta, _WHERE, "beta"), _WHERE, "beta", low=0.0, low_open=True)
-        rate = finite_float(self.learning_rate, _WHERE, "learning_rate")
-        in_range(rate, _WHERE, "learning_rate", low=0.0, low_open=True)
+        for field in ("beta", "learning_rate"):
+            in_range(getattr(self, field), _WHERE, field, low=0.0, low_open=True)
         require_type(self.lr_schedule, LRSchedule, _WHERE, "lr_schedule")

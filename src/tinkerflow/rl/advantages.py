@@ -26,7 +26,7 @@ from tinkerflow._validate import require_type
 from tinkerflow.arrays import Float32_G, as_float32_1d
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
-from tinkerflow.rl.types import TrajectoryGroup
+from tinkerflow.rl.types import TrajectoryGroup, unique_groups
 
 __all__ = [
     "AdvantageConfig",
@@ -222,16 +222,9 @@ def compute_advantages(
     """
     where = "compute_advantages"
     require_type(config, AdvantageConfig, where, "config")
-    seen: set[str] = set()
     kept: list[GroupAdvantages] = []
     dropped: list[str] = []
-    for index, group in enumerate(groups):
-        _require(group, TrajectoryGroup, where, f"groups[{index}]")
-        if group.group_id in seen:
-            raise ValidationError(
-                where, f"groups[{index}].group_id", f"{group.group_id!r} appears twice.", "give each group a unique id."
-            )
-        seen.add(group.group_id)
+    for _, group in unique_groups(groups, where, set()):
         if not group.trajectories:
             dropped.append(group.group_id)
             continue

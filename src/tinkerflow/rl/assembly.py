@@ -30,7 +30,7 @@ from tinkerflow.datum import Datum
 from tinkerflow.errors import ShapeError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
 from tinkerflow.rl.advantages import AdvantageResult
-from tinkerflow.rl.types import Trajectory, TrajectoryGroup
+from tinkerflow.rl.types import Trajectory, TrajectoryGroup, unique_groups
 
 __all__ = ["RLBatch", "assemble_batch", "trajectory_datums"]
 
@@ -333,15 +333,8 @@ def assemble_batch(groups: Sequence[TrajectoryGroup], advantages: AdvantageResul
     datums: list[Datum] = []
     trajectory_ids: list[str] = []
     group_ids: list[str] = []
-    for index, group in enumerate(groups):
-        if not isinstance(group, TrajectoryGroup):
-            require_type(group, TrajectoryGroup, where, f"groups[{index}]")  # raises, naming the type
+    for index, group in unique_groups(groups, where, seen):
         group_id = group.group_id
-        if group_id in seen:
-            raise ValidationError(
-                where, f"groups[{index}].group_id", f"{group_id!r} appears twice.", "give each group a unique id."
-            )
-        seen.add(group_id)
         group_advantages = kept.get(group_id)
         if group_advantages is None:
             if group_id in dropped:

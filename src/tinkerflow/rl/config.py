@@ -9,7 +9,7 @@ from typing import Literal, TypeAlias
 
 import attrs
 
-from tinkerflow._validate import finite_float, in_range, int_at_least, require_type
+from tinkerflow._validate import finite_float, in_range, int_at_least, non_empty_str, require_type
 from tinkerflow.config import RunConfig, field_order
 from tinkerflow.errors import ConfigError
 
@@ -98,9 +98,7 @@ class RLConfig(RunConfig):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         where = "RLConfig"
-        require_type(self.env, str, where, "env")
-        if not self.env:
-            raise ConfigError(where, "env", "is empty.", "name an environment (see ENVIRONMENTS).")
+        non_empty_str(self.env, where, "env", "name an environment (see ENVIRONMENTS).")
         require_type(self.env_args, dict, where, "env_args")
         for key, value in self.env_args.items():
             require_type(key, str, where, "env_args")
@@ -114,9 +112,8 @@ class RLConfig(RunConfig):
             raise ConfigError(
                 where, "group_size", "is 1, so every group is constant and would be dropped.", "use group_size >= 2."
             )
-        learning_rate = finite_float(self.learning_rate, where, "learning_rate")
-        in_range(learning_rate, where, "learning_rate", low=0.0, low_open=True)
-        in_range(finite_float(self.temperature, where, "temperature"), where, "temperature", low=0.0)
+        in_range(self.learning_rate, where, "learning_rate", low=0.0, low_open=True)
+        in_range(self.temperature, where, "temperature", low=0.0)
         if self.loss not in ("importance_sampling", "ppo", "cispo", "dro"):
             raise ConfigError(
                 where, "loss", f"unknown loss {self.loss!r}.", "use importance_sampling, ppo, cispo or dro."
@@ -126,25 +123,19 @@ class RLConfig(RunConfig):
         in_range(low, where, "clip_low", low=0.0, high=1.0)
         if high < 1.0:
             raise ConfigError(where, "clip_high", f"must be >= 1, got {high}.")
-        in_range(finite_float(self.dro_beta, where, "dro_beta"), where, "dro_beta", low=0.0)
+        in_range(self.dro_beta, where, "dro_beta", low=0.0)
         require_type(self.normalize_advantages, bool, where, "normalize_advantages")
         if self.constant_groups not in ("keep", "drop"):
             raise ConfigError(where, "constant_groups", f"must be 'keep' or 'drop', got {self.constant_groups!r}.")
-        in_range(finite_float(self.kl_coef, where, "kl_coef"), where, "kl_coef", low=0.0)
+        in_range(self.kl_coef, where, "kl_coef", low=0.0)
         if self.kl_discount is not None:
-            in_range(finite_float(self.kl_discount, where, "kl_discount"), where, "kl_discount", low=0.0, high=1.0)
+            in_range(self.kl_discount, where, "kl_discount", low=0.0, high=1.0)
         if self.mode not in ("sync", "async"):
             raise ConfigError(where, "mode", f"must be 'sync' or 'async', got {self.mode!r}.")
         require_type(self.max_staleness, int, where, "max_staleness")
         if self.mode == "async" and self.max_staleness < 1:
             raise ConfigError(where, "max_staleness", "must be >= 1 in async mode.", "use mode=sync for on-policy.")
-        in_range(
-            finite_float(self.episode_timeout_s, where, "episode_timeout_s"),
-            where,
-            "episode_timeout_s",
-            low=0.0,
-            low_open=True,
-        )
+        in_range(self.episode_timeout_s, where, "episode_timeout_s", low=0.0, low_open=True)
         if self.on_failure not in ("fail_fast", "retry", "drop"):
             raise ConfigError(where, "on_failure", f"unknown policy {self.on_failure!r}.", "use fail_fast/retry/drop.")
 

@@ -42,49 +42,55 @@ class ImportanceSamplingLoss:
 
 
 @attrs.frozen
-class PPOLoss:
-    """``ppo``: the clipped surrogate, the ratio clipped to ``[clip_low, clip_high]``."""
+class _CheckedLoss:
+    """A loss whose ``config()`` is validated on construction, as the backends would (the subclass names
+    ``loss_fn`` and gives ``config``)."""
+
+    def __attrs_post_init__(self) -> None:
+        _validate(type(self).__name__, self.loss_fn, self.config())
+
+    @property
+    def loss_fn(self) -> LossFnType:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+@attrs.frozen
+class _ClippedRatioLoss(_CheckedLoss):
+    """A loss whose importance ratio is clipped to ``[clip_low, clip_high]`` (PPO, CISPO)."""
 
     clip_low: float = 0.8
     clip_high: float = 1.2
 
-    def __attrs_post_init__(self) -> None:
-        _validate(type(self).__name__, self.loss_fn, self.config())
+    def config(self) -> dict[str, float]:
+        return {"clip_low_threshold": self.clip_low, "clip_high_threshold": self.clip_high}
+
+
+@attrs.frozen
+class PPOLoss(_ClippedRatioLoss):
+    """``ppo``: the clipped surrogate, the ratio clipped to ``[clip_low, clip_high]``."""
 
     @property
     def loss_fn(self) -> Literal["ppo"]:
         return "ppo"
 
-    def config(self) -> dict[str, float]:
-        return {"clip_low_threshold": self.clip_low, "clip_high_threshold": self.clip_high}
-
 
 @attrs.frozen
-class CISPOLoss:
+class CISPOLoss(_ClippedRatioLoss):
     """``cispo``: ``-sg(clip(r)) * lp * A``, the ratio clipped to ``[clip_low, clip_high]`` and not differentiated."""
-
-    clip_low: float = 0.8
-    clip_high: float = 1.2
-
-    def __attrs_post_init__(self) -> None:
-        _validate(type(self).__name__, self.loss_fn, self.config())
 
     @property
     def loss_fn(self) -> Literal["cispo"]:
         return "cispo"
 
-    def config(self) -> dict[str, float]:
-        return {"clip_low_threshold": self.clip_low, "clip_high_threshold": self.clip_high}
-
 
 @attrs.frozen
-class DROLoss:
+class DROLoss(_CheckedLoss):
     """``dro``: ``-(lp * A - beta / 2 * (lp - q) ** 2)``; ``beta`` (>= 0) has no default, as in Tinker's docs."""
 
     beta: float
-
-    def __attrs_post_init__(self) -> None:
-        _validate(type(self).__name__, self.loss_fn, self.config())
 
     @property
     def loss_fn(self) -> Literal["dro"]:

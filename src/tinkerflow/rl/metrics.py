@@ -36,7 +36,7 @@ import numpy as np
 from tinkerflow._validate import require_type
 from tinkerflow.errors import ValidationError
 from tinkerflow.rl.advantages import AdvantageResult, is_constant
-from tinkerflow.rl.types import FailureKind, TrajectoryGroup
+from tinkerflow.rl.types import FailureKind, TrajectoryGroup, unique_groups
 
 __all__ = ["rollout_metrics"]
 
@@ -64,13 +64,7 @@ def rollout_metrics(groups: Sequence[TrajectoryGroup], advantages: AdvantageResu
     failures = dict.fromkeys(get_args(FailureKind), 0)
     constant = 0
     seen: set[str] = set()
-    for index, group in enumerate(groups):
-        require_type(group, TrajectoryGroup, where, f"groups[{index}]")
-        if group.group_id in seen:
-            raise ValidationError(
-                where, f"groups[{index}].group_id", f"{group.group_id!r} appears twice.", "give each group a unique id."
-            )
-        seen.add(group.group_id)
+    for _, group in unique_groups(groups, where, seen):
         for failure in group.failures:
             failures[failure.kind] = failures.get(failure.kind, 0) + 1
         totals_G = group.total_rewards_G()

@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_POOL",
     "GroupOptions",
     "RewardKind",
+    "TrajectoryOptions",
     "observations",
     "rewards",
     "trajectories",
@@ -190,6 +191,18 @@ def trajectories(
     return _trajectory(result)
 
 
+class TrajectoryOptions(TypedDict, total=False):
+    """Keyword options of :func:`trajectories` that :func:`trajectory_groups` passes on to every member (same
+    defaults)."""
+
+    max_observation: int
+    max_action: int
+    prefix_breaks: bool
+    masked_turns: bool
+    empty: bool
+    vocab_size: int
+
+
 @st.composite
 def trajectory_groups(
     draw: st.DrawFn,
@@ -200,19 +213,15 @@ def trajectory_groups(
     reward_kind: RewardKind | None = None,
     failures: bool = True,
     multi_turn: bool = True,
-    prefix_breaks: bool = True,
-    masked_turns: bool = True,
     images: bool = False,
-    empty: bool = False,
-    max_observation: int = 10,
-    max_action: int = 6,
-    vocab_size: int = 1000,
+    **options: Unpack[TrajectoryOptions],
 ) -> TrajectoryGroup:
     """Groups of ``min_size..max_size`` finished trajectories (plus, with ``failures``, some failed members).
 
     With ``images``, about half the trajectories mix image chunks into their observations. ``reward_kind``
     (default: drawn) chooses the group rewards; a ``"constant"`` group gets equal group rewards and
     no step rewards, so its total rewards are all equal. Tags come from a small set so tags are shared.
+    ``options`` are :func:`trajectories`'s, for every member.
     """
     kind: RewardKind = (
         reward_kind
@@ -228,14 +237,9 @@ def trajectory_groups(
         return trajectories(
             min_turns=1,
             max_turns=4 if multi_turn else 1,
-            max_observation=max_observation,
-            max_action=max_action,
-            prefix_breaks=prefix_breaks,
-            masked_turns=masked_turns,
             images=with_images,
-            empty=empty,
             step_rewards=kind != "constant",
-            vocab_size=vocab_size,
+            **options,
         )
 
     # with images, about half the trajectories mix image chunks in
@@ -264,19 +268,13 @@ def trajectory_groups(
     )
 
 
-class GroupOptions(TypedDict, total=False):
+class GroupOptions(TrajectoryOptions, total=False):
     """Keyword options of :func:`trajectory_groups` that :func:`trajectory_group_lists` passes on (same defaults)."""
 
     reward_kind: RewardKind | None
     failures: bool
     multi_turn: bool
-    prefix_breaks: bool
-    masked_turns: bool
     images: bool
-    empty: bool
-    max_observation: int
-    max_action: int
-    vocab_size: int
 
 
 @st.composite

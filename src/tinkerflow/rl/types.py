@@ -19,7 +19,7 @@ filtering groups cannot misalign them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
@@ -45,6 +45,7 @@ __all__ = [
     "TrajectoryGroup",
     "Transition",
     "trajectory_id",
+    "unique_groups",
 ]
 
 #: Numeric values aggregated into the metrics log (means over a batch).
@@ -306,6 +307,22 @@ class TrajectoryGroup:
             [t.total_step_reward + g for t, g in zip(self.trajectories, self.group_rewards_G, strict=True)],
             dtype=np.float64,
         )
+
+
+def unique_groups(
+    groups: Iterable[TrajectoryGroup], where: str, seen: set[str]
+) -> Iterator[tuple[int, TrajectoryGroup]]:
+    """Each ``(index, group)`` of ``groups``, checked as it comes: a :class:`TrajectoryGroup` whose ``group_id`` no
+    earlier group had (a ``ValidationError`` naming ``groups[index]`` otherwise). ``seen`` collects the ids."""
+    for index, group in enumerate(groups):
+        if not isinstance(group, TrajectoryGroup):
+            require_type(group, TrajectoryGroup, where, f"groups[{index}]")  # raises, naming the type
+        if group.group_id in seen:
+            raise ValidationError(
+                where, f"groups[{index}].group_id", f"{group.group_id!r} appears twice.", "give each group a unique id."
+            )
+        seen.add(group.group_id)
+        yield index, group
 
 
 @runtime_checkable

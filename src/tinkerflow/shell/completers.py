@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
-from tinkerflow._validate import finite_float, in_range, int_at_least, positive_int, require_type
+from tinkerflow._validate import in_range, int_at_least, positive_int, require_type
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.model_input import ModelInput
@@ -58,7 +58,7 @@ class TokenCompleter(Protocol):
 
 
 def _check_options(where: str, temperature: float, max_tokens: int | None, seed: int | None) -> None:
-    in_range(finite_float(temperature, where, "temperature"), where, "temperature", low=0.0)
+    in_range(temperature, where, "temperature", low=0.0)
     int_at_least(max_tokens, where, "max_tokens", allow_none=True)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ConfigError(where, "seed", f"must be an int or None, got {seed!r}.")
@@ -199,9 +199,7 @@ class BatchingTokenCompleter(SamplerTokenCompleter):
         max_batch: int = 64,
     ) -> None:
         super().__init__(sampler, temperature, max_tokens, seed, context_window=context_window)
-        in_range(
-            finite_float(window_s, "BatchingTokenCompleter", "window_s"), "BatchingTokenCompleter", "window_s", low=0.0
-        )
+        in_range(window_s, "BatchingTokenCompleter", "window_s", low=0.0)
         self.window_s = float(window_s)
         self.max_batch = positive_int(max_batch, "BatchingTokenCompleter", "max_batch")
         self._pending: dict[tuple[ModelInput, StopCondition], _Pending] = {}

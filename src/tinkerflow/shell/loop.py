@@ -21,11 +21,12 @@ writes that step again. Closing the run (and whatever else a recipe opened) is t
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias, TypeVar
 
 import attrs
 
+from tinkerflow.config import DataConfig
 from tinkerflow.pipeline import Pipeline, PipelineIterator, PipelineState
 from tinkerflow.serde import from_json
 from tinkerflow.shell.backends.protocol import TrainingClient
@@ -34,7 +35,7 @@ from tinkerflow.shell.io.run_dir import atomic_write_text
 from tinkerflow.supervised import LRSchedule, learning_rate_at
 from tinkerflow.training import AdamParams, loop_adam
 
-__all__ = ["Finish", "MetricRow", "StepPlan", "resume_batches", "run_steps"]
+__all__ = ["Finish", "MetricRow", "StepPlan", "epoch_batches", "resume_batches", "run_steps"]
 
 T = TypeVar("T")
 
@@ -122,3 +123,14 @@ def resume_batches(run: Run, pipeline: Pipeline[T]) -> PipelineIterator[T]:
     the pipeline's description written to ``pipeline.txt`` in the run directory."""
     atomic_write_text(pathlib.Path(run.run_dir) / "pipeline.txt", pipeline.describe() + "\n")
     return pipeline.iterate(None if run.state is None else from_json(run.state.data_state_json, PipelineState))
+
+
+def epoch_batches(items: Sequence[T], config: DataConfig, *, item_type: object, name: str) -> Pipeline[tuple[T, ...]]:
+    """The training batches of ``items``: a fresh seeded shuffle (``config.seed``) per epoch, ``config.epochs``
+    epochs, ``config.batch_size`` items per batch (the last batch of an epoch may be smaller; none is dropped)."""
+    return (
+        Pipeline.from_source(items, item_type=item_type, name=name)
+        .shuffle(seed=config.seed)
+        .repeat(config.epochs)
+        .batch(config.batch_size)
+    )

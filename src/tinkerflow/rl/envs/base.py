@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
 
 import attrs
 import numpy as np
@@ -54,6 +55,13 @@ def parse_tokens(renderer: Renderer, tokens_T: Sequence[int] | np.ndarray) -> tu
     except RenderError:
         return Message(role="assistant", content=renderer.tokenizer.decode(tokens)), Termination.MALFORMED
     return parsed.message, parsed.termination
+
+
+def _check_step(where: str, done: bool, action: object) -> None:
+    """What every env's ``step`` checks first: the episode has not ended and ``action`` is a sampled sequence."""
+    if done:
+        raise ValidationError(where, "step", "called after the episode ended.", "environments are single use.")
+    require_type(action, SampledSequence, where, "action")
 
 
 def _finite_reward(value: object, where: str) -> float:
@@ -201,9 +209,7 @@ class MessageEnv(abc.ABC):
 
     async def step(self, action: SampledSequence) -> StepResult:
         where = type(self).__name__
-        if self.done:
-            raise ValidationError(where, "step", "called after the episode ended.", "environments are single use.")
-        require_type(action, SampledSequence, where, "action")
+        _check_step(where, self.done, action)
         self.turns += 1
         message, termination = parse_tokens(self.renderer, action.tokens_T)
         malformed = termination is Termination.MALFORMED or bool(message.unparsed_tool_calls)
@@ -262,7 +268,30 @@ def always_well_formatted(text: str) -> bool:
     return True
 
 
-class ProblemEnv:
+class _SingleTurnEnv:
+    """What the single-turn environments share: the observation is :meth:`_prompt` rendered as a generation
+    prompt; the one action ends the episode. Subclasses set ``renderer``, ``max_tokens`` and ``done = False``."""
+
+    _where: ClassVar[str]
+    renderer: Renderer
+    max_tokens: int | None
+    done: bool
+
+    def _prompt(self) -> Conversation | Sequence[Message]:
+        raise NotImplementedError
+
+    async def initial_observation(self) -> tuple[ModelInput, StopCondition]:
+        prompt = build_generation_prompt(self.renderer, self._prompt())
+        return prompt, stop_condition_for(self.renderer, self.max_tokens)
+
+    def _act(self, action: SampledSequence) -> tuple[Message, Termination]:
+        """Check ``action``, end the episode and parse the action (:func:`parse_tokens`)."""
+        _check_step(self._where, self.done, action)
+        self.done = True
+        return parse_tokens(self.renderer, action.tokens_T)
+
+
+class ProblemEnv(_SingleTurnEnv):
     """A single-turn problem: ask a question, grade the one answer.
 
     ``reward = correct + format_coef * (format_ok - 1)``, as the cookbook's ``ProblemEnv``: a correct,
@@ -283,6 +312,8 @@ class ProblemEnv:
         require_stop_sequence: only a stop-sequence ending counts as well formed.
         max_tokens: limit of the answer.
     """
+
+    _where = "ProblemEnv"
 
     def __init__(
         self,
@@ -317,17 +348,11 @@ class ProblemEnv:
         """The prompt: prefix plus the question."""
         return (*self.prefix, Message(role="user", content=self.question))
 
-    async def initial_observation(self) -> tuple[ModelInput, StopCondition]:
-        return build_generation_prompt(self.renderer, self.messages), stop_condition_for(self.renderer, self.max_tokens)
+    def _prompt(self) -> tuple[Message, ...]:
+        return self.messages
 
     async def step(self, action: SampledSequence) -> StepResult:
-        if self.done:
-            raise ValidationError(
-                "ProblemEnv", "step", "called after the episode ended.", "environments are single use."
-            )
-        require_type(action, SampledSequence, "ProblemEnv", "action")
-        self.done = True
-        message, termination = parse_tokens(self.renderer, action.tokens_T)
+        message, termination = self._act(action)
         text = message.text()
         well_formed = termination is Termination.STOP_SEQUENCE if self.require_stop_sequence else termination.is_clean
         format_ok = bool(well_formed and self.format_check(text))

@@ -18,13 +18,12 @@ import numpy as np
 
 from tinkerflow._validate import attrs_int_at_least, finite_float, require_type
 from tinkerflow.chat import Conversation, Message
-from tinkerflow.errors import ConfigError, ValidationError
-from tinkerflow.model_input import ModelInput
+from tinkerflow.errors import ConfigError
 from tinkerflow.preference.reward_model import tournament_pairs, win_fraction_rewards
-from tinkerflow.render import Renderer, Termination, build_generation_prompt
-from tinkerflow.rl.envs.base import parse_tokens, stop_condition_for
+from tinkerflow.render import Renderer, Termination
+from tinkerflow.rl.envs.base import _SingleTurnEnv, _tags, parse_tokens
 from tinkerflow.rl.envs.datasets import ListRLDataset
-from tinkerflow.rl.types import Env, Metrics, StepResult, StopCondition, Trajectory
+from tinkerflow.rl.types import Env, Metrics, StepResult, Trajectory
 from tinkerflow.sampling import SampledSequence
 
 __all__ = [
@@ -80,10 +79,12 @@ def _format_coef(value: object, where: str) -> float:
     return coef
 
 
-class PreferenceEnv:
+class PreferenceEnv(_SingleTurnEnv):
     """One answer to ``prompt``; its reward comes from the group's tournament, so the step reward is only the
     format term ``format_coef * (well_formed - 1)`` (0 by default). ``well_formed``: the response ended on the
     renderer's stop sequence (``Termination.STOP_SEQUENCE``)."""
+
+    _where = "PreferenceEnv"
 
     def __init__(
         self, renderer: Renderer, prompt: Conversation, *, max_tokens: int | None = None, format_coef: float = 0.0
@@ -95,17 +96,12 @@ class PreferenceEnv:
         self.format_coef = _format_coef(format_coef, "PreferenceEnv")
         self.done = False
 
-    async def initial_observation(self) -> tuple[ModelInput, StopCondition]:
-        return build_generation_prompt(self.renderer, self.prompt), stop_condition_for(self.renderer, self.max_tokens)
+    def _prompt(self) -> Conversation:
+        return self.prompt
 
     async def step(self, action: SampledSequence) -> StepResult:
-        if self.done:
-            raise ValidationError(
-                "PreferenceEnv", "step", "called after the episode ended.", "environments are single use."
-            )
-        require_type(action, SampledSequence, "PreferenceEnv", "action")
-        self.done = True
-        message, well_formed = parse_answer(self.renderer, action.tokens_T)
+        message, termination = self._act(action)
+        well_formed = termination is Termination.STOP_SEQUENCE
         return StepResult(
             reward=self.format_coef * (float(well_formed) - 1.0),
             done=True,
@@ -113,10 +109,6 @@ class PreferenceEnv:
             metrics={"format": float(well_formed)},
             logs={"response": message.text()},
         )
-
-
-def _tags(value: Sequence[str] | str) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def tournament_schedule(n: int, opponents: int | None) -> tuple[tuple[int, int], ...]:

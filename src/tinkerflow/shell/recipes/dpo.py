@@ -41,7 +41,7 @@ from tinkerflow.shell.io.data import load_split, preference_format
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.io.sinks import MetricsSink
-from tinkerflow.shell.loop import Finish, StepPlan, resume_batches, run_steps
+from tinkerflow.shell.loop import Finish, StepPlan, epoch_batches, resume_batches, run_steps
 from tinkerflow.shell.recipes.dpo_loss import dpo_loss_fn
 from tinkerflow.shell.recipes.dpo_reference import REFERENCE_FILE, Reference, interleaved, load_or_compute_reference
 
@@ -112,12 +112,7 @@ def prepare_dpo_data(
 def dpo_train_pipeline(data: DPOData, config: DPOConfig) -> Pipeline[tuple[int, ...]]:
     """The training batches as tuples of pair indices: a fresh seeded shuffle per epoch, ``batch_size`` pairs per
     batch (the last batch of an epoch may be smaller; no pair is dropped, none is split)."""
-    return (
-        Pipeline.from_source(list(range(len(data.train))), item_type=int, name="train pairs")
-        .shuffle(seed=config.seed)
-        .repeat(config.epochs)
-        .batch(config.batch_size)
-    )
+    return epoch_batches(list(range(len(data.train))), config, item_type=int, name="train pairs")
 
 
 def run_dpo(

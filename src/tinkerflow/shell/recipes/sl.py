@@ -39,7 +39,7 @@ from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClien
 from tinkerflow.shell.io.data import chat_format, load_split
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.sinks import MetricsSink
-from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, resume_batches, run_steps
+from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, epoch_batches, resume_batches, run_steps
 from tinkerflow.sl_data import SLData, sl_data
 from tinkerflow.supervised import recommended_lr, token_nll_totals
 from tinkerflow.training import ForwardBackwardOutput
@@ -89,12 +89,7 @@ def prepare_sl_data(
 def train_pipeline(data: SLData, config: SLConfig) -> Pipeline[tuple[Datum, ...]]:
     """The training batches: a fresh seeded shuffle per epoch, ``batch_size`` datums per batch (the last batch of
     an epoch may be smaller; no datum is dropped)."""
-    return (
-        Pipeline.from_source(list(data.train), item_type=Datum, name="train datums")
-        .shuffle(seed=config.seed)
-        .repeat(config.epochs)
-        .batch(config.batch_size)
-    )
+    return epoch_batches(list(data.train), config, item_type=Datum, name="train datums")
 
 
 def run_sl(
