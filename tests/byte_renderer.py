@@ -31,30 +31,32 @@ EOT: Final = 256
 
 
 class ByteTokenizer:
-    """Token ``b`` is byte ``b`` (0..255); 256 is the added ``<eot>`` token; 512 ids in all."""
+    """Token ``b`` is byte ``b`` (0..255); 256 is the added ``<eot>`` token; 512 ids in all.
+
+    Other byte vocabularies subclass it, changing the class attributes (``ADDED`` holds the added tokens); ids from
+    256 up decode to nothing."""
 
     name = "bytes"
     vocab_size = 512
-    bos_token_id = None
+    bos_token_id: int | None = None
     eos_token_id = EOT
+    ADDED: ClassVar[Mapping[str, int]] = {"<eot>": EOT}
 
     @property
     def added_tokens(self) -> Mapping[str, int]:
-        return {"<eot>": EOT}
+        return dict(self.ADDED)
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode())
+        return list(text.encode("utf-8"))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
 
     def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
-        return bytes(int(token) for token in tokens if int(token) < 256).decode(errors="replace")
+        return bytes(int(token) for token in tokens if int(token) < 256).decode("utf-8", errors="replace")
 
     def token_id(self, token: str) -> int:
-        if token == "<eot>":
-            return EOT
-        raise KeyError(token)
+        return self.ADDED[token]  # a KeyError naming the token for any other
 
 
 def _text(message: Message) -> str:

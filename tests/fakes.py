@@ -15,14 +15,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tinkerflow.chat import Conversation, Message
-from tinkerflow.config import TrainOn
 from tinkerflow.datum import Datum
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 from tinkerflow.shell.backends.protocol import APIFuture, CustomLossFn, ModelInfo
-from tinkerflow.tokenizers import TokenizerError
+from tinkerflow.tokenizers import Tokenizer, TokenizerError
 from tinkerflow.training import AdamParams, ForwardBackwardOutput, LossFnOutput
 
 VOCAB = 512
@@ -59,9 +57,11 @@ class FakeTokenizer:
         raise TokenizerError("FakeTokenizer", "token", f"{token!r} is not a single token.")
 
 
-class FakeSampler:
-    def __init__(self, params: np.ndarray) -> None:
-        self.params = params.copy()
+class StubSampler:
+    """A sampling client for tests: a subclass answers :meth:`respond` (``sample`` without the prompt-logprob
+    options, which stubs ignore); prompt logprobs and the tokenizer are not supported unless a subclass adds them."""
+
+    base_model = "stub"
 
     def sample(
         self,
@@ -72,6 +72,34 @@ class FakeSampler:
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
     ) -> APIFuture[SampleResponse]:
+        return self.respond(prompt, num_samples, sampling_params)
+
+    def respond(
+        self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams
+    ) -> APIFuture[SampleResponse]:
+        raise NotImplementedError
+
+    def compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
+        raise NotImplementedError("not used by the tests")
+
+    def get_tokenizer(self) -> Tokenizer:
+        raise NotImplementedError("not used by the tests")
+
+    def get_base_model(self) -> str:
+        return self.base_model
+
+
+class FakeSampler(StubSampler):
+    """Samples the fake model's most likely token, up to 8 times."""
+
+    base_model = "fake"
+
+    def __init__(self, params: np.ndarray) -> None:
+        self.params = params.copy()
+
+    def respond(
+        self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams
+    ) -> APIFuture[SampleResponse]:
         logprobs = self.params - np.logaddexp.reduce(self.params)
         token = int(np.argmax(logprobs))
         length = min(sampling_params.max_tokens or 8, 8)
@@ -79,14 +107,30 @@ class FakeSampler:
         sequence = SampledSequence(tokens_T=tokens, stop_reason="length", logprobs_T=np.full(length, logprobs[token]))
         return APIFuture.completed(SampleResponse(sequences=(sequence,) * num_samples))
 
-    def compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
-        raise NotImplementedError("not used by the loops under test")
-
     def get_tokenizer(self) -> FakeTokenizer:
         return FakeTokenizer()
 
-    def get_base_model(self) -> str:
-        return "fake"
+
+class RecordingSampler(StubSampler):
+    """Answers every request with fixed sequences (a crafted response, or counting tokens)."""
+
+    base_model = "recording"
+
+    def __init__(self, tokens: Sequence[int] | None = None, logprobs: bool = True) -> None:
+        self.tokens = tokens
+        self.logprobs = logprobs
+        self.requests: list[tuple[ModelInput, int, SamplingParams]] = []
+
+    def respond(
+        self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams
+    ) -> APIFuture[SampleResponse]:
+        self.requests.append((prompt, num_samples, sampling_params))
+        tokens = list(self.tokens) if self.tokens is not None else [len(self.requests)]
+        sequences = [
+            SampledSequence(tokens, "stop", np.full(len(tokens), -0.25) if self.logprobs else None)
+            for _ in range(num_samples)
+        ]
+        return APIFuture.completed(SampleResponse(sequences=sequences))
 
 
 class FakeTrainingClient:
@@ -232,32 +276,3 @@ class FakeBackend:
 
     def get_tokenizer(self, base_model: str) -> FakeTokenizer:
         return FakeTokenizer()
-
-
-class ByteRenderer:
-    """``role: text`` lines as UTF-8 bytes, each message ended by token 256; weights on assistant messages."""
-
-    def _message(self, message: Message) -> list[int]:
-        return [*f"{message.role}: {message.text()}".encode(), EOT]
-
-    def supervised_example(self, conversation: Conversation, train_on: TrainOn) -> tuple[ModelInput, np.ndarray]:
-        tokens: list[int] = []
-        weights: list[float] = []
-        for message in conversation.messages:
-            piece = self._message(message)
-            tokens += piece
-            weights += [1.0 if message.role == "assistant" else 0.0] * len(piece)
-        return ModelInput.from_tokens(tokens), np.asarray(weights, dtype=np.float32)
-
-    def generation_prompt(self, conversation: Conversation) -> ModelInput:
-        tokens = [token for message in conversation.messages for token in self._message(message)]
-        return ModelInput.from_tokens([*tokens, *b"assistant: "])
-
-    def parse_response(self, tokens_T: np.ndarray) -> Message:
-        return Message(role="assistant", content=bytes(int(t) for t in tokens_T if t < 256).decode(errors="replace"))
-
-    def stop_tokens(self) -> tuple[int, ...]:
-        return (EOT,)
-
-    def count_text_bytes(self, tokens_T: np.ndarray) -> int:
-        return int((tokens_T < 256).sum())

@@ -8,6 +8,7 @@ import pathlib
 
 import attrs
 import pytest
+from tests.helpers import assert_cli_refuses, cli_dry_run
 
 from tinkerflow.cli import main
 from tinkerflow.config import SLConfig
@@ -32,10 +33,7 @@ def test_sl_dry_run_resolves_config_and_renders_data(
     arguments: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    status = main(["sl", *arguments])
-    out = capsys.readouterr().out
-    assert status == 0
-    resolved = json.loads(out[out.index("{") : out.index("}\n") + 1])
+    out, resolved = cli_dry_run(capsys, ["sl", *arguments])
     assert resolved["max_steps"] == 5
     assert "400 training and 80 held-out conversations" in out
     assert "renderer smollm2" in out
@@ -56,14 +54,11 @@ def test_sl_bad_config_exits_2_with_the_field(
     arguments: list[str], message: str, flag_first: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ordered = ["--dry-run", *arguments] if flag_first else [*arguments, "--dry-run"]
-    status = main(["sl", str(EXAMPLE), *ordered])
-    assert status == 2
-    assert message in capsys.readouterr().err
+    assert_cli_refuses(capsys, ["sl", str(EXAMPLE), *ordered], message)
 
 
 def test_missing_config_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sl", str(tmp_path / "nope.json")]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert_cli_refuses(capsys, ["sl", str(tmp_path / "nope.json")], "not found")
 
 
 def test_a_config_file_is_required_to_run(capsys: pytest.CaptureFixture[str]) -> None:

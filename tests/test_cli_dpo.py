@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import pytest
+from tests.helpers import assert_cli_refuses, cli_dry_run, one_torch_thread, write_jsonl
 
 from tinkerflow.cli import main
 
@@ -17,10 +18,8 @@ def test_dpo_dry_run_resolves_config_and_pairs_the_example_data(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    status = main(["dpo", str(EXAMPLE), "max_steps=5", "beta=0.2", f"run_dir={tmp_path / 'run'}", "--dry-run"])
-    out = capsys.readouterr().out
-    assert status == 0
-    resolved = json.loads(out[out.index("{") : out.index("}\n") + 1])
+    arguments = ["dpo", str(EXAMPLE), "max_steps=5", "beta=0.2", f"run_dir={tmp_path / 'run'}", "--dry-run"]
+    out, resolved = cli_dry_run(capsys, arguments)
     assert (resolved["max_steps"], resolved["beta"], resolved["ties"]) == (5, 0.2, "drop")
     assert "236 training and 32 held-out pairs (0 bad rows skipped, 10 ties dropped)" in out
     assert "renderer smollm2" in out
@@ -41,13 +40,11 @@ def test_dpo_bad_config_or_data_exits_2_naming_it(
     arguments: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    assert main(["dpo", str(EXAMPLE), *arguments, "--dry-run"]) == 2
-    assert message in capsys.readouterr().err
+    assert_cli_refuses(capsys, ["dpo", str(EXAMPLE), *arguments, "--dry-run"], message)
 
 
 def test_dpo_missing_config_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["dpo", str(tmp_path / "nope.json")]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert_cli_refuses(capsys, ["dpo", str(tmp_path / "nope.json")], "not found")
 
 
 def test_dpo_command_trains_and_reports_before_and_after(
@@ -55,15 +52,16 @@ def test_dpo_command_trains_and_reports_before_and_after(
 ) -> None:
     """A full ``tinkerflow dpo`` run on the tiny local model (the command takes the tokenizer from the backend; the
     test's byte renderer stands in for the model family's)."""
-    torch = pytest.importorskip("torch")
-    from tests.test_dpo_loop import RENDERER
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from tests.tiny_model import TINY_RENDERER
 
     import tinkerflow.render
 
-    monkeypatch.setattr(tinkerflow.render, "renderer_for_model", lambda name, tokenizer: RENDERER)
+    monkeypatch.setattr(tinkerflow.render, "renderer_for_model", lambda name, tokenizer: TINY_RENDERER)
     rows = [{"prompt": f"q{i}?", "chosen": "yes!", "rejected": "no"} for i in range(12)]
     data = tmp_path / "prefs.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(data, rows)
     config = {
         "train_data": str(data),
         "test_fraction": 0.25,
@@ -76,12 +74,8 @@ def test_dpo_command_trains_and_reports_before_and_after(
         "run_dir": str(tmp_path / "run"),
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model gains nothing from intra-op threads on a busy 2-core machine
-    try:
+    with one_torch_thread():
         assert main(["dpo", str(tmp_path / "config.json")]) == 0
-    finally:
-        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "9 training and 3 held-out pairs" in out
     assert "held-out preference accuracy: before" in out

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import pytest
-
-from tinkerflow.cli import main
+from tests.helpers import assert_cli_refuses, cli_dry_run
 
 ROOT = pathlib.Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "rl_arithmetic.json"
@@ -17,10 +15,8 @@ def test_rl_dry_run_resolves_the_example(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    status = main(["rl", str(EXAMPLE), "steps=3", "mode=async", f"run_dir={tmp_path / 'run'}", "--dry-run"])
-    out = capsys.readouterr().out
-    assert status == 0
-    resolved = json.loads(out[out.index("{") : out.index("}\n") + 1])
+    arguments = ["rl", str(EXAMPLE), "steps=3", "mode=async", f"run_dir={tmp_path / 'run'}", "--dry-run"]
+    out, resolved = cli_dry_run(capsys, arguments)
     assert (resolved["steps"], resolved["mode"], resolved["env"]) == (3, "async", "arithmetic")
     assert resolved["env_args"] == {"fewshot": 1}
     assert "environment arithmetic: 3 training batches of 4 groups x 8" in out
@@ -43,6 +39,4 @@ def test_rl_dry_run_resolves_the_example(
 def test_rl_bad_config_exits_2_naming_it(
     arguments: list[str], message: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main(["rl", str(EXAMPLE), f"run_dir={tmp_path / 'run'}", *arguments, "--dry-run"])
-    assert status == 2
-    assert message in capsys.readouterr().err
+    assert_cli_refuses(capsys, ["rl", str(EXAMPLE), f"run_dir={tmp_path / 'run'}", *arguments, "--dry-run"], message)

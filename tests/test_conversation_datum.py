@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from tests.helpers import cached_tokenizer
 
 from tinkerflow import Conversation, Message
 from tinkerflow import testing as tft
@@ -31,7 +32,6 @@ from tinkerflow.render import (
 from tinkerflow.render.packing import packed_batches
 from tinkerflow.render.plan import last_user_index, message_contexts
 from tinkerflow.shell.io import prefetch
-from tinkerflow.shell.io.tokenizers import offline_tokenizer
 from tinkerflow.supervised import conversation_datum, conversation_datums
 
 # (renderer name, offline tokenizer name); qwen3_vl exercises image chunks in the batch path
@@ -48,12 +48,7 @@ _FAMILIES = {
 
 @functools.cache
 def _get(name: str) -> Renderer:
-    return get_renderer(name, _tokenizer(_FAMILIES[name]))
-
-
-@functools.cache
-def _tokenizer(name: str) -> Any:
-    return offline_tokenizer(name)  # builds from the cached files each call (about a second): once per module
+    return get_renderer(name, cached_tokenizer(_FAMILIES[name]))
 
 
 def _renderer() -> Renderer:
@@ -214,13 +209,15 @@ def test_batch_equals_one_by_one(
 def test_overlapped_equals_sequential(
     data: st.DataObject, name: str, mode: TrainOnWhat, max_length: int | None, reduction: Any, batch_size: int
 ) -> None:
-    """The shell's overlapped conversation_datums (tokenizer on a helper thread) equals the core's sequential one:
+    """conversation_datums with the shell's overlapped packer (tokenizer on a helper thread) equals the sequential one:
     the same datums, exactly, or the same error; and its packed batches are the core's, batch for batch."""
     renderer = _get(name)
     conversations = data.draw(_batch(name, mode))
     settings_ = {"renderer": renderer, "train_on": mode, "max_length": max_length, "reduction": reduction}
     expected = _outcome(lambda: conversation_datums(conversations, batch_size=batch_size, **settings_))
-    actual = _outcome(lambda: prefetch.conversation_datums(conversations, batch_size=batch_size, **settings_))
+    actual = _outcome(
+        lambda: conversation_datums(conversations, batch_size=batch_size, packer=prefetch.packed_batches, **settings_)
+    )
     assert actual == expected
     sequential = _outcome(lambda: list(packed_batches(renderer, conversations, mode, batch_size=batch_size)))
     overlapped = _outcome(lambda: list(prefetch.packed_batches(renderer, conversations, mode, batch_size=batch_size)))

@@ -9,16 +9,15 @@ import inspect
 import io
 import json
 import math
-import os
 import pathlib
-import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.helpers import KilledError, kill_after, write_jsonl
 
 from tinkerflow.chat_format import ChatFormatError
 from tinkerflow.config import apply_overrides
@@ -27,19 +26,25 @@ from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.preference import TieError, dpo_loss, dpo_token_gradients, sequence_logprobs
 from tinkerflow.preference.config import DPOConfig
-from tinkerflow.render import Renderer, get_renderer
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, RunState, read_state
+from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, read_state
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-import tinkerflow.shell.backends.local.checkpoint as checkpoint_module  # noqa: E402 - after the importorskip of torch
-import tinkerflow.shell.io.run as runner_module  # noqa: E402
+from tests.tiny_model import TINY_RENDERER as RENDERER  # noqa: E402
+from tests.tiny_model import (  # noqa: E402
+    assert_same_params,
+    assert_same_rows,
+    keep_what_a_kill_leaves,
+    kill_before_state_json,
+    kill_writing_checkpoint_meta,
+    trained_params,
+)
+
 import tinkerflow.shell.recipes.dpo as dpo_module  # noqa: E402
 from tinkerflow.rows import DataError  # noqa: E402
 from tinkerflow.shell.backends.local.backend import LocalBackend  # noqa: E402
-from tinkerflow.shell.backends.local.checkpoint import CheckpointMeta  # noqa: E402
 from tinkerflow.shell.recipes.dpo import (  # noqa: E402
     REFERENCE_FILE,
     DPOResult,
@@ -51,46 +56,7 @@ from tinkerflow.shell.recipes.dpo import (  # noqa: E402
 
 LOG2 = math.log(2.0)
 
-
-class ByteTokenizer:
-    """The tiny models' byte vocabulary (0-255 bytes, 256 BOS, 257 EOS) as a tinkerflow renderer tokenizer."""
-
-    name = "bytes"
-    vocab_size = 320
-    bos_token_id = 256
-    eos_token_id = 257
-
-    @property
-    def added_tokens(self) -> Mapping[str, int]:
-        return {"<|bos|>": 256, "<|eos|>": 257}
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(text) for text in texts]
-
-    def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
-        return bytes(int(token) for token in tokens if int(token) < 256).decode("utf-8", errors="replace")
-
-    def token_id(self, token: str) -> int:
-        return self.added_tokens[token]
-
-
-RENDERER: Renderer = get_renderer("role_colon", ByteTokenizer())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from intra-op threads, and they slow it down badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _write(path: pathlib.Path, rows: Sequence[Mapping[str, object]]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_rows(count: int = 22) -> list[dict[str, object]]:
@@ -116,8 +82,8 @@ def _train_rows(count: int = 22) -> list[dict[str, object]]:
 def _config(tmp_path: pathlib.Path, name: str, **overrides: object) -> DPOConfig:
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     if not train.exists():
-        _write(train, _train_rows())
-        _write(test, [{"prompt": f"held out {i}?", "chosen": "yes!", "rejected": "no"} for i in range(6)])
+        write_jsonl(train, _train_rows())
+        write_jsonl(test, [{"prompt": f"held out {i}?", "chosen": "yes!", "rejected": "no"} for i in range(6)])
     values: dict[str, object] = {
         "train_data": str(train),
         "test_data": str(test),
@@ -140,17 +106,6 @@ def _backend(run_dir: pathlib.Path, **kwargs: object) -> LocalBackend:
     return LocalBackend(checkpoint_dir=run_dir / "checkpoints", device="cpu", **kwargs)  # type: ignore[arg-type]
 
 
-def _params(backend: LocalBackend, run_dir: pathlib.Path) -> dict[str, np.ndarray]:
-    state = read_state(run_dir)
-    assert state is not None
-    client = backend.create_training_client_from_state(state.checkpoint, with_optimizer=True).result()
-    return client.get_trainable_parameters().result()
-
-
-class KilledError(Exception):
-    pass
-
-
 Reference = tuple[dict[str, np.ndarray], list[dict[str, object]], DPOResult]
 
 
@@ -160,7 +115,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     root = tmp_path_factory.mktemp("reference")
     backend = _backend(root / "ref")
     result = run_dpo(_config(root, "ref"), backend, RENDERER, out=io.StringIO())
-    return _params(backend, root / "ref"), MetricsLog.read(root / "ref" / "metrics.jsonl"), result
+    return trained_params(backend, root / "ref"), MetricsLog.read(root / "ref" / "metrics.jsonl"), result
 
 
 # -- learning ------------------------------------------------------------------------------------------------------
@@ -340,16 +295,8 @@ def test_backend_applies_the_numpy_core_gradient(tmp_path: pathlib.Path) -> None
 
 def _assert_same_run(run_dir: pathlib.Path, backend: LocalBackend, reference: Reference, result: DPOResult) -> None:
     reference_params, reference_rows, reference_result = reference
-    params = _params(backend, run_dir)
-    assert params.keys() == reference_params.keys()
-    for key in params:
-        np.testing.assert_allclose(params[key], reference_params[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    rows = MetricsLog.read(run_dir / "metrics.jsonl")
-    assert [row["step"] for row in rows] == [row["step"] for row in reference_rows]
-    for row, reference_row in zip(rows, reference_rows, strict=True):
-        assert row.keys() == reference_row.keys()
-        for key in row:
-            assert row[key] == pytest.approx(reference_row[key], rel=1e-5, abs=1e-7), (row["step"], key)
+    assert_same_params(trained_params(backend, run_dir), reference_params)
+    assert_same_rows(MetricsLog.read(run_dir / "metrics.jsonl"), reference_rows)
     assert result.eval_after is not None
     assert reference_result.eval_after is not None
     assert result.eval_after.dpo_loss == pytest.approx(reference_result.eval_after.dpo_loss, rel=1e-5)
@@ -359,14 +306,9 @@ def _assert_same_run(run_dir: pathlib.Path, backend: LocalBackend, reference: Re
 @pytest.mark.parametrize("kill_at", [1, 6])
 def test_killed_run_resumes_exactly(tmp_path: pathlib.Path, reference: Reference, kill_at: int) -> None:
     """Killed after step 1 (before the first checkpoint: a fresh start) or step 6 (resumed from step 6)."""
-
-    def kill(step: int) -> None:
-        if step == kill_at:
-            raise KilledError
-
     config = _config(tmp_path, "killed")
     with pytest.raises(KilledError):
-        run_dpo(config, _backend(tmp_path / "killed"), RENDERER, out=io.StringIO(), after_step=kill)
+        run_dpo(config, _backend(tmp_path / "killed"), RENDERER, out=io.StringIO(), after_step=kill_after(kill_at))
     state = read_state(tmp_path / "killed")
     assert (state.step if state is not None else None) == (6 if kill_at == 6 else None)
     backend = _backend(tmp_path / "killed")  # a fresh process, as it were
@@ -382,39 +324,16 @@ def test_killed_run_resumes_exactly(tmp_path: pathlib.Path, reference: Reference
     assert (again.eval_before, again.eval_after) == (result.eval_before, result.eval_after)
 
 
-KILLED_NAME = "step-000006"
-
-
 @pytest.mark.parametrize("moment", ["checkpoint files half written", "checkpoint durable, state.json not written"])
 def test_kill_during_a_checkpoint_resumes_exactly(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, reference: Reference, moment: str
 ) -> None:
     killing = [True]
     if moment == "checkpoint files half written":
-        real_write_meta = checkpoint_module.write_meta
-
-        def write_meta(directory: pathlib.Path, meta: CheckpointMeta) -> None:
-            if killing[0] and directory.name.startswith(f".{KILLED_NAME}."):
-                raise KilledError  # weights and optimizer are on disk, the metadata and the rename never happen
-            real_write_meta(directory, meta)
-
-        monkeypatch.setattr(checkpoint_module, "write_meta", write_meta)
+        kill_writing_checkpoint_meta(monkeypatch, killing)
     else:
-        real_write_state = runner_module.write_state
-
-        def write_state(run_dir: str | os.PathLike[str], state: RunState) -> None:
-            if killing[0] and state.step == 6:
-                raise KilledError
-            real_write_state(run_dir, state)
-
-        monkeypatch.setattr(runner_module, "write_state", write_state)
-    real_rmtree = checkpoint_module.shutil.rmtree
-
-    def rmtree(path: str | os.PathLike[str], ignore_errors: bool = False) -> None:
-        if not killing[0]:  # a killed process cleans nothing up
-            real_rmtree(path, ignore_errors=ignore_errors)
-
-    monkeypatch.setattr(checkpoint_module, "shutil", types.SimpleNamespace(rmtree=rmtree))
+        kill_before_state_json(monkeypatch, killing)
+    keep_what_a_kill_leaves(monkeypatch, killing)
     config = _config(tmp_path, "killed")
     with pytest.raises(KilledError):
         run_dpo(config, _backend(tmp_path / "killed"), RENDERER, out=io.StringIO())
@@ -429,13 +348,9 @@ def test_kill_during_a_checkpoint_resumes_exactly(
 
 
 def test_resume_refuses_missing_or_foreign_reference_logprobs(tmp_path: pathlib.Path) -> None:
-    def kill(step: int) -> None:
-        if step == 3:
-            raise KilledError
-
     config = _config(tmp_path, "run", max_steps=6, eval_every=0)
     with pytest.raises(KilledError):
-        run_dpo(config, _backend(tmp_path / "run"), RENDERER, out=io.StringIO(), after_step=kill)
+        run_dpo(config, _backend(tmp_path / "run"), RENDERER, out=io.StringIO(), after_step=kill_after(3))
     reference_file = tmp_path / "run" / REFERENCE_FILE
     stored = reference_file.read_text()
     reference_file.unlink()
@@ -443,7 +358,9 @@ def test_resume_refuses_missing_or_foreign_reference_logprobs(tmp_path: pathlib.
         run_dpo(config, _backend(tmp_path / "run"), RENDERER, out=io.StringIO())
     reference_file.write_text(stored)
     changed = tmp_path / "changed.jsonl"
-    _write(changed, [{**row, "prompt": "Q" + str(row["prompt"])} if "prompt" in row else row for row in _train_rows()])
+    write_jsonl(
+        changed, [{**row, "prompt": "Q" + str(row["prompt"])} if "prompt" in row else row for row in _train_rows()]
+    )
     (tmp_path / "train.jsonl").write_text(changed.read_text())  # same config, other data
     with pytest.raises(RunDirError, match="other data"):
         run_dpo(config, _backend(tmp_path / "run"), RENDERER, out=io.StringIO())
@@ -490,17 +407,17 @@ def test_bad_rows_raise_with_file_and_line_or_are_counted(tmp_path: pathlib.Path
         {"prompt": "x", "chosen": "y"},  # no rejected
         {"prompt": "long?", "chosen": "yes " * 40, "rejected": "no"},  # longer than max_length
     ]
-    _write(bad, rows)
+    write_jsonl(bad, rows)
     config = _config(tmp_path, "bad", train_data=str(bad))
     with pytest.raises(ChatFormatError) as format_error:
         prepare_dpo_data(config, RENDERER)
     assert format_error.value.where == f"{bad}:8"
     assert format_error.value.field == "rejected"
-    _write(bad, [*_train_rows(6), rows[-1]])
+    write_jsonl(bad, [*_train_rows(6), rows[-1]])
     with pytest.raises(DataError, match="max_length=64") as long_error:
         prepare_dpo_data(config, RENDERER)
     assert long_error.value.where == f"{bad}:8"
-    _write(bad, rows)
+    write_jsonl(bad, rows)
     skipped = prepare_dpo_data(attrs.evolve(config, bad_rows="skip"), RENDERER)
     assert (len(skipped.train), skipped.skipped_rows, skipped.dropped_ties) == (6, 2, 1)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.pipeline_stages import add1, drop_div5, dup_even, not_div3, vec_neg
 
 from tinkerflow import Datum, ModelInput
 from tinkerflow.errors import ConfigError, TinkerflowError, ValidationError
@@ -41,32 +42,12 @@ T = TypeVar("T")
 # -- stage functions (module level, so worker processes can import them) ------------------------------------------
 
 
-def add1(x: int) -> int:
-    return x + 1
-
-
 def double(x: int) -> int:
     return 2 * x
 
 
 def is_odd(x: int) -> bool:
     return x % 2 == 1
-
-
-def not_div3(x: int) -> bool:
-    return x % 3 != 0
-
-
-def dup_even(x: int) -> list[int]:
-    return [x, x + 100] if x % 2 == 0 else [x]
-
-
-def drop_div5(x: int) -> tuple[int, ...]:
-    return () if x % 5 == 0 else (x,)
-
-
-def vec_neg(xs: Sequence[int]) -> list[int]:
-    return [-x for x in xs]
 
 
 def to_str(x: int) -> str:

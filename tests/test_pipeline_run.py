@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import pathlib
-from collections.abc import Sequence
 
 import attrs
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.pipeline_stages import add1, drop_div5, dup_even, not_div3, vec_neg
 
 from tinkerflow.errors import ConfigError
 from tinkerflow.pipeline import (
@@ -30,26 +30,6 @@ from tinkerflow.pipeline import (
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.io.executors import ProcessExecutor, iterate_parallel
 from tinkerflow.shell.io.sources import JsonlSource
-
-
-def add1(x: int) -> int:
-    return x + 1
-
-
-def not_div3(x: int) -> bool:
-    return x % 3 != 0
-
-
-def dup_even(x: int) -> list[int]:
-    return [x, x + 1000] if x % 2 == 0 else [x]
-
-
-def drop_div5(x: int) -> tuple[int, ...]:
-    return () if x % 5 == 0 else (x,)
-
-
-def vec_neg(xs: Sequence[int]) -> list[int]:
-    return [-x for x in xs]
 
 
 def fails_on_10_mod_11(x: int) -> int:

@@ -111,6 +111,8 @@ def test_overlapped_conversation_datums_worked_example() -> None:
         )
         for i in range(1, 40)
     ]
-    overlapped = prefetch.conversation_datums(chats, renderer=renderer, max_length=12, batch_size=8)
+    overlapped = conversation_datums(
+        chats, renderer=renderer, max_length=12, batch_size=8, packer=prefetch.packed_batches
+    )
     assert overlapped == conversation_datums(chats, renderer=renderer, max_length=12, batch_size=8)
     assert len(overlapped) == len(chats)

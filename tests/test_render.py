@@ -3,7 +3,6 @@ never mutated), terminations, typed errors, the registry, vision inputs."""
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import struct
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from tests.helpers import cached_tokenizer
 
 from tinkerflow.chat import (
     Conversation,
@@ -43,13 +43,6 @@ from tinkerflow.render import (
     renderer_for_model,
     renderer_name_for_model,
 )
-from tinkerflow.shell.io.tokenizers import offline_tokenizer
-from tinkerflow.tokenizers import FastTokenizer
-
-
-@functools.cache
-def _tokenizer(name: str) -> FastTokenizer:
-    return offline_tokenizer(name)
 
 
 def _renderer(name: str, **options: object) -> Renderer:
@@ -61,7 +54,7 @@ def _renderer(name: str, **options: object) -> Renderer:
         "deepseekv3": "deepseek_v3",
         "deepseekv3_thinking": "deepseek_v3",
     }.get(name, "gpt_oss" if name.startswith("gpt_oss") else "qwen3")
-    return get_renderer(name, _tokenizer(tokenizer), **options)
+    return get_renderer(name, cached_tokenizer(tokenizer), **options)
 
 
 def _decode(renderer: Renderer, tokens: np.ndarray) -> str:
@@ -513,7 +506,7 @@ def test_registry_names_models_and_extension_without_mutation() -> None:
     assert renderer_name_for_model("Qwen/Qwen3-VL-8B-Instruct") == "qwen3_vl_instruct"
     assert renderer_name_for_model("meta-llama/Llama-3.1-8B-Instruct") == "llama3"
     assert renderer_name_for_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "smollm2"
-    assert isinstance(renderer_for_model("deepseek-ai/DeepSeek-V3.1", _tokenizer("deepseek_v3")), Renderer)
+    assert isinstance(renderer_for_model("deepseek-ai/DeepSeek-V3.1", cached_tokenizer("deepseek_v3")), Renderer)
     with pytest.raises(RenderError):
         renderer_name_for_model("acme/unknown")
 
@@ -523,12 +516,12 @@ def test_registry_names_models_and_extension_without_mutation() -> None:
 
     custom = DEFAULT_REGISTRY.with_renderer("shouty", Shouty).with_model(r"acme/", "shouty")
     assert "shouty" not in DEFAULT_REGISTRY.names()
-    assert isinstance(custom.for_model("acme/x", _tokenizer("llama3")), Shouty)
-    assert isinstance(get_renderer("shouty", _tokenizer("llama3"), registry=custom), Shouty)
+    assert isinstance(custom.for_model("acme/x", cached_tokenizer("llama3")), Shouty)
+    assert isinstance(get_renderer("shouty", cached_tokenizer("llama3"), registry=custom), Shouty)
     with pytest.raises(RenderError):
         DEFAULT_REGISTRY.with_renderer("llama3", Shouty)
     with pytest.raises(RenderError):
-        get_renderer("nope", _tokenizer("llama3"))
+        get_renderer("nope", cached_tokenizer("llama3"))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,10 +3,9 @@ carry weight."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
+from tests.helpers import cached_tokenizer
 
 from tinkerflow.chat import Conversation, Message, TextPart, ThinkingPart, ToolCall, ToolSpec
 from tinkerflow.render import (
@@ -15,8 +14,6 @@ from tinkerflow.render import (
     build_supervised_example,
     get_renderer,
 )
-from tinkerflow.shell.io.tokenizers import offline_tokenizer
-from tinkerflow.tokenizers import FastTokenizer
 
 CHAT = Conversation(
     messages=(
@@ -29,13 +26,8 @@ CHAT = Conversation(
 )
 
 
-@functools.cache
-def _tokenizer(name: str) -> FastTokenizer:
-    return offline_tokenizer(name)
-
-
 def _renderer(name: str, tokenizer: str, **options: object) -> Renderer:
-    return get_renderer(name, _tokenizer(tokenizer), **options)
+    return get_renderer(name, cached_tokenizer(tokenizer), **options)
 
 
 def _text(renderer: Renderer, tokens: np.ndarray) -> str:

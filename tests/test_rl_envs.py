@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.fakes import RecordingSampler
 
 from tinkerflow.chat import Conversation, Message, ToolSpec
 from tinkerflow.errors import ConfigError, ValidationError
@@ -34,28 +35,13 @@ from tinkerflow.rl.envs import (
     stop_condition_for,
 )
 from tinkerflow.rl.types import StepResult, StopCondition
-from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
+from tinkerflow.sampling import SampledSequence
 from tinkerflow.serde import from_json, to_json
-from tinkerflow.shell.backends.protocol import APIFuture
 from tinkerflow.shell.completers import Completion, MessageCompleter, SamplerTokenCompleter
 from tinkerflow.shell.io.tokenizers import offline_tokenizer
+from tinkerflow.tokenizers import Tokenizer
 
 T = TypeVar("T")
-
-
-class RecordingSampler:
-    """Answers every request with ``tokens`` (logprobs -0.25) and records the requests."""
-
-    def __init__(self, tokens: Sequence[int]) -> None:
-        self.tokens = list(tokens)
-        self.requests: list[tuple[ModelInput, int, SamplingParams]] = []
-
-    def sample(
-        self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams, **_: object
-    ) -> APIFuture[SampleResponse]:
-        self.requests.append((prompt, num_samples, sampling_params))
-        sequence = SampledSequence(self.tokens, "stop", np.full(len(self.tokens), -0.25))
-        return APIFuture.completed(SampleResponse(sequences=[sequence] * num_samples))
 
 
 def run(coroutine: Coroutine[object, object, T]) -> T:
@@ -70,6 +56,11 @@ def smol() -> Renderer:
 @pytest.fixture(scope="module")
 def qwen() -> Renderer:
     return get_renderer("qwen3", offline_tokenizer("qwen3"))
+
+
+def _tool_call(tokenizer: Tokenizer, body: str) -> list[int]:
+    """A Qwen3 tool-call block around ``body``, as the model samples it."""
+    return [tokenizer.token_id("<tool_call>"), *tokenizer.encode(f"\n{body}\n"), tokenizer.token_id("</tool_call>")]
 
 
 def reply(renderer: Renderer, text: str, *, stop: bool = True) -> SampledSequence:
@@ -301,13 +292,7 @@ def test_message_env_ends_before_the_context_overflows(smol: Renderer) -> None:
 
 def test_message_env_unparsed_tool_call_is_a_parse_error(qwen: Renderer) -> None:
     tok = qwen.tokenizer
-    tokens = [
-        *tok.encode("calling"),
-        tok.token_id("<tool_call>"),
-        *tok.encode("\n{not json}\n"),
-        tok.token_id("</tool_call>"),
-        tok.token_id("<|im_end|>"),
-    ]
+    tokens = [*tok.encode("calling"), *_tool_call(tok, "{not json}"), tok.token_id("<|im_end|>")]
     env = EchoEnv(qwen)
     run(env.initial_observation())
     result = run(env.step(SampledSequence(tokens, "stop", np.zeros(len(tokens)))))
@@ -565,12 +550,8 @@ def test_message_completer_keeps_tool_calls_and_termination(qwen: Renderer) -> N
     tok = qwen.tokenizer
     body = [
         *tok.encode("Let me look."),
-        tok.token_id("<tool_call>"),
-        *tok.encode('\n{"name": "search", "arguments": {"query": "tinker"}}\n'),
-        tok.token_id("</tool_call>"),
-        tok.token_id("<tool_call>"),
-        *tok.encode("\n{broken\n"),
-        tok.token_id("</tool_call>"),
+        *_tool_call(tok, '{"name": "search", "arguments": {"query": "tinker"}}'),
+        *_tool_call(tok, "{broken"),
     ]
     end = tok.token_id("<|im_end|>")
     conversation = Conversation(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 import pytest
+from tests.helpers import KilledError, kill_after
 
 from tinkerflow.errors import ConfigError
 from tinkerflow.model_input import ModelInput
@@ -24,6 +25,8 @@ from tinkerflow.shell.io.run_dir import MetricsLog
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
+
+from tests.tiny_model import assert_same_params
 
 from tinkerflow.shell.backends.local.backend import LocalBackend
 from tinkerflow.shell.recipes.rl import RLResult, environment_datasets, run_rl
@@ -138,33 +141,18 @@ def test_rl_raises_the_reward_of_a_trivial_environment(tmp_path: pathlib.Path) -
     assert "reward/mean" in (run_dir / "reward.html").read_text()
 
 
-class _KillError(Exception):
-    pass
-
-
-def _kill_after(step: int) -> object:
-    def hook(done: int) -> None:
-        if done == step:
-            raise _KillError
-
-    return hook
-
-
 @pytest.mark.parametrize(("mode", "kill_at"), [("sync", 2), ("sync", 3), ("async", 3)])
 def test_resume_continues_exactly(tmp_path: pathlib.Path, mode: str, kill_at: int) -> None:
     reference_config = _config(tmp_path, "ref", mode=mode, max_staleness=2)
     reference = _run(reference_config)
     config = _config(tmp_path, "killed", mode=mode, max_staleness=2)
-    with pytest.raises(_KillError):
-        _run(config, after_step=_kill_after(kill_at))
+    with pytest.raises(KilledError):
+        _run(config, after_step=kill_after(kill_at))
     state = json.loads((pathlib.Path(config.run_dir) / "state.json").read_text())
     assert state["step"] == 2  # the last checkpoint before the kill
     resumed = _run(config)
     assert _rows(config) == [{**row} for row in _rows(reference_config)]
-    expected, actual = _weights(reference_config, reference), _weights(config, resumed)
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert_same_params(_weights(config, resumed), _weights(reference_config, reference), rtol=1e-5, atol=1e-6)
     if mode == "async":
         assert max(int(row["staleness"]) for row in _rows(config)) == 2  # type: ignore[call-overload]
 

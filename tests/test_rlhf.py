@@ -11,7 +11,7 @@ import json
 import math
 import pathlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 
 import attrs
 import numpy as np
@@ -19,6 +19,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tests.byte_renderer import EOT, ByteRenderer
+from tests.helpers import KilledError
 
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.config import SLConfig
@@ -38,7 +39,7 @@ from tinkerflow.preference.reward_model import (
     tournament_pairs,
     win_fraction_rewards,
 )
-from tinkerflow.render import Renderer, build_generation_prompt, get_renderer
+from tinkerflow.render import build_generation_prompt
 from tinkerflow.rl.config import RLConfig
 from tinkerflow.rl.types import Trajectory, Transition
 from tinkerflow.sampling import SampledSequence
@@ -266,6 +267,8 @@ def test_judge_metrics_and_records_round_trip() -> None:
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from tests.tiny_model import TINY_RENDERER as RENDERER  # noqa: E402
+
 from tinkerflow.shell.recipes.rlhf import (  # noqa: E402
     REWARD_MODEL_FILE,
     PairwiseJudge,
@@ -391,46 +394,11 @@ def test_preference_dataset_covers_the_steps() -> None:
 # -- end to end on the tiny local model -------------------------------------------------------------------------
 
 
-class ByteTokenizer:
-    """The tiny models' byte vocabulary (0-255 bytes, 256 BOS, 257 EOS) as a renderer tokenizer."""
-
-    name = "bytes"
-    vocab_size = 320
-    bos_token_id = 256
-    eos_token_id = 257
-
-    @property
-    def added_tokens(self) -> Mapping[str, int]:
-        return {"<|bos|>": 256, "<|eos|>": 257}
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(text) for text in texts]
-
-    def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
-        return bytes(int(token) for token in tokens if int(token) < 256).decode("utf-8", errors="replace")
-
-    def token_id(self, token: str) -> int:
-        return self.added_tokens[token]
-
-
-RENDERER: Renderer = get_renderer("role_colon", ByteTokenizer())
 MODEL = "tiny-llama:context=512"
 INSTRUCTION = "Better: A or B?"
 GOOD, BAD = ("fine", "great", "good"), ("bad", "poor", "meh")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from intra-op threads, and they slow it down on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # module-wide, though only the tests below train
 
 
 def _comparisons(count: int, offset: int) -> list[LabeledComparison]:
@@ -471,10 +439,6 @@ def _configs(root: pathlib.Path, rm_save_every: int = 0) -> tuple[SLConfig, RLCo
     return rm, rl
 
 
-class _KillError(Exception):
-    pass
-
-
 def _run(root: pathlib.Path, rm_save_every: int = 0, **kwargs: object) -> RLHFResult:
     from tinkerflow.shell.backends.local.backend import LocalBackend
 
@@ -499,9 +463,9 @@ def _run(root: pathlib.Path, rm_save_every: int = 0, **kwargs: object) -> RLHFRe
 def test_rlhf_end_to_end_with_a_kill_in_stage_two(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def kill(stage: str, step: int) -> None:
         if (stage, step) == ("policy", 1):
-            raise _KillError
+            raise KilledError
 
-    with pytest.raises(_KillError):
+    with pytest.raises(KilledError):
         _run(tmp_path, after_step=kill)
     rm_dir, rl_dir = tmp_path / "rm", tmp_path / "rl"
     first = from_json((rm_dir / REWARD_MODEL_FILE).read_bytes(), RewardModelResult)
@@ -556,9 +520,9 @@ def test_rlhf_end_to_end_with_a_kill_in_stage_two(tmp_path: pathlib.Path, monkey
 def test_a_kill_in_stage_one_resumes_stage_one(tmp_path: pathlib.Path) -> None:
     def kill(stage: str, step: int) -> None:
         if (stage, step) == ("reward_model", 2):
-            raise _KillError
+            raise KilledError
 
-    with pytest.raises(_KillError):
+    with pytest.raises(KilledError):
         _run(tmp_path, rm_save_every=2, after_step=kill)
     assert json.loads((tmp_path / "rm" / "state.json").read_text())["step"] == 2
     assert not (tmp_path / "rm" / REWARD_MODEL_FILE).exists()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.fakes import RecordingSampler, StubSampler
 
 from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 from tinkerflow.model_input import ModelInput
@@ -385,8 +386,10 @@ def test_cancelling_a_batch_cancels_its_episodes() -> None:
     assert tracker.cancelled == 4
 
 
-class ThreadSampler:
+class ThreadSampler(StubSampler):
     """A sampler computing on one worker thread (like the local backend), ``latency`` seconds per request."""
+
+    base_model = "thread-sampler"
 
     def __init__(self, latency: float = 0.005) -> None:
         self.latency = latency
@@ -394,14 +397,8 @@ class ThreadSampler:
         self.requests: list[tuple[list[int], int, SamplingParams]] = []
         self.busy = threading.Event()
 
-    def sample(
-        self,
-        prompt: ModelInput,
-        num_samples: int,
-        sampling_params: SamplingParams,
-        *,
-        include_prompt_logprobs: bool = False,
-        topk_prompt_logprobs: int = 0,
+    def respond(
+        self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams
     ) -> APIFuture[SampleResponse]:
         self.requests.append((prompt.to_tokens().tolist(), num_samples, sampling_params))
         first = len(self.requests) * 100
@@ -418,15 +415,6 @@ class ThreadSampler:
             )
 
         return APIFuture(self.executor.submit(job))
-
-    def compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
-        raise NotImplementedError
-
-    def get_tokenizer(self) -> object:
-        raise NotImplementedError
-
-    def get_base_model(self) -> str:
-        return "thread-sampler"
 
 
 class OverlapEnv(ScriptedEnv):
@@ -482,41 +470,6 @@ def test_rollout_policy_validation_and_serde() -> None:
 
 
 # -- completers ---------------------------------------------------------------------------------------------------
-
-
-class RecordingSampler:
-    """Answers every request with fixed sequences (a crafted response, or counting tokens)."""
-
-    def __init__(self, tokens: Sequence[int] | None = None, logprobs: bool = True) -> None:
-        self.tokens = tokens
-        self.logprobs = logprobs
-        self.requests: list[tuple[ModelInput, int, SamplingParams]] = []
-
-    def sample(
-        self,
-        prompt: ModelInput,
-        num_samples: int,
-        sampling_params: SamplingParams,
-        *,
-        include_prompt_logprobs: bool = False,
-        topk_prompt_logprobs: int = 0,
-    ) -> APIFuture[SampleResponse]:
-        self.requests.append((prompt, num_samples, sampling_params))
-        tokens = list(self.tokens) if self.tokens is not None else [len(self.requests)]
-        sequences = [
-            SampledSequence(tokens, "stop", np.full(len(tokens), -0.25) if self.logprobs else None)
-            for _ in range(num_samples)
-        ]
-        return APIFuture.completed(SampleResponse(sequences=sequences))
-
-    def compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
-        raise NotImplementedError
-
-    def get_tokenizer(self) -> object:
-        raise NotImplementedError
-
-    def get_base_model(self) -> str:
-        return "recording"
 
 
 @given(

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.byte_renderer import ByteRenderer
 from tests.fakes import FakeBackend
+from tests.helpers import KilledError, chat_row, kill_after, sl_config
 
 from tinkerflow.cli import main
 from tinkerflow.config import SLConfig
@@ -27,42 +28,9 @@ from tinkerflow.shell.io.sinks import TensorBoardSink, check_sinks, make_sinks, 
 from tinkerflow.shell.recipes.sl import run_sl
 
 
-def _write_data(path: pathlib.Path) -> None:
-    with open(path, "w") as handle:
-        for i in range(24):
-            row = {"messages": [{"role": "user", "content": f"q{i}?"}, {"role": "assistant", "content": "yes"}]}
-            handle.write(json.dumps(row) + "\n")
-
-
 def _config(tmp_path: pathlib.Path, name: str, **overrides: object) -> SLConfig:
-    data = tmp_path / "data.jsonl"
-    if not data.exists():
-        _write_data(data)
-    fields: dict[str, object] = {
-        "train_data": str(data),
-        "run_dir": str(tmp_path / name),
-        "batch_size": 4,
-        "epochs": 2,
-        "learning_rate": 1.0,
-        "eval_every": 3,
-        "save_every": 4,
-        "num_samples_shown": 1,
-        "max_length": 64,
-    }
-    fields.update(overrides)
-    return SLConfig(**fields)  # type: ignore[arg-type]
-
-
-class KilledError(Exception):
-    pass
-
-
-def _kill_at(step_to_kill: int):  # type: ignore[no-untyped-def]
-    def hook(step: int) -> None:
-        if step == step_to_kill:
-            raise KilledError
-
-    return hook
+    rows = (chat_row(f"q{i}?", "yes") for i in range(24))
+    return sl_config(tmp_path, name, rows, num_samples_shown=1, **overrides)
 
 
 @given(
@@ -161,7 +129,7 @@ def test_tensorboard_after_kill_and_resume_shows_each_step_once(tmp_path: pathli
     config = _config(tmp_path, "killed", log_to=["tensorboard"])
     backend = FakeBackend()
     with pytest.raises(KilledError):
-        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=_kill_at(6))  # resumes at step 4
+        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=kill_after(6))  # resumes at step 4
     run_sl(config, backend, ByteRenderer(), out=io.StringIO())
     assert len(list((tmp_path / "killed" / "tensorboard").iterdir())) == 2  # one event file per process
     expected = _expected(MetricsLog.read(tmp_path / "ref" / "metrics.jsonl"))
@@ -243,7 +211,7 @@ def test_wandb_offline_run_holds_config_and_rows_and_resumes_by_id(tmp_path: pat
     config = _config(tmp_path, "run", log_to=["wandb", "tensorboard"])
     backend = FakeBackend()
     with pytest.raises(KilledError):
-        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=_kill_at(6))  # resumes at step 4
+        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=kill_after(6))  # resumes at step 4
     run_sl(config, backend, ByteRenderer(), out=io.StringIO())
     run_dir = tmp_path / "run"
     run_id, logged_config, history = _wandb_run(run_dir)
@@ -277,7 +245,7 @@ def test_given_sinks_get_every_row_and_are_closed_even_when_the_run_dies(tmp_pat
     sink = RecordingSink()
     config = _config(tmp_path, "run", log_to=["tensorboard"])  # sinks= given: the config's list is not used
     with pytest.raises(KilledError):
-        run_sl(config, FakeBackend(), ByteRenderer(), out=io.StringIO(), after_step=_kill_at(2), sinks=[sink])
+        run_sl(config, FakeBackend(), ByteRenderer(), out=io.StringIO(), after_step=kill_after(2), sinks=[sink])
     assert sink.closed == 1
     assert not (tmp_path / "run" / "tensorboard").exists()
     rows = MetricsLog.read(tmp_path / "run" / "metrics.jsonl")

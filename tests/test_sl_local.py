@@ -6,15 +6,15 @@ after the checkpoint is durable but before ``state.json`` names it."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import pathlib
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from tests.byte_renderer import ByteRenderer
+from tests.helpers import KilledError, chat_row, kill_after, sl_config
 
 from tinkerflow.config import SLConfig
 from tinkerflow.shell.io.run_dir import MetricsLog
@@ -22,59 +22,41 @@ from tinkerflow.shell.io.run_dir import MetricsLog
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from tests.tiny_model import (
+    KILLED_NAME,
+    assert_same_params,
+    assert_same_rows,
+    keep_what_a_kill_leaves,
+    kill_before_state_json,
+    kill_writing_checkpoint_meta,
+    trained_params,
+)
+
 import tinkerflow.shell.backends.local.checkpoint as checkpoint_module
-import tinkerflow.shell.io.run as runner_module
 from tinkerflow.shell.backends.local.backend import LocalBackend
 from tinkerflow.shell.backends.local.checkpoint import CheckpointMeta, read_meta
 from tinkerflow.shell.io.run_dir import RunState, read_state
 from tinkerflow.shell.recipes.sl import SLResult, run_sl
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _config(tmp_path: pathlib.Path, name: str) -> SLConfig:
-    data = tmp_path / "data.jsonl"
-    if not data.exists():
-        with open(data, "w") as handle:
-            for i in range(24):
-                row = {"messages": [{"role": "user", "content": f"n{i}"}, {"role": "assistant", "content": "ok!"}]}
-                handle.write(json.dumps(row) + "\n")
-    return SLConfig(
-        train_data=str(data),
+    return sl_config(
+        tmp_path,
+        name,
+        (chat_row(f"n{i}", "ok!") for i in range(24)),
         base_model="tiny-llama",
-        run_dir=str(tmp_path / name),
-        batch_size=4,
-        epochs=2,
         learning_rate=1e-2,
         lora_rank=4,
         eval_every=4,
         save_every=3,
         num_samples_shown=1,
         sample_max_tokens=4,
-        max_length=64,
     )
 
 
-def _params(backend: LocalBackend, run_dir: pathlib.Path) -> dict[str, np.ndarray]:
-    state = json.loads((run_dir / "state.json").read_text())
-    client = backend.create_training_client_from_state(state["checkpoint"], with_optimizer=True).result()
-    return client.get_trainable_parameters().result()  # type: ignore[attr-defined, no-any-return]
-
-
-class KilledError(Exception):
-    pass
-
-
 Reference = tuple[dict[str, np.ndarray], list[dict[str, object]], SLResult]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from intra-op threads, and they slow it down badly on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +65,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     root = tmp_path_factory.mktemp("reference")
     backend = LocalBackend(checkpoint_dir=root / "ref" / "checkpoints")
     result = run_sl(_config(root, "ref"), backend, ByteRenderer(), out=io.StringIO())
-    return _params(backend, root / "ref"), MetricsLog.read(root / "ref" / "metrics.jsonl"), result
+    return trained_params(backend, root / "ref"), MetricsLog.read(root / "ref" / "metrics.jsonl"), result
 
 
 def test_sl_on_tiny_model_learns_and_resumes_exactly(tmp_path: pathlib.Path, reference: Reference) -> None:
@@ -92,27 +74,15 @@ def test_sl_on_tiny_model_learns_and_resumes_exactly(tmp_path: pathlib.Path, ref
     assert reference_result.eval_nll_after is not None
     assert reference_result.eval_nll_after < reference_result.eval_nll_before * 0.7
 
-    def kill(step: int) -> None:
-        if step == 6:
-            raise KilledError
-
     config = _config(tmp_path, "killed")
     backend = LocalBackend(checkpoint_dir=tmp_path / "killed" / "checkpoints")
     with pytest.raises(KilledError):
-        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=kill)
+        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=kill_after(6))
     resumed_backend = LocalBackend(checkpoint_dir=tmp_path / "killed" / "checkpoints")  # a fresh process, as it were
     resumed = run_sl(config, resumed_backend, ByteRenderer(), out=io.StringIO())
 
-    ours = _params(resumed_backend, tmp_path / "killed")
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    rows = MetricsLog.read(tmp_path / "killed" / "metrics.jsonl")
-    assert [row["step"] for row in rows] == [row["step"] for row in reference_rows]
-    for row, reference_row in zip(rows, reference_rows, strict=True):
-        assert row.keys() == reference_row.keys()
-        for key in row:
-            assert row[key] == pytest.approx(reference_row[key], rel=1e-5, abs=1e-7), (row["step"], key)
+    assert_same_params(trained_params(resumed_backend, tmp_path / "killed"), theirs)
+    assert_same_rows(MetricsLog.read(tmp_path / "killed" / "metrics.jsonl"), reference_rows)
     assert resumed.eval_nll_after == pytest.approx(reference_result.eval_nll_after, rel=1e-5)
 
 
@@ -121,8 +91,6 @@ def test_sl_on_tiny_model_learns_and_resumes_exactly(tmp_path: pathlib.Path, ref
 # step-6 checkpoint, resumes it with a fresh backend (a new process, as it were) and compares with an uninterrupted
 # run. A real kill runs no cleanup, so the temporary directory a killed write leaves is kept (rmtree disabled while
 # killing), and the resumed run must not be confused by it.
-
-KILLED_NAME = "step-000006"
 
 
 def _visible_checkpoints(checkpoints: pathlib.Path) -> list[pathlib.Path]:
@@ -144,13 +112,7 @@ def _kill_then_resume(
     reference_params, reference_rows, reference_result = reference
     killing = [True]
     arm(killing)
-    real_rmtree = checkpoint_module.shutil.rmtree
-
-    def rmtree(path: str | os.PathLike[str], ignore_errors: bool = False) -> None:
-        if not killing[0]:  # a killed process cleans nothing up
-            real_rmtree(path, ignore_errors=ignore_errors)
-
-    monkeypatch.setattr(checkpoint_module, "shutil", types.SimpleNamespace(rmtree=rmtree))
+    keep_what_a_kill_leaves(monkeypatch, killing)
     config = _config(tmp_path, "killed")
     checkpoints = tmp_path / "killed" / "checkpoints"
     with pytest.raises(KilledError):
@@ -165,10 +127,7 @@ def _kill_then_resume(
 
     resumed_backend = LocalBackend(checkpoint_dir=checkpoints)
     resumed = run_sl(config, resumed_backend, ByteRenderer(), out=io.StringIO())
-    params = _params(resumed_backend, tmp_path / "killed")
-    assert params.keys() == reference_params.keys()
-    for key in params:
-        np.testing.assert_allclose(params[key], reference_params[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    assert_same_params(trained_params(resumed_backend, tmp_path / "killed"), reference_params)
     assert MetricsLog.read(tmp_path / "killed" / "metrics.jsonl") == reference_rows  # no timing fields: identical
     assert resumed.eval_nll_after == pytest.approx(reference_result.eval_nll_after, rel=1e-6)
     final = read_state(tmp_path / "killed")
@@ -185,15 +144,7 @@ def test_kill_inside_a_local_checkpoint_write_resumes_exactly(
 ) -> None:
     def arm(killing: list[bool]) -> None:
         if moment == "files half written":
-            # checkpoint.json is the last file the local backend writes: weights and optimizer are on disk by then
-            real_write_meta = checkpoint_module.write_meta
-
-            def write_meta(directory: pathlib.Path, meta: CheckpointMeta) -> None:
-                if killing[0] and directory.name.startswith(f".{KILLED_NAME}."):
-                    raise KilledError
-                real_write_meta(directory, meta)
-
-            monkeypatch.setattr(checkpoint_module, "write_meta", write_meta)
+            kill_writing_checkpoint_meta(monkeypatch, killing)
         else:
 
             class Os(types.SimpleNamespace):
@@ -221,17 +172,9 @@ def test_kill_inside_a_local_checkpoint_write_resumes_exactly(
 def test_kill_after_a_durable_checkpoint_before_state_json(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, reference: Reference
 ) -> None:
-    def arm(killing: list[bool]) -> None:
-        real_write_state = runner_module.write_state
-
-        def write_state(run_dir: str | os.PathLike[str], state: RunState) -> None:
-            if killing[0] and state.step == 6:
-                raise KilledError  # the step-6 checkpoint is complete and durable; state.json still says step 3
-            real_write_state(run_dir, state)
-
-        monkeypatch.setattr(runner_module, "write_state", write_state)
-
-    _, checkpoints = _kill_then_resume(tmp_path, monkeypatch, reference, arm)
+    _, checkpoints = _kill_then_resume(
+        tmp_path, monkeypatch, reference, lambda killing: kill_before_state_json(monkeypatch, killing)
+    )
     assert _leftovers(checkpoints) == []
     # the orphaned step-6 checkpoint of the killed client is complete; the resumed client wrote its own
     step6 = [path for path in _visible_checkpoints(checkpoints) if path.name == KILLED_NAME]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from tests.byte_renderer import ByteRenderer
 from tests.fakes import FakeBackend
+from tests.helpers import KilledError, chat_row, kill_after, sl_config, write_jsonl
 
 from tinkerflow.chat_format import ChatFormatError
 from tinkerflow.config import SLConfig
@@ -19,35 +20,12 @@ from tinkerflow.shell.io.run_dir import MetricsLog, read_state
 from tinkerflow.shell.recipes.sl import prepare_sl_data, run_sl
 
 
-def _write_data(path: pathlib.Path, rows: int = 40) -> None:
-    with open(path, "w") as handle:
-        for i in range(rows):
-            row = {
-                "messages": [
-                    {"role": "user", "content": f"question {i}?"},
-                    {"role": "assistant", "content": "yes" if i % 2 else "no"},
-                ]
-            }
-            handle.write(json.dumps(row) + "\n")
+def _rows(count: int) -> list[dict[str, object]]:
+    return [chat_row(f"question {i}?", "yes" if i % 2 else "no") for i in range(count)]
 
 
 def _config(tmp_path: pathlib.Path, name: str, **overrides: object) -> SLConfig:
-    data = tmp_path / "data.jsonl"
-    if not data.exists():
-        _write_data(data)
-    defaults: dict[str, object] = {
-        "train_data": str(data),
-        "run_dir": str(tmp_path / name),
-        "batch_size": 4,
-        "epochs": 2,
-        "learning_rate": 1.0,
-        "eval_every": 3,
-        "save_every": 4,
-        "num_samples_shown": 2,
-        "max_length": 64,
-    }
-    defaults.update(overrides)
-    return SLConfig(**defaults)  # type: ignore[arg-type]
+    return sl_config(tmp_path, name, _rows(40), num_samples_shown=2, **overrides)
 
 
 def test_sl_lowers_held_out_loss(tmp_path: pathlib.Path) -> None:
@@ -65,18 +43,6 @@ def test_sl_lowers_held_out_loss(tmp_path: pathlib.Path) -> None:
     assert 'id="series-0"' in (tmp_path / "run" / "loss.html").read_text()
 
 
-class KilledError(Exception):
-    pass
-
-
-def _kill_after(step_to_kill: int):  # type: ignore[no-untyped-def]
-    def hook(step: int) -> None:
-        if step == step_to_kill:
-            raise KilledError
-
-    return hook
-
-
 @pytest.mark.parametrize("kill_at", [0, 2, 5, 9, 13])
 def test_resume_is_exact(tmp_path: pathlib.Path, kill_at: int) -> None:
     reference_backend = FakeBackend()
@@ -84,7 +50,7 @@ def test_resume_is_exact(tmp_path: pathlib.Path, kill_at: int) -> None:
     backend = FakeBackend()
     config = _config(tmp_path, "killed")
     with pytest.raises(KilledError):
-        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=_kill_after(kill_at))
+        run_sl(config, backend, ByteRenderer(), out=io.StringIO(), after_step=kill_after(kill_at))
     resumed = run_sl(config, backend, ByteRenderer(), out=io.StringIO())
     np.testing.assert_allclose(backend.clients[-1].params, reference_backend.clients[-1].params, rtol=0, atol=1e-12)
     assert MetricsLog.read(tmp_path / "killed" / "metrics.jsonl") == MetricsLog.read(tmp_path / "ref" / "metrics.jsonl")
@@ -121,7 +87,7 @@ def test_changed_config_is_refused_on_resume(tmp_path: pathlib.Path) -> None:
 
 def test_bad_rows_raise_with_file_and_line_or_are_counted(tmp_path: pathlib.Path) -> None:
     data = tmp_path / "bad.jsonl"
-    _write_data(data, rows=10)
+    write_jsonl(data, _rows(10))
     with open(data, "ab") as handle:
         handle.write(b'{"messages": [{"role": "robot", "content": "x"}]}\n')
         handle.write(b"\n")

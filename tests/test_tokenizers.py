@@ -3,7 +3,6 @@ and the loader's sources and errors (shell)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import unicodedata
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import cached_tokenizer
 
 from tinkerflow.shell.io.tokenizers import (
     CACHE_ENV,
@@ -75,14 +75,9 @@ BOS_EOS = {
 }
 
 
-@functools.cache
-def _cached(name: str) -> FastTokenizer:
-    return offline_tokenizer(name)
-
-
 @pytest.fixture(scope="module", params=sorted(OFFLINE_TOKENIZERS))
 def named(request: pytest.FixtureRequest) -> tuple[str, FastTokenizer]:
-    return request.param, _cached(request.param)
+    return request.param, cached_tokenizer(request.param)
 
 
 def test_offline_vocabularies_match_golden_ids(named: tuple[str, FastTokenizer]) -> None:
@@ -120,21 +115,21 @@ def test_encode_batch_equals_encode(named: tuple[str, FastTokenizer]) -> None:
 )
 def test_decode_inverts_encode(text: str) -> None:
     for name in ("qwen3", "llama3"):
-        tokenizer = _cached(name)
+        tokenizer = cached_tokenizer(name)
         assert tokenizer.decode(tokenizer.encode(text)) == text
         assert tokenizer.decode(np.asarray(tokenizer.encode(text), dtype=np.int64)) == text
 
 
 def test_unknown_token_is_a_typed_error() -> None:
     with pytest.raises(TokenizerError) as info:
-        _cached("qwen3").token_id("<|eot_id|>")
+        cached_tokenizer("qwen3").token_id("<|eot_id|>")
     assert info.value.field == "token"
 
 
 def test_wrapper_copies_and_never_mutates_the_given_backend() -> None:
     import tokenizers
 
-    source = _cached("gpt2").backend()
+    source = cached_tokenizer("gpt2").backend()
     before = source.to_str()
     wrapped = FastTokenizer(source, name="copy", bos_token="<|endoftext|>")
     assert source.to_str() == before
@@ -196,7 +191,7 @@ def test_loader_sources(tmp_path: Path) -> None:
 
 
 def test_smollm2_tokenizer_keeps_its_chat_template() -> None:
-    template = _cached("smollm2").chat_template
+    template = cached_tokenizer("smollm2").chat_template
     assert template is not None
     assert "<|im_start|>" in template
 

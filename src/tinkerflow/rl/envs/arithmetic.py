@@ -25,13 +25,14 @@ import numpy as np
 from tinkerflow.chat import Message
 from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.render import Renderer
-from tinkerflow.rl.envs.base import ProblemEnv, ProblemGroupBuilder
+from tinkerflow.rl.envs.base import ProblemBuilder, ProblemEnv, ProblemGroupBuilder, ProblemOptions
 from tinkerflow.rl.envs.datasets import GeneratedRLDataset
 
 __all__ = [
     "ANSWER_INSTRUCTION",
     "FEWSHOT_EXAMPLES",
     "TAG",
+    "ArithmeticOptions",
     "ArithmeticProblem",
     "arithmetic_messages",
     "builder",
@@ -141,16 +142,24 @@ def _grader(answer: int, text: str) -> bool:
     return parse_answer(text) == answer
 
 
-def make_env(
-    renderer: Renderer,
-    problem: ArithmeticProblem,
-    *,
-    fewshot: bool | int = True,
-    format_coef: float = 0.1,
-    max_tokens: int | None = 16,
-) -> ProblemEnv:
+@attrs.frozen
+class ArithmeticOptions(ProblemOptions):
+    """:class:`~tinkerflow.rl.envs.base.ProblemOptions` with ``fewshot`` the worked examples to show (all of
+    them for ``True``, the first ``n`` for an int ``n``, none for ``False``) and a 16-token answer limit."""
+
+    max_tokens: int | None = 16
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        _fewshot_count(self.fewshot)
+
+
+_DEFAULTS: Final = ArithmeticOptions()
+
+
+def make_env(renderer: Renderer, problem: ArithmeticProblem, options: ArithmeticOptions = _DEFAULTS) -> ProblemEnv:
     """A single-use environment for ``problem``."""
-    messages = arithmetic_messages(problem, fewshot)
+    messages = arithmetic_messages(problem, options.fewshot)
     return ProblemEnv(
         renderer,
         problem.question,
@@ -158,25 +167,14 @@ def make_env(
         format_check=is_well_formatted,
         prefix=messages[:-1],
         reference_answer=str(problem.answer),
-        format_coef=format_coef,
-        max_tokens=max_tokens,
+        format_coef=options.format_coef,
+        max_tokens=options.max_tokens,
     )
 
 
-def builder(
-    renderer: Renderer,
-    problem: ArithmeticProblem,
-    group_size: int,
-    *,
-    fewshot: bool | int = True,
-    format_coef: float = 0.1,
-    max_tokens: int | None = 16,
-) -> ProblemGroupBuilder:
-    """``group_size`` environments for ``problem``, tagged ``"arithmetic"``."""
-    make = functools.partial(
-        make_env, renderer, problem, fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens
-    )
-    return ProblemGroupBuilder(make, group_size, (TAG,))
+#: ``builder(renderer, problem, group_size, options)``: ``group_size`` environments for ``problem``, tagged
+#: ``"arithmetic"``.
+builder: Final = ProblemBuilder(make_env, TAG, _DEFAULTS)
 
 
 def dataset(
@@ -193,13 +191,13 @@ def dataset(
     max_tokens: int | None = 16,
 ) -> GeneratedRLDataset:
     """``n_batches`` batches of ``batch_size`` random problems, ``group_size`` samples each (deterministic in
-    ``seed`` and the batch index)."""
+    ``seed`` and the batch index); ``fewshot``, ``format_coef`` and ``max_tokens`` as in
+    :class:`ArithmeticOptions`."""
     ops = tuple(ops)
+    sample_problem(np.random.default_rng(0), max_operand, ops)  # validate the options now, not at batch 0
+    options = ArithmeticOptions(fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens)
 
     def make(rng: np.random.Generator) -> ProblemGroupBuilder:
-        problem = sample_problem(rng, max_operand, ops)
-        return builder(renderer, problem, group_size, fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens)
+        return builder(renderer, sample_problem(rng, max_operand, ops), group_size, options)
 
-    sample_problem(np.random.default_rng(0), max_operand, ops)  # validate the options now, not at batch 0
-    _fewshot_count(fewshot)
     return GeneratedRLDataset(make, batch_size, n_batches, seed)

@@ -6,7 +6,10 @@
   subclass's async :meth:`MessageEnv.respond` hook, which answers a :class:`MessageStep`.
 * :class:`ProblemEnv`: one question, one answer, graded: ``reward = correct + format_coef * (format_ok - 1)``
   (the cookbook's ``ProblemEnv`` formula).
-* :class:`ProblemGroupBuilder`: ``group_size`` fresh copies of one environment (the samples of one prompt).
+* :class:`ProblemOptions`: the options of an environment of problems (worked examples, format weight, answer
+  length), checked once.
+* :class:`ProblemGroupBuilder`: ``group_size`` fresh copies of one environment (the samples of one prompt);
+  :class:`ProblemBuilder` makes one from an environment factory, a problem and its options.
 
 Pure: no clock, no network, no global randomness. Environments are single use (one episode each).
 """
@@ -14,14 +17,15 @@ Pure: no clock, no network, no global randomness. Environments are single use (o
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import attrs
 import numpy as np
 
-from tinkerflow._validate import require_type
+from tinkerflow._validate import in_range, int_at_least, require_type
 from tinkerflow.chat import Conversation, Message, ToolSpec
 from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 from tinkerflow.model_input import ModelInput
@@ -32,8 +36,10 @@ from tinkerflow.sampling import SampledSequence
 __all__ = [
     "MessageEnv",
     "MessageStep",
+    "ProblemBuilder",
     "ProblemEnv",
     "ProblemGroupBuilder",
+    "ProblemOptions",
     "always_well_formatted",
     "parse_tokens",
     "stop_condition_for",
@@ -394,3 +400,50 @@ class ProblemGroupBuilder:
 
     def tags(self) -> tuple[str, ...]:
         return self.env_tags
+
+
+@attrs.frozen
+class ProblemOptions:
+    """How an environment of problems (:class:`ProblemEnv`) asks and grades each one (``math_boxed`` uses it as
+    is; ``arithmetic.ArithmeticOptions`` extends it).
+
+    Attributes:
+        fewshot: put the environment's worked examples before the question.
+        format_coef: weight of the format term (finite, >= 0).
+        max_tokens: limit of the answer (a positive int, or ``None`` for none).
+    """
+
+    fewshot: bool | int = True
+    format_coef: float = 0.1
+    max_tokens: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        where = type(self).__name__
+        in_range(self.format_coef, where, "format_coef", low=0.0)
+        int_at_least(self.max_tokens, where, "max_tokens", allow_none=True)
+
+
+ProblemT = TypeVar("ProblemT")
+OptionsT = TypeVar("OptionsT")
+
+
+@attrs.frozen
+class ProblemBuilder(Generic[ProblemT, OptionsT]):
+    """An environment module's ``builder``: ``builder(renderer, problem, group_size, options)`` is a
+    :class:`ProblemGroupBuilder` of ``group_size`` fresh ``make_env(renderer, problem, options)`` environments
+    tagged ``tag``; ``options`` defaults to ``defaults``. With ``check``, one environment is made at once, so a
+    bad problem fails there rather than at the first rollout."""
+
+    make_env: Callable[[Renderer, ProblemT, OptionsT], Env]
+    tag: str
+    defaults: OptionsT
+    check: bool = False
+
+    def __call__(
+        self, renderer: Renderer, problem: ProblemT, group_size: int, options: OptionsT | None = None
+    ) -> ProblemGroupBuilder:
+        chosen = self.defaults if options is None else options
+        if self.check:
+            self.make_env(renderer, problem, chosen)
+        make = functools.partial(self.make_env, renderer, problem, chosen)
+        return ProblemGroupBuilder(make, group_size, (self.tag,))

@@ -9,19 +9,29 @@ observation plus the action, and the episode assembles into one datum.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Final
 
+import attrs
 import numpy as np
 
+from tinkerflow._validate import int_at_least, positive_int, require_type
 from tinkerflow.chat import Message
 from tinkerflow.errors import ConfigError
 from tinkerflow.render import Renderer, Termination
-from tinkerflow.rl.envs.base import MessageEnv, MessageStep, ProblemGroupBuilder
+from tinkerflow.rl.envs.base import MessageEnv, MessageStep, ProblemBuilder, ProblemGroupBuilder
 from tinkerflow.rl.envs.datasets import GeneratedRLDataset
 
-__all__ = ["TAG", "GuessNumberEnv", "builder", "dataset", "instructions", "parse_guess"]
+__all__ = [
+    "TAG",
+    "GuessNumberEnv",
+    "GuessNumberOptions",
+    "builder",
+    "dataset",
+    "instructions",
+    "make_env",
+    "parse_guess",
+]
 
 TAG: Final = "guess_number"
 _GUESS = re.compile(r"\s*(?:my guess is\s*:?\s*)?(-?\d+)\s*\.?\s*", re.IGNORECASE)
@@ -42,6 +52,29 @@ def parse_guess(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+@attrs.frozen
+class GuessNumberOptions:
+    """The rules of a game: the secret lies in ``[low, high]``; the model has ``max_turns`` guesses of at most
+    ``max_tokens`` tokens each (``None``: no limit)."""
+
+    low: int = 1
+    high: int = 16
+    max_turns: int = 5
+    max_tokens: int | None = 16
+
+    def __attrs_post_init__(self) -> None:
+        where = "GuessNumberOptions"
+        for field in ("low", "high"):
+            require_type(getattr(self, field), int, where, field)
+        if self.high < self.low:
+            raise ConfigError(where, "high", f"must be >= low ({self.low}), got {self.high}.")
+        positive_int(self.max_turns, where, "max_turns")
+        int_at_least(self.max_tokens, where, "max_tokens", allow_none=True)
+
+
+_DEFAULTS: Final = GuessNumberOptions()
+
+
 class GuessNumberEnv(MessageEnv):
     """One game. ``metrics``: ``found`` (0/1) and ``guesses`` at the end, ``invalid_guess`` per turn."""
 
@@ -58,8 +91,7 @@ class GuessNumberEnv(MessageEnv):
     ) -> None:
         if not low <= secret <= high:
             raise ConfigError("GuessNumberEnv", "secret", f"{secret} is outside [{low}, {high}].")
-        if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
-            raise ConfigError("GuessNumberEnv", "max_turns", f"must be a positive int, got {max_turns!r}.")
+        positive_int(max_turns, "GuessNumberEnv", "max_turns")
         super().__init__(
             renderer,
             (Message(role="user", content=instructions(low, high, max_turns)),),
@@ -94,22 +126,14 @@ class GuessNumberEnv(MessageEnv):
         )
 
 
-def builder(
-    renderer: Renderer,
-    secret: int,
-    group_size: int,
-    *,
-    low: int = 1,
-    high: int = 16,
-    max_turns: int = 5,
-    max_tokens: int | None = 16,
-) -> ProblemGroupBuilder:
-    """``group_size`` games with the same secret, tagged ``"guess_number"``."""
-    make = functools.partial(
-        GuessNumberEnv, renderer, secret, low=low, high=high, max_turns=max_turns, max_tokens=max_tokens
-    )
-    make()  # validate the options now
-    return ProblemGroupBuilder(make, group_size, (TAG,))
+def make_env(renderer: Renderer, secret: int, options: GuessNumberOptions = _DEFAULTS) -> GuessNumberEnv:
+    """One game with ``secret`` under ``options``' rules."""
+    return GuessNumberEnv(renderer, secret, **attrs.asdict(options, recurse=False))
+
+
+#: ``builder(renderer, secret, group_size, options)``: ``group_size`` games with the same secret (checked at
+#: once), tagged ``"guess_number"``.
+builder: Final = ProblemBuilder(make_env, TAG, _DEFAULTS, check=True)
 
 
 def dataset(
@@ -124,11 +148,12 @@ def dataset(
     max_turns: int = 5,
     max_tokens: int | None = 16,
 ) -> GeneratedRLDataset:
-    """Games with secrets drawn uniformly from ``[low, high]`` (deterministic in ``seed`` and the batch index)."""
+    """Games with secrets drawn uniformly from ``[low, high]`` (deterministic in ``seed`` and the batch index);
+    ``low``, ``high``, ``max_turns`` and ``max_tokens`` as in :class:`GuessNumberOptions`."""
+    options = GuessNumberOptions(low=low, high=high, max_turns=max_turns, max_tokens=max_tokens)
 
     def make(rng: np.random.Generator) -> ProblemGroupBuilder:
-        secret = int(rng.integers(low, high + 1))
-        return builder(renderer, secret, group_size, low=low, high=high, max_turns=max_turns, max_tokens=max_tokens)
+        return builder(renderer, int(rng.integers(low, high + 1)), group_size, options)
 
     make(np.random.default_rng(0))  # validate the options now, not at batch 0
     return GeneratedRLDataset(make, batch_size, n_batches, seed)

@@ -28,7 +28,7 @@ from tinkerflow._validate import require_type
 from tinkerflow.chat import Message
 from tinkerflow.errors import ValidationError
 from tinkerflow.render import Renderer
-from tinkerflow.rl.envs.base import ProblemEnv, ProblemGroupBuilder
+from tinkerflow.rl.envs.base import ProblemBuilder, ProblemEnv, ProblemOptions
 from tinkerflow.rl.envs.datasets import ListRLDataset
 
 __all__ = [
@@ -187,41 +187,26 @@ def fewshot_prefix() -> tuple[Message, ...]:
     )
 
 
-def make_env(
-    renderer: Renderer,
-    problem: MathProblem,
-    *,
-    fewshot: bool = True,
-    format_coef: float = 0.1,
-    max_tokens: int | None = None,
-) -> ProblemEnv:
-    """A single-use environment for ``problem``."""
+_DEFAULTS: Final = ProblemOptions()
+
+
+def make_env(renderer: Renderer, problem: MathProblem, options: ProblemOptions = _DEFAULTS) -> ProblemEnv:
+    """A single-use environment for ``problem`` (``options.fewshot``: put :func:`fewshot_prefix` first)."""
     return ProblemEnv(
         renderer,
         problem.question + BOXED_INSTRUCTION,
         functools.partial(_grader, problem.answer),
         format_check=has_boxed,
-        prefix=fewshot_prefix() if fewshot else (),
+        prefix=fewshot_prefix() if options.fewshot else (),
         reference_answer=problem.answer,
-        format_coef=format_coef,
-        max_tokens=max_tokens,
+        format_coef=options.format_coef,
+        max_tokens=options.max_tokens,
     )
 
 
-def builder(
-    renderer: Renderer,
-    problem: MathProblem,
-    group_size: int,
-    *,
-    fewshot: bool = True,
-    format_coef: float = 0.1,
-    max_tokens: int | None = None,
-) -> ProblemGroupBuilder:
-    """``group_size`` environments for ``problem``, tagged ``"math"``."""
-    make = functools.partial(
-        make_env, renderer, problem, fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens
-    )
-    return ProblemGroupBuilder(make, group_size, (TAG,))
+#: ``builder(renderer, problem, group_size, options)``: ``group_size`` environments for ``problem``, tagged
+#: ``"math"``.
+builder: Final = ProblemBuilder(make_env, TAG, _DEFAULTS)
 
 
 def dataset(
@@ -236,11 +221,10 @@ def dataset(
     format_coef: float = 0.1,
     max_tokens: int | None = None,
 ) -> ListRLDataset:
-    """The problems in batches of ``batch_size`` (shuffled per epoch with ``seed``), ``group_size`` samples each."""
-    builders = [
-        builder(renderer, problem, group_size, fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens)
-        for problem in problems
-    ]
+    """The problems in batches of ``batch_size`` (shuffled per epoch with ``seed``), ``group_size`` samples each;
+    ``fewshot``, ``format_coef`` and ``max_tokens`` as in :class:`~tinkerflow.rl.envs.base.ProblemOptions`."""
+    options = ProblemOptions(fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens)
+    builders = [builder(renderer, problem, group_size, options) for problem in problems]
     return ListRLDataset(builders, batch_size, seed, epochs=epochs)
 
 

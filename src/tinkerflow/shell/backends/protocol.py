@@ -11,8 +11,9 @@ Every call returns an :class:`APIFuture` at once: block with ``future.result()``
 code. Requests to one training client are applied in submission order (a request submitted before another is
 applied before it), so submit ``forward_backward`` and ``optim_step`` back to back and wait later.
 
-Both backends share :class:`Worker` (one thread per client, first in, first out) or :func:`waiting_future`, and
-the ``check_*`` functions below, so they refuse the same bad arguments with the same errors.
+Both backends share :class:`Worker` (one thread per client, first in, first out) or :func:`waiting_future`, the
+``check_*`` functions below and the bases of :mod:`~tinkerflow.shell.backends.base` (which declare the public
+signatures they have in common once), so they refuse the same bad arguments with the same errors.
 
 Bad input (unknown loss, missing loss input, token id outside the vocabulary, a sequence longer than the
 context) raises a :class:`~tinkerflow.errors.TinkerflowError` from the submitting call itself, before anything
@@ -55,6 +56,7 @@ __all__ = [
     "check_builtin_loss",
     "check_custom_loss",
     "check_one_source",
+    "check_prompt",
     "check_sample_request",
     "waiting_future",
 ]
@@ -197,12 +199,17 @@ def check_adam_params(adam_params: object) -> None:
         raise ValidationError("optim_step", "adam_params", f"expected AdamParams, got {type(adam_params).__name__}.")
 
 
+def check_prompt(prompt: object, where: str) -> None:
+    """Raise unless ``prompt`` is a :class:`~tinkerflow.model_input.ModelInput`."""
+    if not isinstance(prompt, ModelInput):
+        raise ValidationError(where, "prompt", f"expected a ModelInput, got {type(prompt).__name__}.")
+
+
 def check_sample_request(
     prompt: object, num_samples: object, sampling_params: object, topk_prompt_logprobs: object, where: str = "sample"
 ) -> None:
     """Raise unless a sampling request's arguments have the right types (``num_samples >= 1``, ``topk >= 0``)."""
-    if not isinstance(prompt, ModelInput):
-        raise ValidationError(where, "prompt", f"expected a ModelInput, got {type(prompt).__name__}.")
+    check_prompt(prompt, where)
     int_at_least(num_samples, where, "num_samples", 1)
     int_at_least(topk_prompt_logprobs, where, "topk_prompt_logprobs", 0)
     if not isinstance(sampling_params, SamplingParams):

@@ -19,15 +19,16 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
+import attrs
 import numpy as np
 
 from tinkerflow import interop
-from tinkerflow._validate import int_at_least
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampleResponse, SamplingParams
+from tinkerflow.shell.backends.base import BackendBase, LoraSpec, SamplingClientBase
 from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
 from tinkerflow.shell.backends.protocol import (
     APIFuture,
@@ -36,8 +37,7 @@ from tinkerflow.shell.backends.protocol import (
     check_adam_params,
     check_builtin_loss,
     check_custom_loss,
-    check_one_source,
-    check_sample_request,
+    check_prompt,
     waiting_future,
 )
 from tinkerflow.tokenizers import Tokenizer
@@ -66,35 +66,30 @@ def _from_sdk(sdk_future: Any, convert: Callable[[Any], U]) -> APIFuture[U]:
     return APIFuture.completed(sdk_future).map(convert)
 
 
-class TinkerSamplingClient:
-    """A Tinker ``SamplingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.SamplingClient` protocol."""
+class TinkerSamplingClient(SamplingClientBase[ModelInput]):
+    """A Tinker ``SamplingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.SamplingClient` protocol
+    (``sample`` and ``compute_logprobs`` come from :class:`~tinkerflow.shell.backends.base.SamplingClientBase`)."""
 
     def __init__(self, sdk_client: Any) -> None:
         self.sdk = sdk_client
 
-    def sample(
-        self,
-        prompt: ModelInput,
-        num_samples: int,
-        sampling_params: SamplingParams,
-        *,
-        include_prompt_logprobs: bool = False,
-        topk_prompt_logprobs: int = 0,
+    def _checked_prompt(self, prompt: ModelInput, where: str) -> ModelInput:
+        check_prompt(prompt, where)
+        return prompt
+
+    def _sample(
+        self, prompt: ModelInput, num_samples: int, params: SamplingParams, prompt_logprobs: bool, topk: int
     ) -> APIFuture[SampleResponse]:
-        check_sample_request(prompt, num_samples, sampling_params, topk_prompt_logprobs)
         sdk_future = self.sdk.sample(
             prompt=interop.model_input_to_tinker(prompt),
             num_samples=num_samples,
-            sampling_params=interop.sampling_params_to_tinker(sampling_params),
-            include_prompt_logprobs=include_prompt_logprobs,
-            topk_prompt_logprobs=topk_prompt_logprobs,
+            sampling_params=interop.sampling_params_to_tinker(params),
+            include_prompt_logprobs=prompt_logprobs,
+            topk_prompt_logprobs=topk,
         )
         return _from_sdk(sdk_future, interop.sample_response_from_tinker)
 
-    def compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
-        if not isinstance(prompt, ModelInput):
-            raise ValidationError("compute_logprobs", "prompt", f"expected a ModelInput, got {type(prompt).__name__}.")
-
+    def _compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
         def convert(values: Sequence[float | None]) -> np.ndarray:
             return np.array([np.nan if value is None else value for value in values], dtype=np.float32)
 
@@ -207,9 +202,10 @@ def _check_tinker_path(path: object, where: str) -> None:
         raise ValidationError(where, "path", f"{path!r} is not a tinker:// path.", "pass a path the service returned.")
 
 
-class TinkerBackend:
+class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
     """The Tinker service (the SDK's ``ServiceClient``) behind the :class:`~tinkerflow.shell.backends.protocol.Backend`
-    protocol.
+    protocol (``create_lora_training_client`` and ``create_sampling_client`` come from
+    :class:`~tinkerflow.shell.backends.base.BackendBase`).
 
     Args:
         service_client: an SDK ``ServiceClient`` (or a stand-in with the same methods, for tests); by default one
@@ -258,25 +254,8 @@ class TinkerBackend:
 
         return load_tokenizer(base_model)
 
-    def create_lora_training_client(
-        self,
-        base_model: str,
-        *,
-        rank: int = 32,
-        seed: int | None = None,
-        train_mlp: bool = True,
-        train_attn: bool = True,
-        train_unembed: bool = True,
-    ) -> APIFuture[TinkerTrainingClient]:
-        int_at_least(rank, "create_lora_training_client", "rank", 1)
-        sdk_future = self.service.create_lora_training_client(
-            base_model=base_model,
-            rank=rank,
-            seed=seed,
-            train_mlp=train_mlp,
-            train_attn=train_attn,
-            train_unembed=train_unembed,
-        )
+    def _create_lora_client(self, base_model: str, spec: LoraSpec) -> APIFuture[TinkerTrainingClient]:
+        sdk_future = self.service.create_lora_training_client(base_model=base_model, **attrs.asdict(spec))
         return _from_sdk(sdk_future, TinkerTrainingClient)
 
     def create_training_client_from_state(
@@ -289,13 +268,13 @@ class TinkerBackend:
             sdk_future = self.service.create_training_client_from_state(path)
         return _from_sdk(sdk_future, TinkerTrainingClient)
 
-    def create_sampling_client(
-        self, *, model_path: str | None = None, base_model: str | None = None
-    ) -> APIFuture[TinkerSamplingClient]:
-        check_one_source(model_path, base_model)
-        if model_path is not None:
-            _check_tinker_path(model_path, "create_sampling_client")
-        sdk_future = self.service.create_sampling_client(model_path=model_path, base_model=base_model)
+    def _sampling_client_from_path(self, model_path: str) -> APIFuture[TinkerSamplingClient]:
+        _check_tinker_path(model_path, "create_sampling_client")
+        sdk_future = self.service.create_sampling_client(model_path=model_path, base_model=None)
+        return _from_sdk(sdk_future, TinkerSamplingClient)
+
+    def _sampling_client_from_model(self, base_model: str) -> APIFuture[TinkerSamplingClient]:
+        sdk_future = self.service.create_sampling_client(model_path=None, base_model=base_model)
         return _from_sdk(sdk_future, TinkerSamplingClient)
 
 

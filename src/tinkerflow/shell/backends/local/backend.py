@@ -24,12 +24,13 @@ import os
 import pathlib
 import secrets
 import threading
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Unpack
 
 import torch
 
 from tinkerflow._validate import int_at_least, positive_int
 from tinkerflow.errors import ConfigError
+from tinkerflow.shell.backends.base import BackendBase, LoraOptions, LoraSpec
 from tinkerflow.shell.backends.local.batches import resolve_device
 from tinkerflow.shell.backends.local.checkpoint import LocalPath, read_meta
 from tinkerflow.shell.backends.local.lora import LoraSetup, lora_targets
@@ -42,7 +43,7 @@ from tinkerflow.shell.backends.local.models import (
 )
 from tinkerflow.shell.backends.local.sampling import LocalSamplingClient, sampler_from_path
 from tinkerflow.shell.backends.local.training import LocalTrainingClient
-from tinkerflow.shell.backends.protocol import APIFuture, Worker, check_one_source
+from tinkerflow.shell.backends.protocol import APIFuture, Worker
 from tinkerflow.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["LocalBackend", "LocalSamplingClient", "LocalTrainingClient"]
 
 
-class LocalBackend:
-    """Tinker's semantics on this machine. See the module docstring.
+class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
+    """Tinker's semantics on this machine. See the module docstring. ``create_lora_training_client`` and
+    ``create_sampling_client`` check their arguments in :class:`~tinkerflow.shell.backends.base.BackendBase`.
 
     Args:
         checkpoint_dir: where checkpoints go (``local://<run>/...`` paths resolve under it); default
@@ -113,27 +115,26 @@ class LocalBackend:
             return self._tokenizers[base_model]
 
     def create_lora_training_client(
-        self,
-        base_model: str = EMBEDDED_MODEL,
-        *,
-        rank: int = 32,
-        seed: int | None = None,
-        train_mlp: bool = True,
-        train_attn: bool = True,
-        train_unembed: bool = True,
+        self, base_model: str = EMBEDDED_MODEL, **options: Unpack[LoraOptions]
     ) -> APIFuture[LocalTrainingClient]:
-        where = "create_lora_training_client"
-        positive_int(rank, where, "rank")
-        int_at_least(seed, where, "seed", 0, allow_none=True)
-        if not (train_mlp or train_attn or train_unembed):
+        """As :meth:`BackendBase.create_lora_training_client`, on the embedded model by default."""
+        return super().create_lora_training_client(base_model, **options)
+
+    def _create_lora_client(self, base_model: str, spec: LoraSpec) -> APIFuture[LocalTrainingClient]:
+        where = "create_lora_training_client"  # spec.rank is checked by BackendBase
+        int_at_least(spec.seed, where, "seed", 0, allow_none=True)
+        if not (spec.train_mlp or spec.train_attn or spec.train_unembed):
             raise ConfigError(where, "train_attn", "LoRA must train something.", "enable attn, mlp or unembed.")
-        actual_seed = seed if seed is not None else secrets.randbits(31)
+        actual_seed = spec.seed if spec.seed is not None else secrets.randbits(31)
 
         def job() -> LocalTrainingClient:
             base = self.base_model(base_model)
             names = [key.removesuffix(".weight") for key, value in base.state.items() if value.ndim == 2]
-            targets = lora_targets(names, train_attn=train_attn, train_mlp=train_mlp, train_unembed=train_unembed)
-            return LocalTrainingClient(self, base, lora=LoraSetup(rank=rank, target_modules=targets), seed=actual_seed)
+            targets = lora_targets(
+                names, train_attn=spec.train_attn, train_mlp=spec.train_mlp, train_unembed=spec.train_unembed
+            )
+            lora = LoraSetup(rank=spec.rank, target_modules=targets)
+            return LocalTrainingClient(self, base, lora=lora, seed=actual_seed)
 
         return self._worker.submit(job)
 
@@ -161,18 +162,14 @@ class LocalBackend:
 
         return self._worker.submit(job)
 
-    def create_sampling_client(
-        self, *, model_path: str | None = None, base_model: str | None = None
-    ) -> APIFuture[LocalSamplingClient]:
-        check_one_source(model_path, base_model)
-        if model_path is not None:
-            parsed = LocalPath.parse(model_path)
-            return self._worker.submit(lambda: sampler_from_path(parsed, self))
-        name = cast("str", base_model)
+    def _sampling_client_from_path(self, model_path: str) -> APIFuture[LocalSamplingClient]:
+        parsed = LocalPath.parse(model_path)
+        return self._worker.submit(lambda: sampler_from_path(parsed, self))
 
+    def _sampling_client_from_model(self, base_model: str) -> APIFuture[LocalSamplingClient]:
         def job() -> LocalSamplingClient:
-            base = self.base_model(name)
-            return LocalSamplingClient(base, base.build(), name)
+            base = self.base_model(base_model)
+            return LocalSamplingClient(base, base.build(), base_model)
 
         return self._worker.submit(job)
 

@@ -16,6 +16,7 @@ from tinkerflow.datum import Datum
 from tinkerflow.errors import ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.shell.backends.local.models import BaseModel
+from tinkerflow.shell.backends.protocol import check_prompt
 
 __all__ = [
     "Batch",
@@ -58,8 +59,7 @@ def _check_tokens(tokens: np.ndarray, vocab_size: int, where: str, field: str) -
 
 def prompt_tokens(prompt: ModelInput, base: BaseModel, where: str) -> np.ndarray:
     """The prompt's tokens, checked: text only, non-empty, inside the vocabulary and the context."""
-    if not isinstance(prompt, ModelInput):
-        raise ValidationError(where, "prompt", f"expected a ModelInput, got {type(prompt).__name__}.")
+    check_prompt(prompt, where)
     if prompt.has_images:
         raise ValidationError(where, "prompt", "holds an image chunk; the local backend runs text-only models.")
     tokens = prompt.to_tokens()

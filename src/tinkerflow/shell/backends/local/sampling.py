@@ -22,11 +22,12 @@ import torch
 from tinkerflow.errors import ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams, StopReason
+from tinkerflow.shell.backends.base import SamplingClientBase
 from tinkerflow.shell.backends.local.batches import prompt_tokens, to_numpy
 from tinkerflow.shell.backends.local.checkpoint import LocalPath, read_meta, read_weights
 from tinkerflow.shell.backends.local.lora import LoraSetup, merge_adapters
 from tinkerflow.shell.backends.local.models import BaseModel
-from tinkerflow.shell.backends.protocol import APIFuture, Worker, check_sample_request
+from tinkerflow.shell.backends.protocol import APIFuture, Worker
 from tinkerflow.tokenizers import Tokenizer
 
 __all__ = ["LocalSamplingClient", "ModelSource", "sampler_from_path", "sampler_from_weights"]
@@ -35,8 +36,9 @@ __all__ = ["LocalSamplingClient", "ModelSource", "sampler_from_path", "sampler_f
 _TOPK_PAD_LOGPROB: Final = -99999.0
 
 
-class LocalSamplingClient:
-    """Samples from fixed weights on this machine (see the module docstring)."""
+class LocalSamplingClient(SamplingClientBase[np.ndarray]):
+    """Samples from fixed weights on this machine (see the module docstring); ``sample`` and ``compute_logprobs``
+    come from :class:`~tinkerflow.shell.backends.base.SamplingClientBase`, the prompts they run are token arrays."""
 
     def __init__(self, base: BaseModel, model: torch.nn.Module, source: str) -> None:
         self._base = base
@@ -58,24 +60,20 @@ class LocalSamplingClient:
     def close(self) -> None:
         self._worker.close()
 
-    def compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
-        tokens = prompt_tokens(prompt, self._base, "compute_logprobs")
+    # -- the hooks of SamplingClientBase (arguments checked there, in the caller's thread) ------------------------
+
+    def _checked_prompt(self, prompt: ModelInput, where: str) -> np.ndarray:
+        return prompt_tokens(prompt, self._base, where)
+
+    def _compute_logprobs(self, tokens: np.ndarray) -> APIFuture[np.ndarray]:
         return self._worker.submit(lambda: self._prompt_logprobs(tokens, 0)[0])
 
-    def sample(
-        self,
-        prompt: ModelInput,
-        num_samples: int,
-        sampling_params: SamplingParams,
-        *,
-        include_prompt_logprobs: bool = False,
-        topk_prompt_logprobs: int = 0,
+    def _sample(
+        self, tokens: np.ndarray, num_samples: int, params: SamplingParams, prompt_logprobs: bool, topk: int
     ) -> APIFuture[SampleResponse]:
         where = "sample"
-        tokens = prompt_tokens(prompt, self._base, where)
-        check_sample_request(prompt, num_samples, sampling_params, topk_prompt_logprobs, where)
         room = self._base.max_context - tokens.size
-        max_tokens = sampling_params.max_tokens if sampling_params.max_tokens is not None else room
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
         if max_tokens > room or room <= 0:
             raise ValidationError(
                 where,
@@ -84,26 +82,19 @@ class LocalSamplingClient:
                 f"{self._base.max_context}.",
                 "shorten the prompt or lower max_tokens.",
             )
-        for index, token in enumerate(sampling_params.stop_tokens):
+        for index, token in enumerate(params.stop_tokens):
             if token >= self._base.vocab_size:
                 raise ValidationError(
                     where, f"sampling_params.stop_tokens[{index}]", f"{token} is outside the vocabulary."
                 )
         # torch generators take 64-bit seeds: any int maps to one, deterministically
-        seed = sampling_params.seed % (1 << 64) if sampling_params.seed is not None else secrets.randbits(63)
+        seed = params.seed % (1 << 64) if params.seed is not None else secrets.randbits(63)
         with self._lock:
             first_id = self._counter
             self._counter += num_samples
         return self._worker.submit(
-            lambda: self._sample(
-                tokens,
-                num_samples,
-                sampling_params,
-                max_tokens,
-                seed,
-                include_prompt_logprobs or topk_prompt_logprobs > 0,
-                topk_prompt_logprobs,
-                first_id,
+            lambda: self._run_sample(
+                tokens, num_samples, params, max_tokens, seed, prompt_logprobs or topk > 0, topk, first_id
             )
         )
 
@@ -117,7 +108,7 @@ class LocalSamplingClient:
             logits = cast("torch.Tensor", self._model(input_ids=ids, use_cache=False).logits)[0].float()
             return _score_prompt(logits, ids[0], topk)
 
-    def _sample(
+    def _run_sample(
         self,
         tokens: np.ndarray,
         num_samples: int,
