@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -92,3 +92,20 @@ def attrs_int_at_least(
         int_at_least(value, where, attribute.name, low, allow_none=allow_none)
 
     return check
+
+
+# Tuple converters for attrs fields. mypy's attrs plugin needs a concrete signature per element type (a generic
+# converter is not solved), so there is one per element type, shared by every record that needs it.
+def str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    """An attrs converter: any iterable of strings -> a tuple."""
+    return tuple(value)
+
+
+def int_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    """An attrs converter: any iterable of ints -> a tuple."""
+    return tuple(value)
+
+
+def float_tuple(value: Iterable[float]) -> tuple[float, ...]:
+    """An attrs converter: any iterable of floats -> a tuple."""
+    return tuple(value)

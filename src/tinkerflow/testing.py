@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 import numpy as np
 from hypothesis import strategies as st
@@ -42,6 +43,8 @@ from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams
 from tinkerflow.training import AdamParams, ForwardBackwardOutput, LossFnOutput
 
 __all__ = [
+    "ContentOptions",
+    "ModelInputOptions",
     "adam_params",
     "content_parts",
     "conversations",
@@ -170,6 +173,13 @@ def messages(
     )
 
 
+class ContentOptions(TypedDict, total=False):
+    """Keyword options of :func:`messages` that :func:`conversations` passes on to every turn (same defaults)."""
+
+    parts: bool
+    images: bool
+
+
 @st.composite
 def conversations(
     draw: st.DrawFn,
@@ -178,13 +188,13 @@ def conversations(
     max_messages: int = 6,
     system: bool | None = None,
     tools: bool = True,
-    parts: bool = True,
-    images: bool = False,
+    **options: Unpack[ContentOptions],
 ) -> Conversation:
     """Conversations shaped like chats: an optional system message, then alternating user/assistant turns,
     with tool results following assistant tool calls when ``tools``.
 
-    ``system`` forces a leading system message on (True) or off (False).
+    ``system`` forces a leading system message on (True) or off (False); ``options`` (``parts``, ``images``) are
+    :func:`messages`'s, for every turn.
     """
     count = draw(st.integers(min_messages, max(min_messages, max_messages)))
     result: list[Message] = []
@@ -193,7 +203,7 @@ def conversations(
         result.append(draw(messages(roles=("system",), parts=False, tool_use=False)))
     role: Role = "user"
     while len(result) < count:
-        message = draw(messages(roles=(role,), parts=parts, images=images, tool_use=tools))
+        message = draw(messages(roles=(role,), tool_use=tools, **options))
         result.append(message)
         if tools and message.tool_calls and len(result) < count:
             for call in message.tool_calls:
@@ -242,18 +252,25 @@ def model_inputs(
 _ALL_INPUTS = ("weights", "logprobs", "advantages", "mask", "sequence_ratio_mask")
 
 
+class ModelInputOptions(TypedDict, total=False):
+    """Keyword options of :func:`model_inputs` that :func:`datums` passes on (same defaults)."""
+
+    min_length: int
+    max_length: int
+    images: bool
+
+
 @st.composite
 def datums(
     draw: st.DrawFn,
     *,
-    min_length: int = 0,
-    max_length: int = 64,
-    images: bool = False,
     loss_inputs: Sequence[str] | None = None,
     vocab_size: int = 1000,
+    **options: Unpack[ModelInputOptions],
 ) -> Datum:
-    """Valid datums; ``loss_inputs`` names the optional inputs to fill (default: a random subset)."""
-    model_input = draw(model_inputs(min_length=min_length, max_length=max_length, images=images, vocab_size=vocab_size))
+    """Valid datums; ``loss_inputs`` names the optional inputs to fill (default: a random subset), ``options``
+    (``min_length``, ``max_length``, ``images``) are :func:`model_inputs`'s."""
+    model_input = draw(model_inputs(vocab_size=vocab_size, **options))
     length = model_input.length
     chosen = list(loss_inputs) if loss_inputs is not None else draw(st.lists(st.sampled_from(_ALL_INPUTS), unique=True))
     fields: dict[str, np.ndarray] = {}

@@ -32,18 +32,13 @@ from tinkerflow.preference.data import (
 from tinkerflow.preference.dpo import (
     DPOMetrics,
     DPOOutput,
-    DPOPairs,
-    DPOTrainOn,
-    EmptyBatchError,
     Float64_B,
-    TiePolicy,
-    comparison_datums,
     dpo_loss,
-    dpo_pairs,
     dpo_token_gradients,
     sequence_logprobs,
     token_gradients,
 )
+from tinkerflow.preference.pairs import DPOPairs, DPOTrainOn, EmptyBatchError, TiePolicy, comparison_datums, dpo_pairs
 from tinkerflow.preference.records import (
     COMPLETION_ROLES,
     LABELS,

@@ -16,7 +16,7 @@ from tinkerflow._validate import in_range, int_at_least, require_type
 from tinkerflow.config import DataConfig, field_order, linear_decay, optional_name
 from tinkerflow.errors import ConfigError
 from tinkerflow.preference.data import PREFERENCE_LAYOUTS, PreferenceLayout
-from tinkerflow.preference.dpo import DPOTrainOn, TiePolicy
+from tinkerflow.preference.pairs import DPOTrainOn, TiePolicy
 from tinkerflow.supervised import LRSchedule
 
 __all__ = ["DPOConfig"]

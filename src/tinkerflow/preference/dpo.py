@@ -30,27 +30,14 @@ from tinkerflow._validate import finite_float, require_type
 from tinkerflow.arrays import frozen_array
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import ConfigError, DTypeError, NonFiniteError, ShapeError, ValidationError
-from tinkerflow.preference.pairs import (
-    DPOPairs,
-    DPOTrainOn,
-    EmptyBatchError,
-    TiePolicy,
-    comparison_datums,
-    dpo_pairs,
-)
+from tinkerflow.preference.pairs import EmptyBatchError
 
 __all__ = [
     "DPOMetrics",
     "DPOOutput",
-    "DPOPairs",
-    "DPOTrainOn",
-    "EmptyBatchError",
     "Float64_B",
     "Float64_D",
-    "TiePolicy",
-    "comparison_datums",
     "dpo_loss",
-    "dpo_pairs",
     "dpo_token_gradients",
     "sequence_logprobs",
     "token_gradients",

@@ -16,7 +16,7 @@ from tinkerflow.chat_format import SourcedRow
 from tinkerflow.datum import Datum
 from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.preference.config import DPOConfig
-from tinkerflow.preference.dpo import DPOPairs, comparison_datums, dpo_pairs
+from tinkerflow.preference.pairs import DPOPairs, comparison_datums, dpo_pairs
 from tinkerflow.preference.records import LabeledComparison, TieError
 from tinkerflow.render import Renderer
 from tinkerflow.rows import DataError, SplitRows

@@ -13,7 +13,8 @@ import numpy as np
 
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ValidationError
-from tinkerflow.preference.dpo import DPOPairs, dpo_loss, sequence_logprobs
+from tinkerflow.preference.dpo import dpo_loss, sequence_logprobs
+from tinkerflow.preference.pairs import DPOPairs
 
 __all__ = [
     "DPOEval",

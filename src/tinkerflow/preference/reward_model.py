@@ -40,7 +40,7 @@ from numpy.typing import ArrayLike
 from tinkerflow._validate import finite_float, require_type
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.errors import ConfigError, NonFiniteError, ShapeError, ValidationError
-from tinkerflow.preference.dpo import TiePolicy
+from tinkerflow.preference.pairs import TiePolicy
 from tinkerflow.preference.records import Comparison, Label, LabeledComparison, TieError
 
 __all__ = [

@@ -25,33 +25,54 @@ from tinkerflow import testing as tft
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.preference.records import Comparison, Label, LabeledComparison
 
-__all__ = ["ComparisonOptions", "comparisons", "completions", "dpo_batches", "labeled_comparisons", "prompts"]
+__all__ = [
+    "ChatOptions",
+    "ComparisonOptions",
+    "comparisons",
+    "completions",
+    "dpo_batches",
+    "labeled_comparisons",
+    "prompts",
+]
 
 
-def _plain(message: Message) -> Message:
-    """Without unparsed tool calls (they have no place in the JSON chat format)."""
-    return attrs.evolve(message, unparsed_tool_calls=()) if message.unparsed_tool_calls else message
+class ChatOptions(TypedDict, total=False):
+    """Keyword options shared by :func:`completions`, :func:`prompts` and :func:`comparisons`: ``tools`` (default
+    False) allows tool calls and tool results, ``parts`` (True) part-list content, ``unparsed`` (False) unparsed
+    tool calls."""
+
+    tools: bool
+    parts: bool
+    unparsed: bool
+
+
+@attrs.frozen(kw_only=True)
+class _Chat:
+    """:class:`ChatOptions` with their defaults filled in (the one place that states them)."""
+
+    tools: bool = False
+    parts: bool = True
+    unparsed: bool = False
+
+    def keep(self, message: Message) -> Message:
+        """``message``, without unparsed tool calls unless ``unparsed`` (they have no place in the JSON chat
+        format)."""
+        if self.unparsed or not message.unparsed_tool_calls:
+            return message
+        return attrs.evolve(message, unparsed_tool_calls=())
 
 
 @st.composite
-def completions(
-    draw: st.DrawFn,
-    *,
-    max_messages: int = 3,
-    tools: bool = False,
-    parts: bool = True,
-    unparsed: bool = False,
-) -> tuple[Message, ...]:
+def completions(draw: st.DrawFn, *, max_messages: int = 3, **options: Unpack[ChatOptions]) -> tuple[Message, ...]:
     """Valid completions: assistant messages, with tool results after an assistant's tool calls when ``tools``,
-    starting and ending with an assistant message. ``unparsed`` allows unparsed tool calls."""
+    starting and ending with an assistant message (``options``: :class:`ChatOptions`)."""
+    chat = _Chat(**options)
     count = draw(st.integers(1, max(1, max_messages)))
     result: list[Message] = []
     for index in range(count):
-        message = draw(tft.messages(roles=("assistant",), parts=parts, tool_use=tools))
-        if not unparsed:
-            message = _plain(message)
+        message = chat.keep(draw(tft.messages(roles=("assistant",), parts=chat.parts, tool_use=chat.tools)))
         result.append(message)
-        if tools and index < count - 1:
+        if chat.tools and index < count - 1:
             result.extend(
                 Message(role="tool", content=draw(tft.texts(max_size=12)), tool_call_id=call.id, name=call.name)
                 for call in message.tool_calls
@@ -61,24 +82,20 @@ def completions(
 
 @st.composite
 def prompts(
-    draw: st.DrawFn,
-    *,
-    max_messages: int = 5,
-    tools: bool = False,
-    parts: bool = True,
-    user_last: bool = True,
-    unparsed: bool = False,
+    draw: st.DrawFn, *, max_messages: int = 5, user_last: bool = True, **options: Unpack[ChatOptions]
 ) -> Conversation:
     """Chat-shaped prompt conversations (:func:`tinkerflow.testing.conversations`); with ``user_last`` (default)
-    cut after their last user message (one is appended when there is none), the usual place a completion starts."""
-    conversation = draw(tft.conversations(max_messages=max_messages, tools=tools, parts=parts))
-    messages = conversation.messages if unparsed else tuple(_plain(message) for message in conversation.messages)
+    cut after their last user message (one is appended when there is none), the usual place a completion starts.
+    ``options``: :class:`ChatOptions`."""
+    chat = _Chat(**options)
+    conversation = draw(tft.conversations(max_messages=max_messages, tools=chat.tools, parts=chat.parts))
+    messages = tuple(chat.keep(message) for message in conversation.messages)
     if user_last:
         last_user = max((i for i, message in enumerate(messages) if message.role == "user"), default=-1)
         if last_user >= 0:
             messages = messages[: last_user + 1]
         else:
-            messages = (*messages, draw(tft.messages(roles=("user",), parts=parts, tool_use=False)))
+            messages = (*messages, draw(tft.messages(roles=("user",), parts=chat.parts, tool_use=False)))
     return Conversation(messages=messages, tools=conversation.tools)
 
 
@@ -88,28 +105,22 @@ def comparisons(
     *,
     max_prompt_messages: int = 5,
     max_completion_messages: int = 3,
-    tools: bool = False,
-    parts: bool = True,
     user_last: bool = True,
-    unparsed: bool = False,
+    **options: Unpack[ChatOptions],
 ) -> Comparison:
-    """Valid comparisons: a :func:`prompts` prompt and two :func:`completions`."""
-    prompt = draw(
-        prompts(max_messages=max_prompt_messages, tools=tools, parts=parts, user_last=user_last, unparsed=unparsed)
-    )
-    side = completions(max_messages=max_completion_messages, tools=tools, parts=parts, unparsed=unparsed)
+    """Valid comparisons: a :func:`prompts` prompt and two :func:`completions`, both drawn with ``options``
+    (:class:`ChatOptions`)."""
+    prompt = draw(prompts(max_messages=max_prompt_messages, user_last=user_last, **options))
+    side = completions(max_messages=max_completion_messages, **options)
     return Comparison(prompt=prompt, completion_a=draw(side), completion_b=draw(side))
 
 
-class ComparisonOptions(TypedDict, total=False):
+class ComparisonOptions(ChatOptions, total=False):
     """Keyword options of :func:`comparisons` that :func:`labeled_comparisons` passes on (same defaults)."""
 
     max_prompt_messages: int
     max_completion_messages: int
-    tools: bool
-    parts: bool
     user_last: bool
-    unparsed: bool
 
 
 @st.composite

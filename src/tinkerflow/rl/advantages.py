@@ -22,7 +22,7 @@ from typing import Literal, TypeAlias
 import attrs
 import numpy as np
 
-from tinkerflow._validate import require_type
+from tinkerflow._validate import require_type, str_tuple
 from tinkerflow.arrays import Float32_G, as_float32_1d
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
@@ -48,10 +48,6 @@ def _require(value: object, kind: type, where: str, field: str) -> None:
     """``require_type`` for non-numeric kinds, with the cheap ``isinstance`` first (called once per trajectory)."""
     if not isinstance(value, kind):
         require_type(value, kind, where, field)
-
-
-def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
 
 
 def _groups_tuple(value: Iterable[GroupAdvantages]) -> tuple[GroupAdvantages, ...]:
@@ -104,7 +100,7 @@ class GroupAdvantages:
     """
 
     group_id: str
-    trajectory_ids: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    trajectory_ids: tuple[str, ...] = attrs.field(converter=str_tuple)
     advantages_G: Float32_G = attrs.field(converter=_float32_g, eq=_ARRAY_EQ, hash=False)
     rewards_G: Float32_G = attrs.field(converter=_rewards_g, eq=_ARRAY_EQ, hash=False)
 
@@ -149,7 +145,7 @@ class AdvantageResult:
     """
 
     kept: tuple[GroupAdvantages, ...] = attrs.field(converter=_groups_tuple)
-    dropped_group_ids: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    dropped_group_ids: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
 
     def __attrs_post_init__(self) -> None:
         where = "AdvantageResult"

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 import numpy as np
 
-from tinkerflow._validate import finite_float, require_type
+from tinkerflow._validate import finite_float, require_type, str_tuple
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ShapeError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
@@ -41,10 +41,6 @@ def _datum_tuple(value: Iterable[Datum]) -> tuple[Datum, ...]:
     return tuple(value)
 
 
-def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
-
-
 @attrs.frozen
 class RLBatch:
     """Training datums with, for each, the id of the trajectory and of the group it came from.
@@ -54,8 +50,8 @@ class RLBatch:
     """
 
     datums: tuple[Datum, ...] = attrs.field(converter=_datum_tuple)
-    trajectory_ids_D: tuple[str, ...] = attrs.field(converter=_str_tuple)
-    group_ids_D: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    trajectory_ids_D: tuple[str, ...] = attrs.field(converter=str_tuple)
+    group_ids_D: tuple[str, ...] = attrs.field(converter=str_tuple)
 
     def __attrs_post_init__(self) -> None:
         where = "RLBatch"

@@ -25,7 +25,7 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 import attrs
 import numpy as np
 
-from tinkerflow._validate import int_at_least, require_type
+from tinkerflow._validate import float_tuple, int_at_least, int_tuple, require_type, str_tuple
 from tinkerflow.arrays import Float32_T, Int64_T, as_float32_1d, as_int64_1d
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import NonFiniteError, ShapeError, ValidationError
@@ -98,20 +98,7 @@ def _require_items(items: Sequence[object], kind: type, where: str, field: str) 
         require_type(item, kind, where, f"{field}[{index}]")
 
 
-# Typed tuple converters: mypy's attrs plugin needs one concrete signature per field type (a generic one is not
-# solved), so these stay one per element type.
-def _ints(value: Iterable[int]) -> tuple[int, ...]:
-    return tuple(value)
-
-
-def _strs(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
-
-
-def _floats(value: Iterable[float]) -> tuple[float, ...]:
-    return tuple(value)
-
-
+# Typed tuple converters (one per element type: mypy's attrs plugin does not solve a generic one).
 def _transitions(value: Iterable[Transition]) -> tuple[Transition, ...]:
     return tuple(value)
 
@@ -136,8 +123,8 @@ def _action_logprobs(value: object) -> np.ndarray:
 class StopCondition:
     """When sampling one action stops: on one of ``stop_tokens`` / ``stop_strings``, or after ``max_tokens``."""
 
-    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=_ints)
-    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=_strs)
+    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=int_tuple)
+    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
     max_tokens: int | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -274,11 +261,11 @@ class TrajectoryGroup:
 
     group_id: str
     trajectories: tuple[Trajectory, ...] = attrs.field(converter=_trajectories)
-    member_indices: tuple[int, ...] = attrs.field(converter=_ints)
-    group_rewards_G: tuple[float, ...] = attrs.field(converter=_floats)
+    member_indices: tuple[int, ...] = attrs.field(converter=int_tuple)
+    group_rewards_G: tuple[float, ...] = attrs.field(converter=float_tuple)
     metrics_G: tuple[dict[str, float], ...] = attrs.field(converter=_metrics_tuple)
     failures: tuple[RolloutFailure, ...] = attrs.field(default=(), converter=_failures)
-    tags: tuple[str, ...] = attrs.field(default=(), converter=_strs)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
 
     def __attrs_post_init__(self) -> None:
         where = "TrajectoryGroup"

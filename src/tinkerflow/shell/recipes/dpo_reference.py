@@ -23,9 +23,10 @@ import numpy as np
 from tinkerflow.datum import Datum
 from tinkerflow.pipeline import Pipeline
 from tinkerflow.preference.config import DPOConfig
-from tinkerflow.preference.dpo import DPOPairs, sequence_logprobs
+from tinkerflow.preference.dpo import sequence_logprobs
 from tinkerflow.preference.dpo_data import DPOData
 from tinkerflow.preference.evaluation import datum_weights
+from tinkerflow.preference.pairs import DPOPairs
 from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import RunDirError, atomic_write_text
