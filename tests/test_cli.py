@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import pathlib
+import sys
 
 import attrs
 import pytest
@@ -111,3 +114,18 @@ def test_template_takes_overrides_in_any_order(capsys: pytest.CaptureFixture[str
         assert json.loads(capsys.readouterr().out) == expected
     assert main(["sl", "--template", "trian_data=a.jsonl"]) == 2
     assert "did you mean train_data" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tinkerflow sl --template | head -1``: the closed pipe ends the command quietly with status 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    stream = io.TextIOWrapper(os.fdopen(write_end, "wb"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stream)
+    try:
+        assert main(["sl", "--template"]) == 0
+        stream.write("x" * 100_000)
+        stream.flush()  # the command sent stdout to the null device: later writes do not fail again
+    finally:
+        monkeypatch.undo()
+        stream.close()

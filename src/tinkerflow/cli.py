@@ -321,7 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     name = arguments[0]
     try:
-        return _run_command(name, commands[name], arguments[1:])
+        status = _run_command(name, commands[name], arguments[1:])
+        sys.stdout.flush()  # a reader that went away shows here, inside the handler below
+        return status
     except TinkerflowError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
