@@ -45,6 +45,7 @@ def metrics_chart_svg(rows: Sequence[Mapping[str, object]], keys: Sequence[str],
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "tinkerflow", "font.size": 9}):
         figure = Figure(figsize=_SIZE_IN, layout="constrained")
@@ -52,6 +53,7 @@ def metrics_chart_svg(rows: Sequence[Mapping[str, object]], keys: Sequence[str],
         axes = figure.add_subplot()
         axes.set_title(title)
         axes.set_xlabel("step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         drawn = 0
         for index, key in enumerate(keys):
             steps, values = chart_series(rows, key)
