@@ -26,7 +26,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import attrs
 
@@ -237,7 +237,25 @@ class _Command:
 
     help: str
     config_class: Callable[[], type]
-    run: Callable[[Any, bool], int]  # Any: each runner takes its own config record
+    run: Callable[[str, Sequence[str], bool], int]
+    """``run(config_path, overrides, dry_run)``: load the command's own config record, print it, train."""
+
+
+def _runner(
+    config_class: Callable[[], type[C]], train: Callable[[C, bool], int]
+) -> Callable[[str, Sequence[str], bool], int]:
+    """A command's ``run``: the config file plus overrides as a ``config_class()`` record, printed, then trained."""
+
+    def run(path: str, overrides: Sequence[str], dry_run: bool) -> int:
+        config = _load_config_as(path, overrides, config_class())
+        _print_config(config)
+        return train(config, dry_run)
+
+    return run
+
+
+def _sl_config() -> type[SLConfig]:
+    return SLConfig
 
 
 def _rl_config() -> type[RLConfig]:
@@ -254,9 +272,15 @@ def _dpo_config() -> type[DPOConfig]:
 
 def _commands() -> Mapping[str, _Command]:
     return {
-        "sl": _Command("supervised fine-tuning from a JSON config", lambda: SLConfig, _run_sl),
-        "rl": _Command("reinforcement learning on a named environment from a JSON config", _rl_config, _run_rl),
-        "dpo": _Command("direct preference optimization from a JSON config", _dpo_config, _run_dpo),
+        "sl": _Command("supervised fine-tuning from a JSON config", _sl_config, _runner(_sl_config, _run_sl)),
+        "rl": _Command(
+            "reinforcement learning on a named environment from a JSON config",
+            _rl_config,
+            _runner(_rl_config, _run_rl),
+        ),
+        "dpo": _Command(
+            "direct preference optimization from a JSON config", _dpo_config, _runner(_dpo_config, _run_dpo)
+        ),
     }
 
 
@@ -307,9 +331,7 @@ def _run_command(name: str, command: _Command, argv: Sequence[str]) -> int:
         return 0
     if path is None:
         parser.error(f"give a JSON {cls.__name__} file (start from `tinkerflow {name} --template`).")
-    config: object = _load_config_as(path, overrides, cls)
-    _print_config(config)
-    return command.run(config, args.dry_run)
+    return command.run(path, overrides, args.dry_run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ backends (:func:`tinkerflow.losses.resolve_loss_config`).
 
 from __future__ import annotations
 
+import abc
 from typing import Literal, TypeAlias
 
 import attrs
@@ -42,7 +43,7 @@ class ImportanceSamplingLoss:
 
 
 @attrs.frozen
-class _CheckedLoss:
+class _CheckedLoss(abc.ABC):
     """A loss whose ``config()`` is validated on construction, as the backends would (the subclass names
     ``loss_fn`` and gives ``config``)."""
 
@@ -50,11 +51,13 @@ class _CheckedLoss:
         _validate(type(self).__name__, self.loss_fn, self.config())
 
     @property
+    @abc.abstractmethod
     def loss_fn(self) -> LossFnType:
-        raise NotImplementedError
+        """The Tinker loss this config is for."""
 
+    @abc.abstractmethod
     def config(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The ``loss_fn_config`` sent with ``forward_backward``."""
 
 
 @attrs.frozen

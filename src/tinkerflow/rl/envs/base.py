@@ -40,7 +40,9 @@ __all__ = [
     "ProblemEnv",
     "ProblemGroupBuilder",
     "ProblemOptions",
+    "SingleTurnEnv",
     "always_well_formatted",
+    "as_tags",
     "parse_tokens",
     "stop_condition_for",
 ]
@@ -274,17 +276,19 @@ def always_well_formatted(text: str) -> bool:
     return True
 
 
-class _SingleTurnEnv:
-    """What the single-turn environments share: the observation is :meth:`_prompt` rendered as a generation
-    prompt; the one action ends the episode. Subclasses set ``renderer``, ``max_tokens`` and ``done = False``."""
+class SingleTurnEnv(abc.ABC):
+    """What the single-turn environments share (:class:`ProblemEnv`, ``PreferenceEnv``): the observation is
+    :meth:`_prompt` rendered as a generation prompt; the one action ends the episode. Subclasses set ``renderer``,
+    ``max_tokens`` and ``done = False`` and say what the prompt is."""
 
     _where: ClassVar[str]
     renderer: Renderer
     max_tokens: int | None
     done: bool
 
+    @abc.abstractmethod
     def _prompt(self) -> Conversation | Sequence[Message]:
-        raise NotImplementedError
+        """The conversation the model answers."""
 
     async def initial_observation(self) -> tuple[ModelInput, StopCondition]:
         prompt = build_generation_prompt(self.renderer, self._prompt())
@@ -297,7 +301,7 @@ class _SingleTurnEnv:
         return parse_tokens(self.renderer, action.tokens_T)
 
 
-class ProblemEnv(_SingleTurnEnv):
+class ProblemEnv(SingleTurnEnv):
     """A single-turn problem: ask a question, grade the one answer.
 
     ``reward = correct + format_coef * (format_ok - 1)``, as the cookbook's ``ProblemEnv``: a correct,
@@ -378,7 +382,8 @@ def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> 
         raise ConfigError("ProblemGroupBuilder", attribute.name, f"must be a positive int, got {value!r}.")
 
 
-def _tags(value: Sequence[str] | str) -> tuple[str, ...]:
+def as_tags(value: Sequence[str] | str) -> tuple[str, ...]:
+    """An attrs converter: one tag or several -> a tuple of tags."""
     return (value,) if isinstance(value, str) else tuple(value)
 
 
@@ -390,7 +395,7 @@ class ProblemGroupBuilder:
 
     make_env: Callable[[], Env]
     group_size: int = attrs.field(validator=_positive)
-    env_tags: tuple[str, ...] = attrs.field(default=(), converter=_tags)
+    env_tags: tuple[str, ...] = attrs.field(default=(), converter=as_tags)
 
     async def make_envs(self) -> Sequence[Env]:
         return [self.make_env() for _ in range(self.group_size)]

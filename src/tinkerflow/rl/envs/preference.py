@@ -21,7 +21,7 @@ from tinkerflow.chat import Conversation, Message
 from tinkerflow.errors import ConfigError
 from tinkerflow.preference.reward_model import tournament_pairs, win_fraction_rewards
 from tinkerflow.render import Renderer, Termination
-from tinkerflow.rl.envs.base import _SingleTurnEnv, _tags, parse_tokens
+from tinkerflow.rl.envs.base import SingleTurnEnv, as_tags, parse_tokens
 from tinkerflow.rl.envs.datasets import ListRLDataset
 from tinkerflow.rl.types import Env, Metrics, StepResult, Trajectory
 from tinkerflow.sampling import SampledSequence
@@ -79,7 +79,7 @@ def _format_coef(value: object, where: str) -> float:
     return coef
 
 
-class PreferenceEnv(_SingleTurnEnv):
+class PreferenceEnv(SingleTurnEnv):
     """One answer to ``prompt``; its reward comes from the group's tournament, so the step reward is only the
     format term ``format_coef * (well_formed - 1)`` (0 by default). ``well_formed``: the response ended on the
     renderer's stop sequence (``Termination.STOP_SEQUENCE``)."""
@@ -139,7 +139,7 @@ class PreferenceEnvGroupBuilder:
     opponents: int | None = attrs.field(
         default=None, validator=attrs_int_at_least("PreferenceEnvGroupBuilder", 1, allow_none=True)
     )
-    env_tags: tuple[str, ...] = attrs.field(default=("rlhf",), converter=_tags)
+    env_tags: tuple[str, ...] = attrs.field(default=("rlhf",), converter=as_tags)
 
     def __attrs_post_init__(self) -> None:
         require_type(self.prompt, Conversation, "PreferenceEnvGroupBuilder", "prompt")
