@@ -129,3 +129,30 @@ def test_a_reader_that_goes_away_is_not_an_error(monkeypatch: pytest.MonkeyPatch
     finally:
         monkeypatch.undo()
         stream.close()
+
+
+def test_the_backend_is_closed_with_how_the_command_ended(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command that fails inside the backend's block leaves it through ``__exit__`` with the error, so a Tinker
+    session ends as ``errored`` rather than ``success``."""
+    import tinkerflow.cli as cli
+
+    exits: list[type[BaseException] | None] = []
+
+    class Backend:
+        def __enter__(self) -> Backend:
+            return self
+
+        def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+            exits.append(kind)
+
+        def get_tokenizer(self, base_model: str) -> object:
+            raise RuntimeError("no tokenizer here")
+
+    monkeypatch.setattr(cli, "_backend", lambda kind, run_dir: Backend())
+    config = tmp_path / "sl.json"
+    config.write_text(json.dumps({"train_data": str(tmp_path / "train.jsonl"), "run_dir": str(tmp_path / "run")}))
+    with pytest.raises(RuntimeError, match="no tokenizer here"):
+        main(["sl", str(config), "--dry-run"])
+    assert exits == [RuntimeError]

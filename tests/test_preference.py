@@ -357,7 +357,7 @@ def test_load_preference_hf_reads_through_datasets(monkeypatch: pytest.MonkeyPat
 
 def test_load_preference_hf_without_datasets_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(TinkerflowError, match="pip install datasets"):
+    with pytest.raises(ConfigError, match=r"pip install 'tinkerflow\[hf\]'"):
         load_preference_hf("org/prefs", "train")
 
 

@@ -33,7 +33,6 @@ import attrs
 from tinkerflow.config import SLConfig
 from tinkerflow.config_fields import (
     REQUIRED,
-    apply_overrides,
     check_known_keys,
     config_template,
     fields_help,
@@ -83,7 +82,7 @@ def _load_config_as(path: str, overrides: Sequence[str], cls: type[C]) -> C:
         raise ConfigError(
             cls.__name__, unset[0], f"still holds the placeholder {REQUIRED!r}.", "set it (file or key=value)."
         )
-    return apply_overrides(merged, (), cls)
+    return structure(merged, cls)
 
 
 def _template(cls: type, path: str | None, overrides: Sequence[str]) -> str:
@@ -135,21 +134,19 @@ def _execute(
     renderer)``: the sinks are checked first (a missing wandb/tensorboard package fails before any loading or
     training), then the backend is made and the renderer built on its tokenizer; ``prepare`` loads and checks the
     data and says what it found, and unless ``dry_run``, ``train`` runs and says what came of it. The backend is
-    closed at the end."""
+    closed at the end as a context manager, so a Tinker session ends as ``success``, ``errored`` or
+    ``interrupted``."""
     from tinkerflow.shell.io.sinks import check_sinks
 
     log_to, backend_name, run_dir, base_model, renderer_name = names
     check_sinks(log_to)
-    backend = _backend(backend_name, run_dir)
-    try:
+    with _backend(backend_name, run_dir) as backend:  # closing says how it ended (a Tinker session's status)
         renderer = _renderer(backend, base_model, renderer_name)
         prepared, summary = prepare(renderer)
         print(summary)
         if dry_run:
             return 0
         report = train(backend, renderer, prepared)
-    finally:
-        backend.close()
     print(report)
     return 0
 

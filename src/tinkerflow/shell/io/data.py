@@ -23,7 +23,7 @@ import attrs
 from tinkerflow.chat import Conversation
 from tinkerflow.chat_format import ChatFormatError, SourcedRow, collect_rows, conversation_from_json, parse_chat_line
 from tinkerflow.config import HF_DISK_PREFIX, HF_PREFIX, BadRowPolicy, DataConfig, is_hf_source
-from tinkerflow.errors import ConfigError, TinkerflowError
+from tinkerflow.errors import ConfigError
 from tinkerflow.preference.data import (
     PreferenceLayout,
     labeled_comparison_from_json,
@@ -357,14 +357,8 @@ def load_preference_hf(
     :func:`tinkerflow.preference.preference_rows_from_hf`.
 
     Raises:
-        TinkerflowError: the ``datasets`` package is not installed (``pip install datasets``).
+        ConfigError: the ``datasets`` package is not installed (``pip install 'tinkerflow[hf]'``).
     """
-    try:
-        datasets = importlib.import_module("datasets")
-    except ImportError as error:
-        raise TinkerflowError(
-            "load_preference_hf needs the Hugging Face `datasets` package: pip install datasets "
-            "(or read the rows yourself and pass them to preference_rows_from_hf)."
-        ) from error
+    datasets = _import_datasets(name, "load_preference_hf", "name")
     dataset = datasets.load_dataset(name, split=split, **load_kwargs)
     return preference_rows_from_hf(dataset, policy=policy, source=f"{name}:{split}", layout=layout)

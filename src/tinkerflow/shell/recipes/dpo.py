@@ -28,6 +28,7 @@ from typing import Final, TextIO, TypeAlias
 import attrs
 import numpy as np
 
+from tinkerflow.datum import Datum
 from tinkerflow.pipeline import Pipeline, PipelineIterator
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.preference.dpo_data import DPOData, dpo_data
@@ -146,8 +147,11 @@ def run_dpo(
             run.out.write(_describe_run(config, data, total))
         client = run.training_client(backend, config.base_model, lora_rank=config.lora_rank, seed=config.seed)
         reference = load_or_compute_reference(run, client, backend, data, config, pipeline, total)
-        evaluate = functools.partial(_evaluate, client, data, reference, config.beta)
-        first = _first_eval(client, data, reference, config) if run.start_step == 0 and len(data.test) else None
+        test_datums = tuple(data.test.interleaved())  # (chosen_0, rejected_0, chosen_1, ...), built once
+        evaluate = functools.partial(_evaluate, client, data, test_datums, reference, config.beta)
+        first = (
+            _first_eval(client, data, test_datums, reference, config) if run.start_step == 0 and test_datums else None
+        )
         eval_before = first.result() if first is not None else None
         if eval_before is not None:
             run.out.write(_describe_eval("held-out before training", eval_before))
@@ -167,21 +171,25 @@ def run_dpo(
     return _report(run, client, data, total, eval_before, eval_after)
 
 
-def _evaluate(client: TrainingClient, data: DPOData, reference: Reference, beta: float) -> APIFuture[DPOEval]:
+def _evaluate(
+    client: TrainingClient, data: DPOData, test_datums: Sequence[Datum], reference: Reference, beta: float
+) -> APIFuture[DPOEval]:
     """Held-out :class:`DPOEval` of the client's current weights, computed by a forward pass queued now."""
-    return client.forward(list(data.test.interleaved()), "cross_entropy").map(
+    return client.forward(list(test_datums), "cross_entropy").map(
         lambda output: evaluate_pairs(
             output.logprobs_D, data.test, reference.test_chosen, reference.test_rejected, beta
         )
     )
 
 
-def _first_eval(client: TrainingClient, data: DPOData, reference: Reference, config: DPOConfig) -> APIFuture[DPOEval]:
+def _first_eval(
+    client: TrainingClient, data: DPOData, test_datums: Sequence[Datum], reference: Reference, config: DPOConfig
+) -> APIFuture[DPOEval]:
     """The evaluation before training; with the initial weights as reference its logprobs are already known."""
     if config.reference_model is not None:
-        return _evaluate(client, data, reference, config.beta)
+        return _evaluate(client, data, test_datums, reference, config.beta)
     policy_D = np.stack([reference.test_chosen, reference.test_rejected], axis=1).reshape(-1)
-    sums = weight_sums(list(data.test.interleaved()))
+    sums = weight_sums(list(test_datums))
     return APIFuture.completed(policy_eval(policy_D, sums, reference.test_chosen, reference.test_rejected, config.beta))
 
 

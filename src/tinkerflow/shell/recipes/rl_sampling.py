@@ -4,7 +4,7 @@ Batch ``n`` is rolled out by a sampler of the weights after ``n - K`` steps, whe
 ``sync`` mode; ``max_staleness`` in ``async`` mode, so sampling of later batches overlaps training of this one).
 Rollouts run on an asyncio loop on a daemon thread (:class:`EventLoopThread`) while the main thread trains. In
 async mode the sampler weights of every version are saved and their paths recorded with each checkpoint
-(:meth:`RolloutSampling.extra_state`), so a resumed run re-launches the batches the killed run had in flight with
+(:meth:`RolloutSampling.needed_paths`), so a resumed run re-launches the batches the killed run had in flight with
 the same weights and the same per-batch sampling seeds.
 """
 

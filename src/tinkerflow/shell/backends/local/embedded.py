@@ -13,7 +13,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import pathlib
 import warnings
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any, Final
 
 from tinkerflow.errors import ConfigError
 from tinkerflow.shell.backends.local.checkpoint import atomic_directory
+from tinkerflow.shell.io.tokenizers import default_cache_dir
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -42,10 +42,9 @@ _EMBEDDED_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_SHA256: Final = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-def cache_root() -> pathlib.Path:
-    """``$TINKERFLOW_CACHE`` if set, else ``~/.cache/tinkerflow``."""
-    configured = os.environ.get("TINKERFLOW_CACHE")
-    return pathlib.Path(configured).expanduser() if configured else pathlib.Path.home() / ".cache" / "tinkerflow"
+#: Where models, checkpoints and tokenizers are cached: one definition (``$TINKERFLOW_CACHE``, else
+#: ``~/.cache/tinkerflow``), shared with the tokenizer cache.
+cache_root = default_cache_dir
 
 
 @contextlib.contextmanager
