@@ -43,7 +43,6 @@ RECORDS = frozenset(
         "testing",
         "chat_format",
         "losses",
-        "__init__",
     }
 )
 
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.write:
         text = DOC.read_text(encoding="utf-8")
-        if BEGIN not in text:
+        if BEGIN not in text or END not in text:
             raise SystemExit(f"{DOC}: add the markers {BEGIN!r} and {END!r} where the picture goes")
         head, rest = text.split(BEGIN, 1)
         tail = rest.split(END, 1)[1]

@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 from tinkerflow.config import SLConfig, apply_overrides, config_to_dict
 from tinkerflow.errors import ConfigError, TinkerflowError
+from tinkerflow.preference.config import DPOConfig
+from tinkerflow.rl.config import RLConfig
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.io.run_dir import RunState
 from tinkerflow.supervised import LRSchedule
@@ -129,3 +131,11 @@ def test_log_to_overrides_and_spellings() -> None:
     with pytest.raises(TinkerflowError, match="log_to"):
         apply_overrides(base, ['log_to=["tb"]'], SLConfig)
     assert apply_overrides(base, ["run_dir=runs/x"], SLConfig).run_dir == "runs/x"  # plain strings stay strings
+
+
+@pytest.mark.parametrize("cls", [SLConfig, DPOConfig, RLConfig])
+def test_configs_are_built_by_keyword(cls: type) -> None:
+    """The run configs share base records (``RunConfig``, ``DataConfig``), so their fields are keyword-only: a
+    positional value is refused rather than landing in whichever field happens to come first."""
+    with pytest.raises(TypeError):
+        cls("train.jsonl")

@@ -53,6 +53,7 @@ INTEROP_MODULES = frozenset({"tinkerflow/interop.py"})
 #: Names whose call does I/O: builtins, and attribute calls on any object (paths, ``io``, ``os``).
 FORBIDDEN_CALLS = frozenset({"open", "getenv", "putenv", "read_text", "read_bytes", "write_text", "write_bytes"})
 CLOCK_CALLS = frozenset({"now", "utcnow", "today"})
+ENVIRONMENT_NAMES = frozenset({"environ", "environb"})
 
 
 @attrs.frozen
@@ -135,8 +136,12 @@ def violations(source: str, relative: str) -> list[Violation]:
                 found.append(Violation(relative, line, f"calls {call}() (file or environment I/O)"))
             elif call in CLOCK_CALLS and isinstance(node.func, ast.Attribute):
                 found.append(Violation(relative, line, f"calls .{call}() (reads the clock)"))
-        if isinstance(node, ast.Attribute) and node.attr in {"environ", "environb"}:
+        if isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT_NAMES:
             found.append(Violation(relative, line, f"reads os.{node.attr}"))
+        if isinstance(node, ast.ImportFrom) and _resolve(node, relative) == "os":
+            taken = sorted(alias.name for alias in node.names if alias.name in ENVIRONMENT_NAMES | {"getenv", "putenv"})
+            if taken or any(alias.name == "*" for alias in node.names):
+                found.append(Violation(relative, line, f"imports {', '.join(taken) or '*'} from os (the environment)"))
     return found
 
 
@@ -160,10 +165,10 @@ def test_the_core_performs_no_effects() -> None:
 def test_the_shell_and_cli_are_exempt_and_everything_else_is_core() -> None:
     assert not is_core("tinkerflow/shell/backends/local/backend.py")
     assert not is_core("tinkerflow/cli.py")
-    assert is_core("tinkerflow/render/base.py")
+    assert is_core("tinkerflow/render/renderer.py")
     assert is_core("tinkerflow/shellfish.py")
     relatives = {path.relative_to(SRC).as_posix() for path in core_modules()}
-    assert "tinkerflow/datum.py" in relatives
+    assert {"tinkerflow/datum.py", "tinkerflow/render/renderer.py"} <= relatives
     assert not any(relative.startswith("tinkerflow/shell/") for relative in relatives)
 
 
@@ -196,6 +201,9 @@ def test_the_shell_and_cli_are_exempt_and_everything_else_is_core() -> None:
         ("import os\nkey = os.environ['HOME']\n", "reads os.environ"),
         ("import os\nkey = os.environ.get('HOME')\n", "reads os.environ"),
         ("import os\nkey = os.getenv('HOME')\n", "calls getenv()"),
+        ("from os import environ\nkey = environ['HOME']\n", "imports environ from os"),
+        ("from os import getenv as g\nkey = g('HOME')\n", "imports getenv from os"),
+        ("from os import *\n", "imports * from os"),
         ("import datetime\nstamp = datetime.datetime.now()\n", "calls .now()"),
     ],
 )
@@ -213,6 +221,7 @@ def test_each_forbidden_effect_is_caught(snippet: str, expected: str) -> None:
         "import math, json, re, enum, functools, itertools\n",
         "import datetime\nday = datetime.date(2026, 1, 1)\n",
         "from tinkerflow.shellfish import x\n",
+        "from os import sep\nimport os.path\nname = os.path.join('a', 'b')\n",
         "import timeit_free_name as t\n",
     ],
 )

@@ -25,7 +25,7 @@ from typing import ClassVar, Generic, TypeVar
 import attrs
 import numpy as np
 
-from tinkerflow._validate import in_range, int_at_least, require_type
+from tinkerflow._validate import attrs_int_at_least, in_range, int_at_least, require_type
 from tinkerflow.chat import Conversation, Message, ToolSpec
 from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 from tinkerflow.model_input import ModelInput
@@ -377,11 +377,6 @@ class ProblemEnv(SingleTurnEnv):
         )
 
 
-def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError("ProblemGroupBuilder", attribute.name, f"must be a positive int, got {value!r}.")
-
-
 def as_tags(value: Sequence[str] | str) -> tuple[str, ...]:
     """An attrs converter: one tag or several -> a tuple of tags."""
     return (value,) if isinstance(value, str) else tuple(value)
@@ -394,7 +389,7 @@ class ProblemGroupBuilder:
     group rewards are zeros. ``tags`` name the metrics groups (``("arithmetic",)``)."""
 
     make_env: Callable[[], Env]
-    group_size: int = attrs.field(validator=_positive)
+    group_size: int = attrs.field(validator=attrs_int_at_least("ProblemGroupBuilder"))
     env_tags: tuple[str, ...] = attrs.field(default=(), converter=as_tags)
 
     async def make_envs(self) -> Sequence[Env]:

@@ -14,16 +14,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tinkerflow._validate import positive_int
 from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.rl.types import EnvGroupBuilder
 
 __all__ = ["GeneratedRLDataset", "ListRLDataset", "epoch_order"]
-
-
-def _positive_int(value: object, where: str, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(where, field, f"must be a positive int, got {value!r}.")
-    return value
 
 
 def _seed(value: object, where: str) -> int:
@@ -74,9 +69,9 @@ class ListRLDataset:
         self.builders: tuple[EnvGroupBuilder, ...] = tuple(builders)
         if not self.builders:
             raise ConfigError(where, "builders", "is empty.", "give at least one environment-group builder.")
-        self.batch_size = _positive_int(batch_size, where, "batch_size")
+        self.batch_size = positive_int(batch_size, where, "batch_size")
         self.seed = _seed(seed, where)
-        self.epochs = _positive_int(epochs, where, "epochs")
+        self.epochs = positive_int(epochs, where, "epochs")
         self.shuffle = shuffle
 
     @property
@@ -112,8 +107,8 @@ class GeneratedRLDataset:
     ) -> None:
         where = "GeneratedRLDataset"
         self.make_builder = make_builder
-        self.batch_size = _positive_int(batch_size, where, "batch_size")
-        self.n_batches = _positive_int(n_batches, where, "n_batches")
+        self.batch_size = positive_int(batch_size, where, "batch_size")
+        self.n_batches = positive_int(n_batches, where, "n_batches")
         self.seed = _seed(seed, where)
 
     def __len__(self) -> int:

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 import numpy as np
 
-from tinkerflow._validate import attrs_int_at_least, finite_float, require_type
+from tinkerflow._validate import attrs_int_at_least, in_range, require_type
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.errors import ConfigError
 from tinkerflow.preference.reward_model import tournament_pairs, win_fraction_rewards
@@ -72,13 +72,6 @@ def parse_answer(renderer: Renderer, tokens_T: np.ndarray) -> tuple[Message, boo
     return message, termination is Termination.STOP_SEQUENCE
 
 
-def _format_coef(value: object, where: str) -> float:
-    coef = finite_float(value, where, "format_coef")
-    if coef < 0:
-        raise ConfigError(where, "format_coef", f"must be >= 0, got {coef}.")
-    return coef
-
-
 class PreferenceEnv(SingleTurnEnv):
     """One answer to ``prompt``; its reward comes from the group's tournament, so the step reward is only the
     format term ``format_coef * (well_formed - 1)`` (0 by default). ``well_formed``: the response ended on the
@@ -93,7 +86,7 @@ class PreferenceEnv(SingleTurnEnv):
         self.renderer = renderer
         self.prompt = prompt
         self.max_tokens = max_tokens
-        self.format_coef = _format_coef(format_coef, "PreferenceEnv")
+        self.format_coef = in_range(format_coef, "PreferenceEnv", "format_coef", low=0.0)
         self.done = False
 
     def _prompt(self) -> Conversation:
@@ -143,7 +136,7 @@ class PreferenceEnvGroupBuilder:
 
     def __attrs_post_init__(self) -> None:
         require_type(self.prompt, Conversation, "PreferenceEnvGroupBuilder", "prompt")
-        _format_coef(self.format_coef, "PreferenceEnvGroupBuilder")
+        in_range(self.format_coef, "PreferenceEnvGroupBuilder", "format_coef", low=0.0)
 
     async def make_envs(self) -> Sequence[Env]:
         return [
