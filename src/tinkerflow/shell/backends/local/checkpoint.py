@@ -12,6 +12,7 @@ structure under its checkpoint directory::
           adapter_config.json           peft LoraConfig (LoRA only), so peft can load the adapter directly
           optimizer.safetensors         AdamW moments and step count per trainable parameter (states only)
         sampler_weights/<name>/         local://<run id>/sampler_weights/<name>: the same minus the optimizer
+        external_weights/<name>/        local://<run id>/external_weights/<name>: as sampler_weights, for export
 
 Each checkpoint directory is written into a temporary sibling, every file and the directory fsynced, then renamed
 into place with ``os.replace`` (and the parent fsynced), so a reader sees a complete checkpoint or none.
@@ -60,8 +61,8 @@ OPTIMIZER_FILE: Final = "optimizer.safetensors"
 #: peft's prefix of adapter keys in ``adapter_model.safetensors`` (stripped in memory).
 PEFT_PREFIX: Final = "base_model.model."
 
-CheckpointKind: TypeAlias = Literal["weights", "sampler_weights"]
-_KINDS: Final[tuple[CheckpointKind, ...]] = ("weights", "sampler_weights")
+CheckpointKind: TypeAlias = Literal["weights", "sampler_weights", "external_weights"]
+_KINDS: Final[tuple[CheckpointKind, ...]] = ("weights", "sampler_weights", "external_weights")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

@@ -112,6 +112,11 @@ class LocalTrainingClient:
         path = LocalPath(run_id=self.run_id, kind="sampler_weights", name=name)
         return self._worker.submit(lambda: self._run_save(path, optimizer=False, overwrite=overwrite))
 
+    def save_weights_external(self, name: str, *, overwrite: bool = False) -> APIFuture[str]:
+        """Save the weights for export (``local://<run>/external_weights/<name>``; no optimizer state)."""
+        path = LocalPath(run_id=self.run_id, kind="external_weights", name=name)
+        return self._worker.submit(lambda: self._run_save(path, optimizer=False, overwrite=overwrite))
+
     def load_state(self, path: str, *, with_optimizer: bool = True) -> APIFuture[None]:
         parsed = LocalPath.parse(path)
         return self._worker.submit(lambda: self._run_load(parsed, with_optimizer=with_optimizer))

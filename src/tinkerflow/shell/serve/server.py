@@ -1,0 +1,165 @@
+"""Run the server: build the store, backend and engine, serve the app with uvicorn. (Shell.)
+
+:func:`serve` blocks (the ``tinkerflow serve`` command); :class:`ServerThread` runs a server on a background thread
+for tests and notebooks, on ``127.0.0.1`` and a free port, and stops it when its ``with`` block ends::
+
+    with ServerThread(ServerConfig(store=tmp_path / "store", api_key="tml-local")) as server:
+        client = tinker.ServiceClient(base_url=server.base_url, api_key="tml-local")
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+import uvicorn
+
+from tinkerflow._validate import positive_int
+from tinkerflow.errors import ConfigError
+from tinkerflow.shell.backends.local import LocalBackend
+from tinkerflow.shell.serve.app import create_app
+from tinkerflow.shell.serve.catalog import ModelCatalog
+from tinkerflow.shell.serve.engine import Engine
+from tinkerflow.shell.serve.store import Store
+
+__all__ = ["DEFAULT_KEY", "ServerConfig", "ServerThread", "build_engine", "serve"]
+
+log = logging.getLogger("tinkerflow.serve")
+#: The key a server accepts when none is given (the SDK requires keys to start with ``tml-``).
+DEFAULT_KEY: Final = "tml-tinkerflow-local"
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """How to run a server.
+
+    Attributes:
+        store: folder of the server's database (``server.sqlite3``) and checkpoints (``checkpoints/``).
+        host: the interface to bind; ``127.0.0.1`` unless you mean to expose it.
+        port: the port; 0 picks a free one.
+        api_key: the key every request must carry (``X-API-Key``; the SDK sends ``TINKER_API_KEY``).
+        models: ``NAME=SOURCE`` entries served on top of the defaults (see :mod:`~tinkerflow.shell.serve.catalog`).
+        only_listed_models: serve only ``models`` (no embedded or tiny defaults).
+        max_pending: requests in flight before new ones are refused with 429.
+        max_body_mb: the largest request body accepted, in MiB.
+        device: the local backend's device (``"cpu"``, ``"cuda"``; default CUDA when available).
+        max_tokens_per_batch: the local backend's micro-batch budget.
+    """
+
+    store: pathlib.Path = attrs.field(converter=pathlib.Path)
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str = DEFAULT_KEY
+    models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    only_listed_models: bool = False
+    max_pending: int = 256
+    max_body_mb: int = 256
+    device: str | None = None
+    max_tokens_per_batch: int = 4096
+
+    def __attrs_post_init__(self) -> None:
+        where = "ServerConfig"
+        if not self.api_key.startswith("tml-"):
+            raise ConfigError(where, "api_key", "the tinker SDK only sends keys that start with 'tml-'.", "")
+        positive_int(self.max_pending, where, "max_pending")
+        positive_int(self.max_body_mb, where, "max_body_mb")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(where, "port", f"must be 0..65535, got {self.port}.")
+
+
+def build_engine(config: ServerConfig) -> Engine:
+    """The engine of ``config``: its store opened and recovered (requests left in flight fail), a fresh backend."""
+    config.store.mkdir(parents=True, exist_ok=True)
+    store = Store(config.store / "server.sqlite3")
+    lost = store.recover()
+    if lost:
+        log.warning("%d requests were in flight when the server stopped; they now answer with an error.", lost)
+    backend = LocalBackend(
+        checkpoint_dir=config.store / "checkpoints",
+        device=config.device,
+        max_tokens_per_batch=config.max_tokens_per_batch,
+    )
+    catalog = ModelCatalog.from_options(config.models, include_defaults=not config.only_listed_models)
+    return Engine(store, backend, catalog, max_pending=config.max_pending)
+
+
+def _uvicorn(config: ServerConfig, engine: Engine) -> uvicorn.Server:
+    app = create_app(engine, api_key=config.api_key, max_body_bytes=config.max_body_mb * 2**20)
+    settings = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,  # request lines would be noise; the key is never in them either way
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(settings)
+
+
+def serve(config: ServerConfig) -> None:
+    """Serve until interrupted (Ctrl-C), then let work in flight finish and close the store."""
+    engine = build_engine(config)
+    server = _uvicorn(config, engine)
+    try:
+        server.run()
+    finally:
+        engine.close()
+        engine.store.close()
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class ServerThread:
+    """A server on a background thread (see the module docstring). ``base_url`` is set once it listens."""
+
+    def __init__(self, config: ServerConfig, *, start_timeout: float = 60.0) -> None:
+        self.config = config
+        self._start_timeout = start_timeout
+        self._sock = _bound_socket(config.host, config.port)
+        self.port: int = self._sock.getsockname()[1]
+        self.base_url = f"http://{config.host}:{self.port}"
+        self.engine = build_engine(config)
+        self._server = _uvicorn(config, self.engine)
+        self._thread = threading.Thread(target=self._run, name="tinkerflow-serve", daemon=True)
+
+    def _run(self) -> None:
+        self._server.run(sockets=[self._sock])
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start serving; returns once the server accepts connections."""
+        self._thread.start()
+        deadline = time.monotonic() + self._start_timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError("ServerThread", "start", "the server did not start (see the log above).")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting requests, let work in flight finish, close the store."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self.engine.close(timeout)
+        self.engine.store.close()
+        self._sock.close()
+
+    @property
+    def models(self) -> Sequence[str]:
+        return self.engine.catalog.names()
