@@ -9,6 +9,9 @@ it, validate it and the data before any work starts, then train (or resume) with
 ``tinkerflow dpo CONFIG.json [key=value ...] [--dry-run]``: the same for DPO on preference data
 (:class:`tinkerflow.preference.config.DPOConfig`).
 
+``tinkerflow serve [--port N] [--model NAME=SOURCE ...] [--store DIR]``: Tinker's HTTP API on this machine, so the
+unmodified ``tinker`` SDK and tinker-cookbook run on the local backend (:mod:`tinkerflow.shell.serve`).
+
 The config records are the single source of the command line (:mod:`tinkerflow.config_fields`):
 ``tinkerflow sl --help`` lists every field with its type, default and documentation, ``tinkerflow sl --template``
 prints a complete config to start from (required fields hold ``"<required: fill in>"``), and overrides and flags
@@ -311,6 +314,9 @@ def _top_parser(commands: Mapping[str, _Command]) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, command in commands.items():
         subparsers.add_parser(name, help=command.help, add_help=False)
+    subparsers.add_parser(
+        "serve", help="serve Tinker's API on this machine (`tinkerflow serve --help`)", add_help=False
+    )
     return parser
 
 
@@ -335,6 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tinkerflow`` command; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     commands = _commands()
+    if arguments and arguments[0] == "serve":  # its own options, not a config record
+        from tinkerflow.shell.serve.command import main as serve_main
+
+        try:
+            return serve_main(arguments[1:])
+        except TinkerflowError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if not arguments or arguments[0] not in commands:
         _top_parser(commands).parse_args(arguments)  # prints the usage or help and exits
         return 1

@@ -144,10 +144,10 @@ def _training_routes(app: FastAPI, engine: Engine, limit: int) -> None:
     async def forward_backward(request: Request) -> Response:
         raw = await read_body(request, limit)
         try:
-            body = codec.maybe_decompress(raw, request.headers.get("content-encoding"))
+            body = codec.maybe_decompress(raw, request.headers.get("content-encoding"), max_size=limit)
             decoded = codec.decode_forward_backward_request(body)
         except codec.WireFormatError as error:
-            raise ServeError(400, "body", str(error)) from error
+            raise ServeError(400, error.field, error.message) from error
         return _future(engine.forward_backward(decoded), model_id=decoded.model_id)
 
     @app.post("/api/v1/optim_step")

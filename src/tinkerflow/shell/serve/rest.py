@@ -176,8 +176,12 @@ def _file(engine: Engine, signer: UrlSigner, request: Request, rest: str) -> Fil
 def add_routes(app: FastAPI, engine: Engine) -> None:
     """Add the REST routes to ``app``."""
     signer = UrlSigner()
-    app.state.url_signer = signer
+    _session_routes(app, engine)
+    _run_routes(app, engine)
+    _checkpoint_routes(app, engine, signer)
 
+
+def _session_routes(app: FastAPI, engine: Engine) -> None:
     @app.get("/api/v1/samplers/{sampler_id}")
     async def get_sampler(sampler_id: str) -> Response:
         record = engine.samplers.record(sampler_id)
@@ -205,6 +209,8 @@ def add_routes(app: FastAPI, engine: Engine) -> None:
         sessions = engine.store.sessions(limit, offset)
         return _ok(tt.ListSessionsResponse(sessions=[session.session_id for session in sessions]))
 
+
+def _run_routes(app: FastAPI, engine: Engine) -> None:
     @app.get("/api/v1/training_runs")
     async def list_training_runs(request: Request) -> Response:
         limit, offset = _page(request, 20)
@@ -230,6 +236,12 @@ def add_routes(app: FastAPI, engine: Engine) -> None:
         cursor = tt.Cursor(offset=offset, limit=limit, total_count=total)
         return _ok(tt.CheckpointsListResponse(checkpoints=[_checkpoint(r) for r in records], cursor=cursor))
 
+    @app.post("/api/v1/weights_info")
+    async def weights_info(request: Request) -> Response:
+        return _ok(engine.weights_info((await _json_object(request)).get("tinker_path")))
+
+
+def _checkpoint_routes(app: FastAPI, engine: Engine, signer: UrlSigner) -> None:
     @app.get("/api/v1/training_runs/{run_id}/checkpoints/{rest:path}")
     async def checkpoint_get(run_id: str, rest: str, request: Request) -> Response:
         path, action = _checkpoint_route(run_id, rest)
@@ -270,10 +282,6 @@ def add_routes(app: FastAPI, engine: Engine) -> None:
         else:
             raise ServeError(404, "checkpoint_id", f"no DELETE {action!r} for checkpoints.")
         return Response(status_code=204)
-
-    @app.post("/api/v1/weights_info")
-    async def weights_info(request: Request) -> Response:
-        return _ok(engine.weights_info((await _json_object(request)).get("tinker_path")))
 
     @app.get(FILES_PREFIX + "{rest:path}")
     async def download(rest: str, request: Request) -> FileResponse:

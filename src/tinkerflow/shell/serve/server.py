@@ -102,15 +102,36 @@ def _uvicorn(config: ServerConfig, engine: Engine) -> uvicorn.Server:
     return uvicorn.Server(settings)
 
 
-def serve(config: ServerConfig) -> None:
-    """Serve until interrupted (Ctrl-C), then let work in flight finish and close the store."""
+def serve(config: ServerConfig, *, stop: threading.Event | None = None, announce: bool = False) -> None:
+    """Serve until interrupted (Ctrl-C) or ``stop`` is set, then let work in flight finish and close the store.
+
+    With ``announce`` it prints where it listens and the two environment variables that point the SDK at it (the
+    key itself is not printed when it came from the environment or the command line: only its source).
+    """
+    sock = _bound_socket(config.host, config.port)
+    port = sock.getsockname()[1]
     engine = build_engine(config)
     server = _uvicorn(config, engine)
+    if stop is not None:
+
+        def watch() -> None:
+            stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=watch, name="tinkerflow-serve-stop", daemon=True).start()
+    if announce:
+        key_hint = "tml-tinkerflow-local" if config.api_key == DEFAULT_KEY else "<the key you gave the server>"
+        print(
+            f"tinkerflow serve: store {config.store}; models {', '.join(engine.catalog.names())}\n"
+            f"  export TINKER_BASE_URL=http://{config.host}:{port} TINKER_API_KEY={key_hint}",
+            flush=True,
+        )
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         engine.close()
         engine.store.close()
+        sock.close()
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
