@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-mb", type=int, default=256, help="largest request body in MiB (default 256)")
     parser.add_argument("--device", default=None, help="torch device for the local backend (default: CUDA if any)")
     parser.add_argument(
+        "--install-tokenizers",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="HF_HOME",
+        help="write each served model's tokenizer into a Hugging Face cache (default <store>/hf-home) so "
+        "AutoTokenizer.from_pretrained(<model name>) works offline, then print the HF_HOME to export",
+    )
+    parser.add_argument(
         "--exit-after", type=float, default=None, metavar="SECONDS", help="stop by itself after SECONDS (for scripts)"
     )
     return parser
@@ -80,5 +89,8 @@ def main(argv: Sequence[str]) -> int:
         timer = threading.Timer(args.exit_after, stop.set)
         timer.daemon = True
         timer.start()
-    serve(config, stop=stop, announce=True)
+    hf_home = None
+    if args.install_tokenizers is not None:
+        hf_home = args.install_tokenizers or str(config.store / "hf-home")
+    serve(config, stop=stop, announce=True, hf_home=hf_home)
     return 0

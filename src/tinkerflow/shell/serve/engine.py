@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import pydantic
 
     from tinkerflow.datum import Datum
+    from tinkerflow.tokenizers import Tokenizer
 
 __all__ = ["Engine"]
 
@@ -88,6 +89,11 @@ class Engine:
         for run in runs:
             run.close()
         self.backend.close()
+
+    def served_tokenizers(self) -> dict[str, Tokenizer]:
+        """Each served name's tokenizer (names with ``:`` left out: tokenizer lookups cut names there)."""
+        names = [name for name in self.catalog.names() if ":" not in name]
+        return {name: self.backend.get_tokenizer(self.catalog.source(name)) for name in names}
 
     # -- sessions -------------------------------------------------------------------------------------------------
 

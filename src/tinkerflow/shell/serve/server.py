@@ -26,6 +26,7 @@ from tinkerflow.shell.backends.local import LocalBackend
 from tinkerflow.shell.serve.app import create_app
 from tinkerflow.shell.serve.catalog import ModelCatalog
 from tinkerflow.shell.serve.engine import Engine
+from tinkerflow.shell.serve.hub_cache import install_tokenizers
 from tinkerflow.shell.serve.store import Store
 
 __all__ = ["DEFAULT_KEY", "ServerConfig", "ServerThread", "build_engine", "serve"]
@@ -102,11 +103,14 @@ def _uvicorn(config: ServerConfig, engine: Engine) -> uvicorn.Server:
     return uvicorn.Server(settings)
 
 
-def serve(config: ServerConfig, *, stop: threading.Event | None = None, announce: bool = False) -> None:
+def serve(
+    config: ServerConfig, *, stop: threading.Event | None = None, announce: bool = False, hf_home: str | None = None
+) -> None:
     """Serve until interrupted (Ctrl-C) or ``stop`` is set, then let work in flight finish and close the store.
 
     With ``announce`` it prints where it listens and the two environment variables that point the SDK at it (the
-    key itself is not printed when it came from the environment or the command line: only its source).
+    key itself is not printed unless it is the well-known default). With ``hf_home`` it first installs the served
+    models' tokenizers there (:mod:`~tinkerflow.shell.serve.hub_cache`).
     """
     sock = _bound_socket(config.host, config.port)
     port = sock.getsockname()[1]
@@ -119,11 +123,15 @@ def serve(config: ServerConfig, *, stop: threading.Event | None = None, announce
             server.should_exit = True
 
         threading.Thread(target=watch, name="tinkerflow-serve-stop", daemon=True).start()
+    if hf_home is not None:
+        for name, outcome in install_tokenizers(engine.served_tokenizers(), hf_home).items():
+            print(f"tokenizer {name}: {outcome}", flush=True)
     if announce:
         key_hint = "tml-tinkerflow-local" if config.api_key == DEFAULT_KEY else "<the key you gave the server>"
         print(
             f"tinkerflow serve: store {config.store}; models {', '.join(engine.catalog.names())}\n"
-            f"  export TINKER_BASE_URL=http://{config.host}:{port} TINKER_API_KEY={key_hint}",
+            f"  export TINKER_BASE_URL=http://{config.host}:{port} TINKER_API_KEY={key_hint}"
+            + (f"\n  export HF_HOME={hf_home} HF_HUB_OFFLINE=1" if hf_home is not None else ""),
             flush=True,
         )
     try:
