@@ -79,9 +79,43 @@ class Engine:
         self.samplers = SamplerPool(backend, store, catalog)
         self._lock = threading.Lock()
         self._runs: dict[str, LocalTrainingClient] = {}
+        self._stop = threading.Event()
+
+    def start_reaper(self, session_timeout: float, interval: float = 30.0) -> None:
+        """End sessions with no heartbeat for ``session_timeout`` seconds and free their runs' and samplers'
+        memory (the SDK heartbeats every 10 s while its client lives; a script that exits without ``close()``
+        never says goodbye). Runs until :meth:`close`."""
+
+        def reap() -> None:
+            while not self._stop.wait(interval):
+                for session_id in self.store.stale_sessions(time.time() - session_timeout):
+                    self.store.finish_session(session_id)
+                    self.release_session(session_id)
+
+        threading.Thread(target=reap, name="tinkerflow-serve-reaper", daemon=True).start()
+
+    def release_session(self, session_id: str) -> None:
+        """Free the memory of a finished session's training runs and samplers (their records, checkpoints and
+        answers stay; a request to a released run gets 404 with the way back). Their threads finish the work
+        already queued and stop in the background."""
+        model_ids = self.store.models_of_session(session_id)
+        with self._lock:
+            runs = [self._runs.pop(model_id) for model_id in model_ids if model_id in self._runs]
+        samplers = self.samplers.release(self.store.samplers_of_session(session_id))
+        self.store.mark_not_live(model_ids)
+
+        def close_all() -> None:
+            for run in runs:
+                run.close()
+            for sampler in samplers:
+                if sampler.done() and sampler.future().exception() is None:
+                    sampler.result().close()
+
+        threading.Thread(target=close_all, name="tinkerflow-serve-release", daemon=True).start()
 
     def close(self, timeout: float = 30.0) -> None:
         """Let work in flight finish (at most ``timeout`` seconds), then stop every worker thread."""
+        self._stop.set()
         self.board.wait_all(timeout)
         with self._lock:
             runs = list(self._runs.values())
@@ -131,7 +165,7 @@ class Engine:
         raise ServeError(
             404,
             "model_id",
-            f"training run {model_id!r} was in memory when the server restarted, so its live weights are gone; "
+            f"training run {model_id!r} is no longer in memory (its session ended, or the server restarted); "
             f"resume with create_training_client_from_state_with_optimizer({last!r}).",
         )
 

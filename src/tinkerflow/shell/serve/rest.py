@@ -193,6 +193,7 @@ def _session_routes(app: FastAPI, engine: Engine) -> None:
     async def finish_session(session_id: str) -> Response:
         if not engine.store.finish_session(session_id):
             raise ServeError(404, "session_id", f"no session {session_id!r} on this server.")
+        engine.release_session(session_id)
         return Response(status_code=204)
 
     @app.get("/api/v1/sessions/{session_id}")

@@ -122,6 +122,12 @@ class SamplerPool:
         with self._lock:
             return self._loaded.setdefault(sampler_id, loading)
 
+    def release(self, sampler_ids: list[str]) -> list[APIFuture[LocalSamplingClient]]:
+        """Forget the loaded samplers of ``sampler_ids`` (a stored session reloads on its next request); returns
+        them so the caller can close them off the event loop."""
+        with self._lock:
+            return [self._loaded.pop(sampler_id) for sampler_id in sampler_ids if sampler_id in self._loaded]
+
     def record(self, sampler_id: str) -> SamplerRecord:
         record = self._store.sampler(sampler_id)
         if record is None:

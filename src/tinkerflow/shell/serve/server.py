@@ -51,6 +51,7 @@ class ServerConfig:
         max_body_mb: the largest request body accepted, in MiB.
         device: the local backend's device (``"cpu"``, ``"cuda"``; default CUDA when available).
         max_tokens_per_batch: the local backend's micro-batch budget.
+        session_timeout: seconds without a heartbeat after which a session ends and its runs' memory is freed.
     """
 
     store: pathlib.Path = attrs.field(converter=pathlib.Path)
@@ -63,6 +64,7 @@ class ServerConfig:
     max_body_mb: int = 256
     device: str | None = None
     max_tokens_per_batch: int = 4096
+    session_timeout: float = 600.0
 
     def __attrs_post_init__(self) -> None:
         where = "ServerConfig"
@@ -70,6 +72,8 @@ class ServerConfig:
             raise ConfigError(where, "api_key", "the tinker SDK only sends keys that start with 'tml-'.", "")
         positive_int(self.max_pending, where, "max_pending")
         positive_int(self.max_body_mb, where, "max_body_mb")
+        if not self.session_timeout > 0:
+            raise ConfigError(where, "session_timeout", f"must be positive seconds, got {self.session_timeout}.")
         if not 0 <= self.port < 65536:
             raise ConfigError(where, "port", f"must be 0..65535, got {self.port}.")
 
@@ -87,7 +91,9 @@ def build_engine(config: ServerConfig) -> Engine:
         max_tokens_per_batch=config.max_tokens_per_batch,
     )
     catalog = ModelCatalog.from_options(config.models, include_defaults=not config.only_listed_models)
-    return Engine(store, backend, catalog, max_pending=config.max_pending)
+    engine = Engine(store, backend, catalog, max_pending=config.max_pending)
+    engine.start_reaper(config.session_timeout)
+    return engine
 
 
 def _uvicorn(config: ServerConfig, engine: Engine) -> uvicorn.Server:

@@ -209,6 +209,17 @@ class Store:
             cursor = db.execute("UPDATE sessions SET finished=1 WHERE session_id=?", (session_id,))
             return cursor.rowcount == 1
 
+    def stale_sessions(self, last_heartbeat_before: float) -> list[str]:
+        """Open sessions whose last heartbeat is older than the given time."""
+        rows = self._all(
+            "SELECT session_id FROM sessions WHERE finished=0 AND last_heartbeat<?", (last_heartbeat_before,)
+        )
+        return [str(row[0]) for row in rows]
+
+    def mark_not_live(self, model_ids: list[str]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE models SET live=0 WHERE model_id=?", [(model_id,) for model_id in model_ids])
+
     def session(self, session_id: str) -> SessionRecord | None:
         row = self._one("SELECT * FROM sessions WHERE session_id=?", (session_id,))
         return None if row is None else _session(row)
