@@ -200,8 +200,9 @@ def test_missing_loss_input_names_datum_and_field() -> None:
     assert "ppo" in caught.value.problem
     with pytest.raises(ValidationError, match="empty"):
         lf.check_loss_inputs("cross_entropy", [])
-    with pytest.raises(ValidationError, match="expected a Datum"):
+    with pytest.raises(ValidationError, match=r"expected a tinkerflow\.Datum, got builtins\.str") as caught:
         lf.check_loss_inputs("cross_entropy", [datum, "text"])  # type: ignore[list-item]
+    assert "datum_from_tinker" in caught.value.fix
 
 
 def test_misaligned_datum_cannot_exist() -> None:

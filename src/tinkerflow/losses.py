@@ -161,7 +161,13 @@ def check_datums(data: Sequence[Datum], where: str = "forward_backward") -> None
         raise ValidationError(where, "data", "is empty.", "pass at least one datum.")
     for index, datum in enumerate(data):
         if not isinstance(datum, Datum):
-            raise ValidationError(where, f"data[{index}]", f"expected a Datum, got {type(datum).__name__}.")
+            kind = f"{type(datum).__module__}.{type(datum).__qualname__}"
+            raise ValidationError(
+                where,
+                f"data[{index}]",
+                f"expected a tinkerflow.Datum, got {kind}.",
+                "convert a tinker.types.Datum with tinkerflow.interop.datum_from_tinker.",
+            )
         if datum.length == 0:
             raise ValidationError(where, f"data[{index}].model_input", "is empty.", "drop empty datums.")
 

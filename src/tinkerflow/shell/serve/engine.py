@@ -453,14 +453,18 @@ class Engine:
         return launched, [f"{launched.request_id}:{index}" for index in range(request.num_samples)]
 
 
+#: The losses the local backend computes (gspo is refused by it, as stable_reinforce is by the server).
+LOCAL_LOSSES: Final[tuple[LossFnType, ...]] = tuple(loss for loss in BUILTIN_LOSSES if loss != "gspo")
+
+
 def _builtin_loss(name: str) -> LossFnType:
-    for loss in BUILTIN_LOSSES:
+    for loss in LOCAL_LOSSES:
         if loss == name:
             return loss
     raise ServeError(
         400,
         "loss_fn",
-        f"loss {name!r} is not implemented by the local backend; it implements {list(BUILTIN_LOSSES)} "
+        f"loss {name!r} is not implemented by the local backend; it implements {list(LOCAL_LOSSES)} "
         "(forward_backward_custom runs client-side on top of them).",
     )
 

@@ -86,14 +86,19 @@ class LocalTrainingClient:
     def forward(
         self, data: Sequence[Datum], loss_fn: LossFnType, loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
+        """As Tinker's ``forward``; ``data`` may also be ``tinker.types.Datum`` (converted)."""
+        data = _own_datums(data)
         return self._submit_builtin(data, loss_fn, loss_fn_config, backward=False, where="forward")
 
     def forward_backward(
         self, data: Sequence[Datum], loss_fn: LossFnType, loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
+        """As Tinker's ``forward_backward``; ``data`` may also be ``tinker.types.Datum`` (converted)."""
+        data = _own_datums(data)
         return self._submit_builtin(data, loss_fn, loss_fn_config, backward=True, where="forward_backward")
 
     def forward_backward_custom(self, data: Sequence[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
+        data = _own_datums(data)
         check_custom_loss(data, loss_fn)
         batch = encode_data(data, self._base, "forward_backward_custom")
         return self._worker.submit(
@@ -304,3 +309,16 @@ class LocalTrainingClient:
                         "exp_avg_sq": optimizer_state[f"{name}.exp_avg_sq"].clone(),
                     }
             self._steps = meta.optimizer_steps
+
+
+def _own_datums(data: Sequence[Datum]) -> Sequence[Datum]:
+    """``data`` with any ``tinker.types.Datum`` converted to tinkerflow's (so SDK-style code runs locally)."""
+    if not isinstance(data, Sequence) or all(isinstance(datum, Datum) for datum in data):
+        return data
+    from tinkerflow.interop import datum_from_tinker
+
+    converted: list[Datum] = []
+    for datum in data:
+        foreign = type(datum).__module__.split(".")[0] == "tinker" and hasattr(datum, "loss_fn_inputs")
+        converted.append(datum_from_tinker(datum) if foreign else datum)  # type: ignore[arg-type]  # checked above
+    return converted
