@@ -5,7 +5,7 @@ The server hands out ``tinker://<run id>/weights/<name>`` (``save_state``),
 ``tinker://<run id>/external_weights/<name>`` (``save_weights_external``, for downloads), the service's grammar.
 Run ids are the service's too: ``<session id>:train:<n>``. Each path names the local backend's checkpoint
 ``local://<local run id>/<kind>/<name>`` under ``<store>/checkpoints``, where the local run id spells each ``:`` as
-``__`` (a file-name-safe, reversible spelling: the server's session ids never hold ``__``). Run ids and names are
+``__`` (a file-name-safe spelling, reversible because the server's run ids never hold ``_``). Run ids and names are
 checked against one pattern (letters, digits, ``.``, ``_``, ``-``; starting with a letter or digit), so no path a
 client sends can leave the checkpoint directory.
 """
@@ -43,8 +43,8 @@ def parse_tinker_path(path: object, field: str = "path") -> LocalPath:
         raise ServeError(400, field, f"{path!r} is not a tinker:// checkpoint path (tinker://<run id>/weights/<name>).")
     try:
         run, sep, rest = path[len(TINKER_SCHEME) :].partition("/")
-        if "__" in run:
-            raise ValidationError("LocalPath", "run_id", f"{run!r} holds '__', which no run id of this server does.")
+        if "_" in run:
+            raise ValidationError("LocalPath", "run_id", f"{run!r} holds '_', which no run id of this server does.")
         return LocalPath.parse(f"local://{local_run_id(run)}{sep}{rest}")
     except ValidationError as error:
         raise ServeError(
