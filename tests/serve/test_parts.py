@@ -56,7 +56,8 @@ def test_no_tinker_path_leaves_the_checkpoint_directory(text: str, tmp_path_fact
             assert error.status == 400
             continue
         resolved = pathlib.Path(os.path.normpath(folder))
-        assert resolved.is_relative_to(root) and resolved != root
+        assert resolved.is_relative_to(root)
+        assert resolved != root
         assert len(resolved.relative_to(root).parts) == 3
 
 
@@ -110,15 +111,22 @@ def test_store_survives_reopening_and_recovery_fails_what_was_in_flight(tmp_path
     reopened = Store(tmp_path / "db.sqlite3")
     assert reopened.recover() == 1
     done = reopened.future("done-1")
-    assert done is not None and done.state == "done" and done.payload == b'{"metrics": {}}'
+    assert done is not None
+    assert done.state == "done"
+    assert done.payload == b'{"metrics": {}}'
     lost = reopened.future("pending-1")
-    assert lost is not None and lost.state == "failed" and lost.error == RESTART_ERROR
+    assert lost is not None
+    assert lost.state == "failed"
+    assert lost.error == RESTART_ERROR
     model = reopened.model("s:train:0")
-    assert model is not None and not model.live and model.last_checkpoint == record.tinker_path
+    assert model is not None
+    assert not model.live
+    assert model.last_checkpoint == record.tinker_path
     assert reopened.checkpoint(record.tinker_path) == record
     assert reopened.delete_checkpoint(record.tinker_path)
     model = reopened.model("s:train:0")
-    assert model is not None and model.last_checkpoint is None
+    assert model is not None
+    assert model.last_checkpoint is None
 
 
 # -- futures board ----------------------------------------------------------------------------------------------
@@ -142,15 +150,17 @@ def test_board_bounds_work_in_flight_and_long_polls(tmp_path: pathlib.Path) -> N
     assert pending.state == "pending"
     gate.set()
     finished = asyncio.run(board.wait(first.request_id, timeout=10))
-    assert finished.state == "done" and finished.payload == b"7"
+    assert finished.state == "done"
+    assert finished.payload == b"7"
     assert board.pending == 0
+
+    def bad() -> APIFuture[int]:
+        raise ValidationError("x", "field", "bad")
+
     with pytest.raises(ServeError) as refused:  # a refusal at submission leaves no future behind
-
-        def bad() -> APIFuture[int]:
-            raise ValidationError("x", "field", "bad")
-
         board.launch(owner="o", seq_id=3, kind="k", start=bad, encode=lambda v: Payload(JSON, b""))
-    assert refused.value.status == 400 and board.pending == 0
+    assert refused.value.status == 400
+    assert board.pending == 0
     assert store.add_future("new", "o", 3, "k") is None  # seq 3 was not taken by the refused request
 
 
@@ -200,7 +210,8 @@ def test_installed_tokenizers_load_offline_and_match_the_servers(tmp_path: pathl
     )
     assert done.returncode == 0, done.stderr
     outcome, encoded, decoded = (json.loads(line) for line in done.stdout.strip().splitlines()[-3:])
-    assert outcome["tiny-llama"] == "installed" and outcome["a:b"].startswith("skipped")
+    assert outcome["tiny-llama"] == "installed"
+    assert outcome["a:b"].startswith("skipped")
     byte = ByteTokenizer(300, "tiny-llama")
     assert encoded == [byte.encode(text) for text in texts]
     assert decoded == byte.decode([*range(256), 256, 257, 258, 299])
