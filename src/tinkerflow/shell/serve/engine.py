@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine"]
 
+#: The most sequences one sampling request may ask for (each holds a KV cache while it decodes).
+MAX_NUM_SAMPLES: Final = 128
 _UNSUPPORTED_SAMPLE_FIELDS: Final = (
     ("topk_sample_logprobs", 0),
     ("target_prompt_logprobs", None),
@@ -117,6 +119,7 @@ class Engine:
         """Let work in flight finish (at most ``timeout`` seconds), then stop every worker thread."""
         self._stop.set()
         self.board.wait_all(timeout)
+        self.board.close()
         with self._lock:
             runs = list(self._runs.values())
             self._runs.clear()
@@ -414,6 +417,12 @@ class Engine:
 
     def sample(self, request: tt.SampleRequest) -> tuple[Launched, list[str]]:
         """Start a sampling request; also returns the ids its sequences will carry."""
+        if not 1 <= request.num_samples <= MAX_NUM_SAMPLES:
+            raise ServeError(
+                400,
+                "num_samples",
+                f"must be 1..{MAX_NUM_SAMPLES} per request, got {request.num_samples}; send several requests.",
+            )
         for field, default in _UNSUPPORTED_SAMPLE_FIELDS:
             if getattr(request, field) != default:
                 raise ServeError(400, field, "the local backend does not support this field yet; leave it unset.")

@@ -58,6 +58,14 @@ class FutureBoard:
         self.max_pending = max_pending
         self._lock = threading.Lock()
         self._pending: dict[str, concurrent.futures.Future[None]] = {}
+        self._closed = False
+        self._write_lock = threading.Lock()  # held while an answer is written, so close() waits for the write
+
+    def close(self) -> None:
+        """Stop recording answers: work that finishes after this leaves its future pending in the store, and the
+        next start of the server marks it failed (its answer is lost with the process, as in a crash)."""
+        with self._write_lock, self._lock:
+            self._closed = True
 
     @property
     def pending(self) -> int:
@@ -81,6 +89,8 @@ class FutureBoard:
         future left behind. ``encode`` runs when the work is done, on the worker's thread.
         """
         with self._lock:
+            if self._closed:
+                raise ServeError(503, "server", "the server is shutting down; retry against its next start.")
             if len(self._pending) >= self.max_pending:
                 raise ServeError(
                     429,
@@ -98,7 +108,7 @@ class FutureBoard:
             work = start()
         except TinkerflowError as error:
             self._forget(request_id)
-            raise ServeError(400, kind, str(error)) from error
+            raise ServeError(400, getattr(error, "field", kind), str(error)) from error
         except BaseException:
             self._forget(request_id)
             raise
@@ -112,16 +122,24 @@ class FutureBoard:
         done.set_result(None)
 
     def _finish(self, request_id: str, finished: concurrent.futures.Future[T], encode: Callable[[T], Payload]) -> None:
+        payload: Payload | None = None
+        error_text, category = "", "server"
         try:
             if finished.cancelled():
-                self._store.fail_future(request_id, "the request was cancelled.", "server")
+                error_text = "the request was cancelled."
             elif (error := finished.exception()) is not None:
-                self._store.fail_future(request_id, _describe(error), _category(error))
+                error_text, category = _describe(error), _category(error)
             else:
                 payload = encode(finished.result())
-                self._store.finish_future(request_id, payload.content_type, payload.body)
         except BaseException as error:  # an answer that cannot be encoded still ends the future
-            self._store.fail_future(request_id, f"the server could not encode the answer: {_describe(error)}", "server")
+            payload, error_text = None, f"the server could not encode the answer: {_describe(error)}"
+        try:
+            with self._write_lock:  # never after close(): the store may be closed by then (the record stays pending)
+                if not self._closed:
+                    if payload is not None:
+                        self._store.finish_future(request_id, payload.content_type, payload.body)
+                    else:
+                        self._store.fail_future(request_id, error_text, category)
         finally:
             with self._lock:
                 done = self._pending.pop(request_id, None)

@@ -149,7 +149,7 @@ def serve(
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (IPv4 or IPv6).
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6).
 
     It is made with ``IPPROTO_TCP`` on purpose: asyncio then sets ``TCP_NODELAY`` on every accepted connection.
     uvicorn writes a response's headers and body separately, and with Nagle's algorithm on, the body waits for the
@@ -160,6 +160,7 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # listening before the address is announced: a client that connects at once is accepted
     except OSError as error:
         sock.close()
         raise ConfigError("ServerConfig", "host", f"cannot bind {host}:{port} ({error}).") from error
