@@ -16,7 +16,7 @@ import pathlib
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 import tinker.types as tt
@@ -24,13 +24,13 @@ from tinker.types.save_weights_external_response import SaveWeightsExternalRespo
 
 from tinkerflow import interop
 from tinkerflow.errors import TinkerflowError
-from tinkerflow.losses import BUILTIN_LOSSES, LossFnType
 from tinkerflow.shell.backends.local import LocalBackend, LocalSamplingClient, LocalTrainingClient
 from tinkerflow.shell.backends.local.checkpoint import read_meta
 from tinkerflow.shell.backends.local.lora import ATTENTION_MODULES, MLP_MODULES, UNEMBED_MODULES
 from tinkerflow.shell.backends.protocol import APIFuture
 from tinkerflow.shell.serve import codec
 from tinkerflow.shell.serve.catalog import ModelCatalog
+from tinkerflow.shell.serve.checks import builtin_loss, float_config, sdk_datums
 from tinkerflow.shell.serve.errors import ServeError
 from tinkerflow.shell.serve.futures import JSON, PROTOBUF, FutureBoard, Launched, Payload
 from tinkerflow.shell.serve.paths import from_local, local_run_id, parse_tinker_path, to_local
@@ -40,7 +40,6 @@ from tinkerflow.shell.serve.store import CheckpointRecord, ModelRecord, Store
 if TYPE_CHECKING:
     import pydantic
 
-    from tinkerflow.datum import Datum
     from tinkerflow.tokenizers import Tokenizer
 
 __all__ = ["Engine"]
@@ -240,9 +239,9 @@ class Engine:
 
     def forward_backward(self, request: codec.DecodedForwardBackward) -> Launched:
         run = self.run(request.model_id)
-        loss = _builtin_loss(request.loss_fn)
-        config = _float_config(request.loss_fn_config)
-        data = _datums(request.data)
+        loss = builtin_loss(request.loss_fn)
+        config = float_config(request.loss_fn_config)
+        data = sdk_datums(request.data)
         kind = "forward" if request.forward_only else "forward_backward"
 
         def start() -> APIFuture[object]:
@@ -284,20 +283,34 @@ class Engine:
         self.store.add_checkpoint(record)
         return tinker_path
 
+    def _save(
+        self,
+        model_id: str,
+        seq_id: int | None,
+        ttl: int | None,
+        kind: str,
+        start: Callable[[], APIFuture[str]],
+        answer: Callable[[str, int | None], pydantic.BaseModel],
+    ) -> Launched:
+        """Start a checkpoint save; its answer (``answer(tinker path, size in bytes)``) is stored once it is on disk."""
+
+        def encode(local_path: str) -> Payload:
+            path = self._checkpoint_saved(model_id, local_path, ttl)
+            record = self.store.checkpoint(path)
+            return _json(answer(path, None if record is None else record.size_bytes))
+
+        return self.board.launch(owner=model_id, seq_id=seq_id, kind=kind, start=start, encode=encode)
+
     def save_weights(self, request: tt.SaveWeightsRequest) -> Launched:
         run = self.run(request.model_id)
         name = request.path or f"state-{request.seq_id or secrets.token_hex(4)}"
-
-        def encode(local_path: str) -> Payload:
-            path = self._checkpoint_saved(request.model_id, local_path, request.ttl_seconds)
-            return _json(tt.SaveWeightsResponse(path=path, type="save_weights"))
-
-        return self.board.launch(
-            owner=request.model_id,
-            seq_id=request.seq_id,
-            kind="save_weights",
-            start=lambda: run.save_state(name, overwrite=request.overwrite),
-            encode=encode,
+        return self._save(
+            request.model_id,
+            request.seq_id,
+            request.ttl_seconds,
+            "save_weights",
+            lambda: run.save_state(name, overwrite=request.overwrite),
+            lambda path, _: tt.SaveWeightsResponse(path=path, type="save_weights"),
         )
 
     def save_weights_for_sampler(self, request: tt.SaveWeightsForSamplerRequest, session_id: str | None) -> Launched:
@@ -305,17 +318,13 @@ class Engine:
         if request.path is None:
             return self._ephemeral_sampler(run, request, session_id)
         name = request.path
-
-        def encode(local_path: str) -> Payload:
-            path = self._checkpoint_saved(request.model_id, local_path, request.ttl_seconds)
-            return _json(tt.SaveWeightsForSamplerResponseInternal(path=path, type="save_weights_for_sampler"))
-
-        return self.board.launch(
-            owner=request.model_id,
-            seq_id=request.seq_id,
-            kind="save_weights_for_sampler",
-            start=lambda: run.save_weights_for_sampler(name),
-            encode=encode,
+        return self._save(
+            request.model_id,
+            request.seq_id,
+            request.ttl_seconds,
+            "save_weights_for_sampler",
+            lambda: run.save_weights_for_sampler(name),
+            lambda path, _: tt.SaveWeightsForSamplerResponseInternal(path=path, type="save_weights_for_sampler"),
         )
 
     def _ephemeral_sampler(
@@ -349,20 +358,13 @@ class Engine:
         run = self.run(request.model_id)
         if request.age_encryption_recipients:
             raise ServeError(400, "age_encryption_recipients", "this server does not encrypt exports; leave it unset.")
-
-        def encode(local_path: str) -> Payload:
-            path = self._checkpoint_saved(request.model_id, local_path, request.ttl_seconds)
-            size = self.store.checkpoint(path)
-            return _json(
-                SaveWeightsExternalResponseInternal(path=path, size_bytes=None if size is None else size.size_bytes)
-            )
-
-        return self.board.launch(
-            owner=request.model_id,
-            seq_id=request.seq_id,
-            kind="save_weights_external",
-            start=lambda: run.save_weights_external(request.path),
-            encode=encode,
+        return self._save(
+            request.model_id,
+            request.seq_id,
+            request.ttl_seconds,
+            "save_weights_external",
+            lambda: run.save_weights_external(request.path),
+            lambda path, size: SaveWeightsExternalResponseInternal(path=path, size_bytes=size),
         )
 
     def weights_info(self, tinker_path: object) -> tt.WeightsInfoResponse:
@@ -460,40 +462,3 @@ class Engine:
 
         launched = self.board.launch(owner=sampler_id, seq_id=request.seq_id, kind="sample", start=start, encode=encode)
         return launched, [f"{launched.request_id}:{index}" for index in range(request.num_samples)]
-
-
-#: The losses the local backend computes (gspo is refused by it, as stable_reinforce is by the server).
-LOCAL_LOSSES: Final[tuple[LossFnType, ...]] = tuple(loss for loss in BUILTIN_LOSSES if loss != "gspo")
-
-
-def _builtin_loss(name: str) -> LossFnType:
-    for loss in LOCAL_LOSSES:
-        if loss == name:
-            return loss
-    raise ServeError(
-        400,
-        "loss_fn",
-        f"loss {name!r} is not implemented by the local backend; it implements {list(LOCAL_LOSSES)} "
-        "(forward_backward_custom runs client-side on top of them).",
-    )
-
-
-def _float_config(config: Mapping[str, float | str] | None) -> dict[str, float] | None:
-    if config is None:
-        return None
-    out: dict[str, float] = {}
-    for key, value in config.items():
-        if isinstance(value, str):
-            raise ServeError(400, f"loss_fn_config[{key!r}]", f"expected a number, got the string {value!r}.")
-        out[key] = float(value)
-    return out
-
-
-def _datums(data: Sequence[tt.Datum]) -> list[Datum]:
-    out = []
-    for index, datum in enumerate(data):
-        try:
-            out.append(interop.datum_from_tinker(datum))
-        except TinkerflowError as error:
-            raise ServeError(400, f"data[{index}]", str(error)) from error
-    return out
