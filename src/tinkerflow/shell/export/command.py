@@ -1,0 +1,74 @@
+"""``tinkerflow export``: the command line of :func:`tinkerflow.shell.export.export_checkpoint`. (Shell.)"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tinkerflow.shell.export import DTYPES, FORMATS, export_checkpoint
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinkerflow export",
+        description="Export a local checkpoint as a Hugging Face model folder (LoRA merged into the base weights) "
+        "or a PEFT adapter. See docs/export.md.",
+    )
+    parser.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="local://<run>/<weights|sampler_weights|external_weights>/<name>, a checkpoint folder (with "
+        "checkpoint.json) or a run directory (its latest checkpoint unless --step or --name)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="hf: merged model; peft: the adapter")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="dtype of the written tensors (default: float32 for hf, the adapter's own for peft)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        metavar="DIR",
+        help="where local:// paths resolve (default $TINKERFLOW_CACHE/checkpoints; a run's is <run dir>/checkpoints)",
+    )
+    parser.add_argument("--step", type=int, default=None, help="in a run directory: the checkpoint of step N")
+    parser.add_argument("--name", default=None, help="in a run directory: the checkpoint of this name")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--no-progress", action="store_true", help="draw no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``tinkerflow export`` with ``argv`` (the arguments after ``export``); returns the exit status.
+
+    Raises:
+        TinkerflowError: the export was refused (the caller prints it).
+    """
+    args = _parser().parse_args(list(argv))
+    result = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        args.format,
+        args.dtype,
+        checkpoint_dir=args.checkpoint_dir,
+        step=args.step,
+        name=args.name,
+        overwrite=args.overwrite,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    size = result.total_bytes / 2**20
+    print(f"exported {result.source} ({result.base_model}) as {result.format} ({result.dtype}) to {result.out}")
+    print(f"  weights: {', '.join(result.files)} ({size:.1f} MiB)")
+    if result.untied:
+        print("  the output layer had a LoRA adapter on tied embeddings: written untied (tie_word_embeddings=false)")
+    if result.format == "peft":
+        print(f"  load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), {str(result.out)!r})")
+    else:
+        print(f"  load: AutoModelForCausalLM.from_pretrained({str(result.out)!r})")
+    return 0
