@@ -3,9 +3,11 @@
 Bodies are the SDK's own pydantic request types (JSON) and, for ``forward_backward``, its protobuf message
 (:mod:`~tinkerflow.shell.serve.codec`). Every request must carry the server's key in ``X-API-Key`` (401 otherwise;
 the key is compared in constant time and never logged). A body over ``max_body_bytes`` gets 413, a body that does
-not parse gets 400 naming the field, an unknown id 404, a full queue 429; an unexpected failure answers 500 with
-a one-line message (the traceback goes to the server's log only) and ``x-should-retry: false`` so the SDK does
-not retry a bug forever.
+not parse gets 400 naming the field, an unknown id 404, an ended session 410, a full queue 429. An unexpected
+failure answers 500 with a one-line message (the traceback goes to the server's log only) and
+``x-should-retry: false``; the SDK's HTTP layer then does not retry, though its client layer still retries a 5xx
+for up to 300 s. On ``retrieve_future``, which the SDK would retry at once and forever, an unexpected failure is
+answered as a failed request instead.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from tinkerflow.shell.serve.futures import JSON, Launched
 __all__ = ["create_app"]
 
 log = logging.getLogger("tinkerflow.serve")
-#: How long ``retrieve_future`` holds a request open waiting for the answer (the SDK waits 45 s).
-LONG_POLL_SECONDS: Final = 20.0
+#: How long ``retrieve_future`` holds a request open waiting for the answer (the SDK waits 45 s; each "try again"
+#: it gets logs a warning on the user's side, so the poll is held as long as safely possible).
+LONG_POLL_SECONDS: Final = 30.0
 _NO_RETRY: Final = {"x-should-retry": "false"}
 
 
@@ -59,7 +62,9 @@ def create_app(engine: Engine, *, api_key: str, max_body_bytes: int = 256 * 2**2
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         given = request.headers.get("x-api-key", "").encode()
-        signed_download = request.url.path.startswith(rest.FILES_PREFIX)  # checked by its URL's signature
+        # a download is checked by its URL's signature instead; the raw ASGI path, not one rebuilt from headers
+        path = str(request.scope.get("path", ""))
+        signed_download = request.method in ("GET", "HEAD") and path.startswith(rest.FILES_PREFIX)
         if not signed_download and not hmac.compare_digest(given, expected):
             return _error(401, "X-API-Key", "missing or wrong API key (set TINKER_API_KEY to the server's key).")
         try:
@@ -119,7 +124,14 @@ def _service_routes(app: FastAPI, engine: Engine, limit: int) -> None:
     @app.post("/api/v1/retrieve_future")
     async def retrieve_future(request: Request) -> Response:
         body = await parse(request, tt.FutureRetrieveRequest, limit)
-        record = await engine.board.wait(body.request_id, LONG_POLL_SECONDS)
+        try:
+            record = await engine.board.wait(body.request_id, LONG_POLL_SECONDS)
+        except ServeError:
+            raise
+        except Exception as error:  # the SDK retries a 5xx here at once and forever: answer a terminal failure
+            log.exception("retrieve_future %s failed", body.request_id)
+            message = f"internal error ({type(error).__name__}); see the server's log."
+            return _ok(tt.RequestFailedResponse(error=message, category=tt.RequestErrorCategory.Server))
         if record.state == "pending":
             return _ok(TryAgainResponse(request_id=record.request_id, queue_state="active"))
         if record.state == "failed":

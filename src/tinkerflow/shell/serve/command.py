@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-pending", type=int, default=256, help="requests in flight before 429 (default 256)")
     parser.add_argument("--max-body-mb", type=int, default=256, help="largest request body in MiB (default 256)")
+    parser.add_argument(
+        "--max-samplers", type=int, default=16, help="sampling sessions kept loaded at once (default 16)"
+    )
     parser.add_argument("--device", default=None, help="torch device for the local backend (default: CUDA if any)")
     parser.add_argument(
         "--install-tokenizers",
@@ -80,6 +83,7 @@ def main(argv: Sequence[str]) -> int:
         only_listed_models=args.only_listed_models,
         max_pending=args.max_pending,
         max_body_mb=args.max_body_mb,
+        max_samplers=args.max_samplers,
         device=args.device,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -34,7 +34,7 @@ from tinkerflow.shell.serve.checks import builtin_loss, float_config, sdk_datums
 from tinkerflow.shell.serve.errors import ServeError
 from tinkerflow.shell.serve.futures import JSON, PROTOBUF, FutureBoard, Launched, Payload
 from tinkerflow.shell.serve.paths import from_local, local_run_id, parse_tinker_path, to_local
-from tinkerflow.shell.serve.samplers import SamplerPool, chain
+from tinkerflow.shell.serve.samplers import SamplerPool, chain, close_later
 from tinkerflow.shell.serve.store import CheckpointRecord, ModelRecord, Store
 
 if TYPE_CHECKING:
@@ -70,28 +70,37 @@ class Engine:
         backend: the local backend; its ``checkpoint_dir`` is where ``tinker://`` paths resolve.
         catalog: the served models.
         max_pending: requests in flight before new ones get 429.
+        max_samplers: sampling sessions kept loaded (least recently used dropped first).
     """
 
-    def __init__(self, store: Store, backend: LocalBackend, catalog: ModelCatalog, *, max_pending: int) -> None:
+    def __init__(
+        self, store: Store, backend: LocalBackend, catalog: ModelCatalog, *, max_pending: int, max_samplers: int = 16
+    ) -> None:
         self.store = store
         self.backend = backend
         self.catalog = catalog
         self.board = FutureBoard(store, max_pending)
-        self.samplers = SamplerPool(backend, store, catalog)
+        self.samplers = SamplerPool(backend, store, catalog, max_loaded=max_samplers)
         self._lock = threading.Lock()
         self._runs: dict[str, LocalTrainingClient] = {}
         self._stop = threading.Event()
+        self._closers: list[Callable[[], object]] = []
 
-    def start_reaper(self, session_timeout: float, interval: float = 30.0) -> None:
+    def on_close(self, action: Callable[[], object]) -> None:
+        """Run ``action`` at the end of :meth:`close`."""
+        self._closers.append(action)
+
+    def start_reaper(self, session_timeout: float, *, keep_answers: float, interval: float = 30.0) -> None:
         """End sessions with no heartbeat for ``session_timeout`` seconds and free their runs' and samplers'
         memory (the SDK heartbeats every 10 s while its client lives; a script that exits without ``close()``
-        never says goodbye). Runs until :meth:`close`."""
+        never says goodbye), and drop answers older than ``keep_answers`` seconds. Runs until :meth:`close`."""
 
         def reap() -> None:
             while not self._stop.wait(interval):
                 for session_id in self.store.stale_sessions(time.time() - session_timeout):
                     self.store.finish_session(session_id)
                     self.release_session(session_id)
+                self.store.prune_futures(time.time() - keep_answers)
 
         threading.Thread(target=reap, name="tinkerflow-serve-reaper", daemon=True).start()
 
@@ -105,14 +114,12 @@ class Engine:
         samplers = self.samplers.release(self.store.samplers_of_session(session_id))
         self.store.mark_not_live(model_ids)
 
-        def close_all() -> None:
+        def close_runs() -> None:
             for run in runs:
                 run.close()
-            for sampler in samplers:
-                if sampler.done() and sampler.future().exception() is None:
-                    sampler.result().close()
 
-        threading.Thread(target=close_all, name="tinkerflow-serve-release", daemon=True).start()
+        threading.Thread(target=close_runs, name="tinkerflow-serve-release", daemon=True).start()
+        close_later(samplers)
 
     def close(self, timeout: float = 30.0) -> None:
         """Let work in flight finish (at most ``timeout`` seconds), then stop every worker thread."""
@@ -124,7 +131,10 @@ class Engine:
             self._runs.clear()
         for run in runs:
             run.close()
+        close_later(self.samplers.release_all())
         self.backend.close()
+        for action in self._closers:
+            action()
 
     def served_tokenizers(self) -> dict[str, Tokenizer]:
         """Each served name's tokenizer (names with ``:`` left out: tokenizer lookups cut names there)."""
@@ -139,12 +149,19 @@ class Engine:
         return tt.CreateSessionResponse(session_id=session_id)
 
     def heartbeat(self, session_id: str) -> None:
-        if not self.store.heartbeat(session_id):
-            raise ServeError(404, "session_id", f"no session {session_id!r} on this server.")
+        """Keep a session open; 410 once it has ended (the SDK then stops its heartbeats)."""
+        self.check_session(session_id)
+        self.store.heartbeat(session_id)
 
     def check_session(self, session_id: str) -> None:
-        if self.store.session(session_id) is None:
+        """Raise unless the session exists (404) and has not ended (410: ``close()`` or no heartbeats)."""
+        session = self.store.session(session_id)
+        if session is None:
             raise ServeError(404, "session_id", f"no session {session_id!r} on this server.")
+        if session.finished:
+            raise ServeError(
+                410, "session_id", f"session {session_id!r} has ended (close() or no heartbeat); start a new client."
+            )
 
     # -- training runs --------------------------------------------------------------------------------------------
 
@@ -176,6 +193,11 @@ class Engine:
     ) -> str:
         """Name the new run as the service does (``<session>:train:<n>``; the SDK relies on it) and keep it."""
         model_id = f"{session_id}:train:{model_seq_id}"
+        try:
+            self.check_session(session_id)  # it may have ended while the run was being built
+        except ServeError:
+            threading.Thread(target=client.close, name="tinkerflow-serve-release", daemon=True).start()
+            raise
         client.run_id = local_run_id(model_id)  # its checkpoints go under this run's folder
         info = client.get_info()
         with self._lock:
@@ -279,7 +301,9 @@ class Engine:
         parsed = parse_tinker_path(from_local(local_path))
         tinker_path = from_local(local_path)
         size = _dir_size(parsed.directory(self.backend.checkpoint_dir))
-        record = CheckpointRecord(tinker_path, model_id, parsed.kind, parsed.name, time.time(), size, ttl, False)
+        now = time.time()
+        expires = None if ttl is None else now + ttl
+        record = CheckpointRecord(tinker_path, model_id, parsed.kind, parsed.name, now, size, expires, False)
         self.store.add_checkpoint(record)
         return tinker_path
 
@@ -428,12 +452,12 @@ class Engine:
         for field, default in _UNSUPPORTED_SAMPLE_FIELDS:
             if getattr(request, field) != default:
                 raise ServeError(400, field, "the local backend does not support this field yet; leave it unset.")
+        if request.record_stability_info:  # the SDK sends false by default
+            raise ServeError(400, "record_stability_info", "no stability info here (it serves stable_reinforce).")
         if request.sampling_session_id is not None:
             sampler_id = request.sampling_session_id
         else:
-            sampler_id = self.samplers.create(
-                f"anonymous-{secrets.token_hex(6)}", None, base_model=request.base_model, model_path=request.model_path
-            )
+            sampler_id = self.samplers.anonymous(base_model=request.base_model, model_path=request.model_path)
         loading = self.samplers.get(sampler_id)
         try:
             prompt = interop.model_input_from_tinker(request.prompt)

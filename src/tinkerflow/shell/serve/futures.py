@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 import secrets
 import threading
 from collections.abc import Callable, Sequence
@@ -29,7 +31,10 @@ if TYPE_CHECKING:
 
 __all__ = ["JSON", "PROTOBUF", "FutureBoard", "Launched", "Payload"]
 
+log = logging.getLogger("tinkerflow.serve")
+
 T = TypeVar("T")
+_LOST: Final = "the server lost this request's answer (it could not be stored, or the server is stopping); resubmit."
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
 
@@ -136,15 +141,25 @@ class FutureBoard:
         try:
             with self._write_lock:  # never after close(): the store may be closed by then (the record stays pending)
                 if not self._closed:
-                    if payload is not None:
-                        self._store.finish_future(request_id, payload.content_type, payload.body)
-                    else:
-                        self._store.fail_future(request_id, error_text, category)
+                    self._store_answer(request_id, payload, error_text, category)
         finally:
             with self._lock:
                 done = self._pending.pop(request_id, None)
             if done is not None:
                 done.set_result(None)
+
+    def _store_answer(self, request_id: str, payload: Payload | None, error_text: str, category: str) -> None:
+        try:
+            if payload is not None:
+                self._store.finish_future(request_id, payload.content_type, payload.body)
+            else:
+                self._store.fail_future(request_id, error_text, category)
+        except Exception as error:  # e.g. a full disk: record the failure if that much still fits
+            log.exception("could not store the answer of %s", request_id)
+            with contextlib.suppress(Exception):
+                self._store.fail_future(
+                    request_id, f"the server could not store the answer: {_describe(error)}", "server"
+                )
 
     async def wait(self, request_id: str, timeout: float) -> FutureRecord:
         """The future's record once it has finished, or its pending record after ``timeout`` seconds.
@@ -164,6 +179,10 @@ class FutureBoard:
         finished = self._store.future(request_id)
         if finished is None:  # deleted meanwhile: cannot happen while the server runs, but never answer None
             raise ServeError(404, "request_id", f"no request {request_id!r} on this server.")
+        if finished.state == "pending" and done is None:
+            # pending in the store but in flight nowhere: its answer could not be stored (or the server is
+            # stopping). Say so instead of "try again", which the SDK would repeat at once, forever.
+            return attrs.evolve(finished, state="failed", error=_LOST, category="server")
         return finished
 
     def wait_all(self, timeout: float) -> Sequence[str]:

@@ -68,7 +68,7 @@ class UrlSigner:
 
 def _checkpoint(record: CheckpointRecord) -> tt.Checkpoint:
     kind = _TYPES.get(record.kind, "training")
-    expires = None if record.ttl_seconds is None else _time(record.created + record.ttl_seconds)
+    expires = None if record.expires_at is None else _time(record.expires_at)
     return tt.Checkpoint(
         checkpoint_id=f"{record.kind}/{record.name}",
         checkpoint_type=kind,  # type: ignore[arg-type]  # one of the three literals by construction
@@ -226,7 +226,7 @@ def _run_routes(app: FastAPI, engine: Engine) -> None:
     @app.get("/api/v1/training_runs/{run_id}/checkpoints")
     async def list_checkpoints(run_id: str) -> Response:
         _model_record(engine, run_id)
-        records, total = engine.store.checkpoints(run_id)
+        records, total = engine.store.checkpoints(run_id, limit=-1)  # all of them (SQLite: -1 = no limit)
         cursor = tt.Cursor(offset=0, limit=max(total, 1), total_count=total)
         return _ok(tt.CheckpointsListResponse(checkpoints=[_checkpoint(r) for r in records], cursor=cursor))
 

@@ -9,7 +9,9 @@ back after a restart (reloaded on first use); a session made from a run's in-mem
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import hashlib
 import secrets
 import threading
 import time
@@ -27,7 +29,7 @@ from tinkerflow.shell.serve.store import SamplerRecord, Store
 if TYPE_CHECKING:
     from tinkerflow.shell.serve.catalog import ModelCatalog
 
-__all__ = ["SamplerPool", "chain"]
+__all__ = ["SamplerPool", "chain", "close_later"]
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -58,15 +60,49 @@ def chain(first: APIFuture[A], then: Callable[[A], APIFuture[B]]) -> APIFuture[B
     return APIFuture(out)
 
 
+def close_later(samplers: list[APIFuture[LocalSamplingClient]]) -> None:
+    """Close loaded samplers on a background thread, each after its queued work (never on the event loop)."""
+    if not samplers:
+        return
+
+    def close_all() -> None:
+        for sampler in samplers:
+            try:
+                sampler.result().close()
+            except Exception:  # a sampler that failed to load has nothing to close
+                continue
+
+    threading.Thread(target=close_all, name="tinkerflow-serve-close", daemon=True).start()
+
+
 class SamplerPool:
     """The sampling sessions of one server (see the module docstring)."""
 
-    def __init__(self, backend: LocalBackend, store: Store, catalog: ModelCatalog) -> None:
+    def __init__(self, backend: LocalBackend, store: Store, catalog: ModelCatalog, *, max_loaded: int = 16) -> None:
         self._backend = backend
         self._store = store
         self._catalog = catalog
+        self.max_loaded = max_loaded
         self._lock = threading.Lock()
-        self._loaded: dict[str, APIFuture[LocalSamplingClient]] = {}
+        # least recently used first; an RL loop makes a new sampler every step, so only the last few stay loaded
+        self._loaded: collections.OrderedDict[str, APIFuture[LocalSamplingClient]] = collections.OrderedDict()
+
+    def _keep(self, sampler_id: str, sampler: APIFuture[LocalSamplingClient]) -> APIFuture[LocalSamplingClient]:
+        """Hold ``sampler`` (or the one already held under the id) as the most recently used; past ``max_loaded``
+        the least recently used are dropped and closed in the background once their queued work is done."""
+        with self._lock:
+            kept = self._loaded.setdefault(sampler_id, sampler)
+            self._loaded.move_to_end(sampler_id)
+            evicted = []
+            while len(self._loaded) > self.max_loaded:
+                evicted.append(self._loaded.popitem(last=False)[1])
+        close_later(evicted)
+        return kept
+
+    def anonymous(self, *, base_model: str | None, model_path: str | None) -> str:
+        """The session of a sample request that names its weights instead of a session (one per weights)."""
+        digest = hashlib.sha256(f"{base_model}\n{model_path}".encode()).hexdigest()[:16]
+        return self.create("anonymous", int(digest, 16), base_model=base_model, model_path=model_path)
 
     def create(self, session_id: str, seq_id: int | None, *, base_model: str | None, model_path: str | None) -> str:
         """A new session (``<session>:sample:<seq id>``, as the service names them) on a base model or a
@@ -82,16 +118,13 @@ class SamplerPool:
             served = self._checkpoint_base(local, model_path)
         else:
             source, local, served = self._catalog.source(base_model), None, str(base_model)
-        loading = self._load(source, local)
-        with self._lock:
-            self._loaded[sampler_id] = loading
+        self._keep(sampler_id, self._load(source, local))
         self._store.add_sampler(SamplerRecord(sampler_id, session_id, served, model_path, time.time()))
         return sampler_id
 
     def adopt(self, sampler_id: str, session_id: str, sampler: APIFuture[LocalSamplingClient], base_model: str) -> None:
         """Register a sampler made from a training run's current weights (lost on restart)."""
-        with self._lock:
-            self._loaded[sampler_id] = sampler
+        self._keep(sampler_id, sampler)
         self._store.add_sampler(SamplerRecord(sampler_id, session_id, base_model, None, time.time(), from_run=True))
 
     def get(self, sampler_id: object) -> APIFuture[LocalSamplingClient]:
@@ -102,31 +135,41 @@ class SamplerPool:
         """
         if not isinstance(sampler_id, str):
             raise ServeError(400, "sampling_session_id", f"expected a string, got {sampler_id!r}.")
-        with self._lock:
-            loaded = self._loaded.get(sampler_id)
-        if loaded is not None:
-            return loaded
         record = self._store.sampler(sampler_id)
         if record is None:
             raise ServeError(404, "sampling_session_id", f"no sampling session {sampler_id!r} on this server.")
+        session = self._store.session(record.session_id)
+        if session is not None and session.finished:
+            raise ServeError(410, "sampling_session_id", f"its session {record.session_id!r} has ended.")
+        with self._lock:
+            loaded = self._loaded.get(sampler_id)
+            if loaded is not None:
+                self._loaded.move_to_end(sampler_id)
+                return loaded
         if record.from_run:
             raise ServeError(
                 404,
                 "sampling_session_id",
-                f"sampling session {sampler_id!r} held a training run's in-memory weights, lost when the server "
-                "restarted; create a sampling client from a saved tinker:// path.",
+                f"sampling session {sampler_id!r} held a training run's in-memory weights, which are no longer "
+                f"loaded (a restart, or more than {self.max_loaded} samplers loaded since: --max-samplers); "
+                "create a sampling client from a saved tinker:// path.",
             )
         source = None if record.model_path is not None else self._catalog.source(record.base_model)
         local = None if record.model_path is None else to_local(record.model_path, "model_path")
-        loading = self._load(source, local)
-        with self._lock:
-            return self._loaded.setdefault(sampler_id, loading)
+        return self._keep(sampler_id, self._load(source, local))
 
     def release(self, sampler_ids: list[str]) -> list[APIFuture[LocalSamplingClient]]:
         """Forget the loaded samplers of ``sampler_ids`` (a stored session reloads on its next request); returns
         them so the caller can close them off the event loop."""
         with self._lock:
             return [self._loaded.pop(sampler_id) for sampler_id in sampler_ids if sampler_id in self._loaded]
+
+    def release_all(self) -> list[APIFuture[LocalSamplingClient]]:
+        """Forget every loaded sampler (the server is stopping); returns them to close."""
+        with self._lock:
+            loaded = list(self._loaded.values())
+            self._loaded.clear()
+        return loaded
 
     def record(self, sampler_id: str) -> SamplerRecord:
         record = self._store.sampler(sampler_id)

@@ -9,13 +9,14 @@ for tests and notebooks, on ``127.0.0.1`` and a free port, and stops it when its
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import pathlib
 import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import IO, Final
 
 import attrs
 import uvicorn
@@ -34,6 +35,7 @@ __all__ = ["DEFAULT_KEY", "ServerConfig", "ServerThread", "build_engine", "serve
 log = logging.getLogger("tinkerflow.serve")
 #: The key a server accepts when none is given (the SDK requires keys to start with ``tml-``).
 DEFAULT_KEY: Final = "tml-tinkerflow-local"
+_LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
 
 
 @attrs.frozen(kw_only=True)
@@ -52,6 +54,9 @@ class ServerConfig:
         device: the local backend's device (``"cpu"``, ``"cuda"``; default CUDA when available).
         max_tokens_per_batch: the local backend's micro-batch budget.
         session_timeout: seconds without a heartbeat after which a session ends and its runs' memory is freed.
+        max_samplers: sampling sessions kept loaded at once (least recently used dropped first; a session on a
+            saved checkpoint reloads when used again).
+        keep_answers_hours: how long finished requests' answers are kept for retrieval.
     """
 
     store: pathlib.Path = attrs.field(converter=pathlib.Path)
@@ -65,6 +70,8 @@ class ServerConfig:
     device: str | None = None
     max_tokens_per_batch: int = 4096
     session_timeout: float = 600.0
+    max_samplers: int = 16
+    keep_answers_hours: float = 24.0
 
     def __attrs_post_init__(self) -> None:
         where = "ServerConfig"
@@ -72,6 +79,11 @@ class ServerConfig:
             raise ConfigError(where, "api_key", "the tinker SDK only sends keys that start with 'tml-'.", "")
         positive_int(self.max_pending, where, "max_pending")
         positive_int(self.max_body_mb, where, "max_body_mb")
+        positive_int(self.max_samplers, where, "max_samplers")
+        if self.api_key == DEFAULT_KEY and self.host not in _LOOPBACK:
+            raise ConfigError(
+                where, "api_key", f"binding {self.host} with the well-known default key.", "give a secret --api-key."
+            )
         if not self.session_timeout > 0:
             raise ConfigError(where, "session_timeout", f"must be positive seconds, got {self.session_timeout}.")
         if not 0 <= self.port < 65536:
@@ -81,6 +93,7 @@ class ServerConfig:
 def build_engine(config: ServerConfig) -> Engine:
     """The engine of ``config``: its store opened and recovered (requests left in flight fail), a fresh backend."""
     config.store.mkdir(parents=True, exist_ok=True)
+    lock = _lock_store(config.store)
     store = Store(config.store / "server.sqlite3")
     lost = store.recover()
     if lost:
@@ -91,9 +104,27 @@ def build_engine(config: ServerConfig) -> Engine:
         max_tokens_per_batch=config.max_tokens_per_batch,
     )
     catalog = ModelCatalog.from_options(config.models, include_defaults=not config.only_listed_models)
-    engine = Engine(store, backend, catalog, max_pending=config.max_pending)
-    engine.start_reaper(config.session_timeout)
+    engine = Engine(store, backend, catalog, max_pending=config.max_pending, max_samplers=config.max_samplers)
+    engine.start_reaper(config.session_timeout, keep_answers=config.keep_answers_hours * 3600)
+    engine.on_close(lock.close)  # the lock goes with the engine (and with the process, however it ends)
     return engine
+
+
+def _lock_store(folder: pathlib.Path) -> IO[bytes]:
+    """Hold ``<store>/server.lock`` for this process: two servers on one store would corrupt each other's state.
+
+    Raises:
+        ConfigError: another server holds the store.
+    """
+    handle = (folder / "server.lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.close()
+        raise ConfigError(
+            "ServerConfig", "store", f"another server is using {folder}.", "stop it, or give this one another --store."
+        ) from error
+    return handle
 
 
 def _uvicorn(config: ServerConfig, engine: Engine) -> uvicorn.Server:

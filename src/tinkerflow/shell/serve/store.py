@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS futures (
 CREATE UNIQUE INDEX IF NOT EXISTS futures_by_seq ON futures(owner, seq_id) WHERE seq_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS checkpoints (
     tinker_path TEXT PRIMARY KEY, model_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
-    created REAL NOT NULL, size_bytes INTEGER, ttl_seconds INTEGER, public INTEGER NOT NULL DEFAULT 0);
+    created REAL NOT NULL, size_bytes INTEGER, expires_at REAL, public INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -121,7 +121,7 @@ class CheckpointRecord:
     name: str
     created: float
     size_bytes: int | None
-    ttl_seconds: int | None
+    expires_at: float | None
     public: bool
 
 
@@ -317,6 +317,12 @@ class Store:
                 (error, category, time.time(), request_id),
             )
 
+    def prune_futures(self, finished_before: float) -> int:
+        """Delete the answers of futures that finished before the given time; returns how many."""
+        with self._tx() as db:
+            cursor = db.execute("DELETE FROM futures WHERE state!='pending' AND finished<?", (finished_before,))
+            return cursor.rowcount
+
     def discard_future(self, request_id: str) -> None:
         """Remove a future whose work never started (its submission was refused)."""
         with self._tx() as db:
@@ -353,7 +359,7 @@ class Store:
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
     def add_checkpoint(self, record: CheckpointRecord) -> None:
-        column = "last_checkpoint" if record.kind == "weights" else "last_sampler_checkpoint"
+        column = {"weights": "last_checkpoint", "sampler_weights": "last_sampler_checkpoint"}.get(record.kind)
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -364,11 +370,12 @@ class Store:
                     record.name,
                     record.created,
                     record.size_bytes,
-                    record.ttl_seconds,
+                    record.expires_at,
                     int(record.public),
                 ),
             )
-            db.execute(f"UPDATE models SET {column}=? WHERE model_id=?", (record.tinker_path, record.model_id))
+            if column is not None:  # an external export is not the run's last checkpoint
+                db.execute(f"UPDATE models SET {column}=? WHERE model_id=?", (record.tinker_path, record.model_id))
 
     def checkpoint(self, tinker_path: str) -> CheckpointRecord | None:
         row = self._one("SELECT * FROM checkpoints WHERE tinker_path=?", (tinker_path,))
@@ -390,8 +397,10 @@ class Store:
             return cursor.rowcount == 1
 
     def set_checkpoint_ttl(self, tinker_path: str, ttl_seconds: int | None) -> None:
+        """Expire the checkpoint ``ttl_seconds`` from now (the SDK's meaning), or never for ``None``."""
+        expires = None if ttl_seconds is None else time.time() + ttl_seconds
         with self._tx() as db:
-            db.execute("UPDATE checkpoints SET ttl_seconds=? WHERE tinker_path=?", (ttl_seconds, tinker_path))
+            db.execute("UPDATE checkpoints SET expires_at=? WHERE tinker_path=?", (expires, tinker_path))
 
     def delete_checkpoint(self, tinker_path: str) -> bool:
         with self._tx() as db:
@@ -442,6 +451,6 @@ def _checkpoint(row: tuple[object, ...]) -> CheckpointRecord:
         name=str(row[3]),
         created=float(str(row[4])),
         size_bytes=None if row[5] is None else int(str(row[5])),
-        ttl_seconds=None if row[6] is None else int(str(row[6])),
+        expires_at=None if row[6] is None else float(str(row[6])),
         public=bool(row[7]),
     )
