@@ -12,6 +12,9 @@ it, validate it and the data before any work starts, then train (or resume) with
 ``tinkerflow serve [--port N] [--model NAME=SOURCE ...] [--store DIR]``: Tinker's HTTP API on this machine, so the
 unmodified ``tinker`` SDK and tinker-cookbook run on the local backend (:mod:`tinkerflow.shell.serve`).
 
+``tinkerflow export CHECKPOINT --out DIR --format hf|peft``: a checkpoint as a Hugging Face folder (LoRA merged)
+or a PEFT adapter (:mod:`tinkerflow.shell.export`).
+
 The config records are the single source of the command line (:mod:`tinkerflow.config_fields`):
 ``tinkerflow sl --help`` lists every field with its type, default and documentation, ``tinkerflow sl --template``
 prints a complete config to start from (required fields hold ``"<required: fill in>"``), and overrides and flags
@@ -317,6 +320,9 @@ def _top_parser(commands: Mapping[str, _Command]) -> argparse.ArgumentParser:
     subparsers.add_parser(
         "serve", help="serve Tinker's API on this machine (`tinkerflow serve --help`)", add_help=False
     )
+    subparsers.add_parser(
+        "export", help="a checkpoint as a HF folder or PEFT adapter (`tinkerflow export --help`)", add_help=False
+    )
     return parser
 
 
@@ -346,6 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             return serve_main(arguments[1:])
+        except TinkerflowError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    if arguments and arguments[0] == "export":  # its own options, not a config record
+        from tinkerflow.shell.export.command import main as export_main
+
+        try:
+            return export_main(arguments[1:])
         except TinkerflowError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

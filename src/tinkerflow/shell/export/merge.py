@@ -250,7 +250,7 @@ def _write_generation_config(name: str, folder: pathlib.Path) -> bool:
 def _write_tokenizer(base: BaseModel, folder: pathlib.Path) -> bool:
     """The base model's tokenizer files (with its chat template); the byte tokenizer as an equivalent BPE."""
     from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
-    from tinkerflow.shell.serve.hub_cache import byte_tokenizer_as_hf
+    from tinkerflow.shell.backends.local.models import byte_tokenizer_as_hf
 
     tokenizer = base.tokenizer
     hf: Any

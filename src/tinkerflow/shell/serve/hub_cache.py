@@ -27,35 +27,16 @@ from typing import TYPE_CHECKING, Final
 
 from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
 from tinkerflow.shell.backends.local.checkpoint import atomic_directory
-from tinkerflow.shell.backends.local.models import ByteTokenizer
+from tinkerflow.shell.backends.local.models import ByteTokenizer, byte_tokenizer_as_hf
 
 if TYPE_CHECKING:
     from tinkerflow.tokenizers import Tokenizer
 
-__all__ = ["REVISION", "byte_tokenizer_as_hf", "install_tokenizers"]
+__all__ = ["REVISION", "install_tokenizers"]
 
 #: The snapshot name tinkerflow writes (any 40-character string serves; this one marks our entries).
 REVISION: Final = "7f1c0ca1" + "0" * 32
 _MARKER: Final = "tinkerflow-installed.json"
-
-
-def byte_tokenizer_as_hf(tokenizer: ByteTokenizer) -> object:
-    """A ``transformers`` fast tokenizer with the ids and text of ``tokenizer`` (see the module docstring)."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as RawTokenizer
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    symbols: dict[int, str] = bytes_to_unicode()  # type: ignore[no-untyped-call]  # transformers has no hints
-    vocab = {symbols[byte]: byte for byte in range(256)}
-    raw = RawTokenizer(models.BPE(vocab=vocab, merges=[]))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    raw.decoder = decoders.ByteLevel()
-    specials = sorted(tokenizer.added_tokens.items(), key=lambda item: item[1])
-    raw.add_special_tokens([AddedToken(text, special=True, normalized=False) for text, _ in specials])
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers has no hints here
-        tokenizer_object=raw, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
-    )
 
 
 def _hf_of(tokenizer: Tokenizer) -> object | None:

@@ -43,6 +43,7 @@ __all__ = [
     "BaseModel",
     "ByteTokenizer",
     "TinyModelSpec",
+    "byte_tokenizer_as_hf",
     "cache_root",
     "embedded_gguf",
     "embedded_model_dir",
@@ -128,6 +129,27 @@ class ByteTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+
+def byte_tokenizer_as_hf(tokenizer: ByteTokenizer) -> object:
+    """A ``transformers`` fast tokenizer with the ids and text of ``tokenizer``: a BPE with no merges over the 256
+    byte symbols, the control tokens as special tokens (which it reads in text as one id each, where the byte
+    tokenizer reads their spelling as bytes; renderers never put such text in content)."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as RawTokenizer
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols: dict[int, str] = bytes_to_unicode()  # type: ignore[no-untyped-call]  # transformers has no hints
+    vocab = {symbols[byte]: byte for byte in range(256)}
+    raw = RawTokenizer(models.BPE(vocab=vocab, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    raw.decoder = decoders.ByteLevel()
+    specials = sorted(tokenizer.added_tokens.items(), key=lambda item: item[1])
+    raw.add_special_tokens([AddedToken(text, special=True, normalized=False) for text, _ in specials])
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers has no hints here
+        tokenizer_object=raw, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
