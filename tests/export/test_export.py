@@ -380,7 +380,6 @@ def test_bad_inputs_raise_typed_errors(llama: Trained, backend: LocalBackend, tm
         ({"source": "local://nobody/weights/never"}, "source", "no checkpoint"),
         ({"source": str(tmp_path / "missing")}, "source", "neither a local:// path nor an existing folder"),
         ({"source": str(tmp_path)}, "source", "neither a checkpoint"),
-        ({"source": "tinker://run:train:0/weights/x"}, "source", "not implemented"),
         ({"fmt": "gguf"}, "format", "unknown format 'gguf'"),
         ({"dtype": "int8"}, "dtype", "unknown dtype 'int8'"),
         ({"step": 3}, "step", "names one checkpoint already"),

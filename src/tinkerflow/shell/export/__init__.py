@@ -26,7 +26,7 @@ from tinkerflow.errors import ConfigError
 if TYPE_CHECKING:  # the rest is imported when an export runs, so `tinkerflow export --help` loads no torch
     import torch
 
-    from tinkerflow.shell.export.sources import ExportSource
+    from tinkerflow.shell.export.sources import DownloadOptions, ExportSource
 
 __all__ = ["DTYPES", "FORMATS", "ExportFormat", "ExportResult", "export_checkpoint"]
 
@@ -77,11 +77,13 @@ def export_checkpoint(
     name: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    download: DownloadOptions | None = None,
 ) -> ExportResult:
     """Export the checkpoint ``source`` into the folder ``out`` in the format ``fmt`` (``hf`` or ``peft``).
 
     Args:
-        source: ``local://<run>/<kind>/<name>``, a checkpoint folder or a run directory (see :mod:`.sources`).
+        source: ``local://<run>/<kind>/<name>``, a ``tinker://`` path (downloaded first), a checkpoint folder or a
+            run directory (see :mod:`.sources`).
         out: the folder to write (must not exist unless ``overwrite``).
         fmt: ``hf`` (merged model) or ``peft`` (adapter).
         dtype: ``float32``, ``bfloat16`` or ``float16``; default ``float32`` for ``hf`` (the merge is exact in
@@ -91,6 +93,8 @@ def export_checkpoint(
         name: in a run directory, the checkpoint of this name instead of the latest.
         overwrite: replace an existing ``out``.
         progress: draw a progress bar over tensors (stderr).
+        download: how a ``tinker://`` source is downloaded (server, key, kept folder); default from the
+            environment (``TINKER_BASE_URL``, ``TINKER_API_KEY``) into a temporary folder.
 
     Raises:
         ConfigError: an unknown format or dtype, a missing source, an existing ``out``, or ``peft`` of a full
@@ -104,7 +108,7 @@ def export_checkpoint(
     from tinkerflow.shell.backends.local.checkpoint import atomic_directory
     from tinkerflow.shell.export.sources import resolve_source
 
-    resolved = resolve_source(source, checkpoint_dir=checkpoint_dir, step=step, name=name)
+    resolved = resolve_source(source, checkpoint_dir=checkpoint_dir, step=step, name=name, download=download)
     target = pathlib.Path(out).expanduser()
     _check_target(target, resolved, overwrite)
     if fmt == "peft" and not resolved.is_lora:

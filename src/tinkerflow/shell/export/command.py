@@ -14,14 +14,16 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinkerflow export",
-        description="Export a local checkpoint as a Hugging Face model folder (LoRA merged into the base weights) "
-        "or a PEFT adapter. See docs/export.md.",
+        description="Export a checkpoint as a Hugging Face model folder (LoRA merged into the base weights) "
+        "or a PEFT adapter. A tinker:// checkpoint is downloaded first (TINKER_BASE_URL, TINKER_API_KEY). "
+        "See docs/export.md.",
     )
     parser.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",
         help="local://<run>/<weights|sampler_weights|external_weights>/<name>, a checkpoint folder (with "
-        "checkpoint.json) or a run directory (its latest checkpoint unless --step or --name)",
+        "checkpoint.json), a run directory (its latest checkpoint unless --step or --name) or "
+        "tinker://<run>/<weights|sampler_weights|external_weights>/<name> (downloaded through the tinker SDK)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="hf: merged model; peft: the adapter")
@@ -40,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="in a run directory: the checkpoint of step N")
     parser.add_argument("--name", default=None, help="in a run directory: the checkpoint of this name")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="tinker:// sources: the Tinker API (default $TINKER_BASE_URL; the key is $TINKER_API_KEY)",
+    )
+    parser.add_argument(
+        "--keep-download",
+        default=None,
+        metavar="DIR",
+        help="tinker:// sources: download into DIR (must not exist) and keep it (default: a temporary folder)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="draw no progress bar")
     return parser
 
@@ -51,17 +65,22 @@ def main(argv: Sequence[str]) -> int:
         TinkerflowError: the export was refused (the caller prints it).
     """
     args = _parser().parse_args(list(argv))
-    result = export_checkpoint(
-        args.checkpoint,
-        args.out,
-        args.format,
-        args.dtype,
-        checkpoint_dir=args.checkpoint_dir,
-        step=args.step,
-        name=args.name,
-        overwrite=args.overwrite,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    from tinkerflow.shell.export.sources import DownloadOptions, download_options  # loads torch: not for --help
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    download = DownloadOptions(base_url=args.base_url, progress=progress, keep=args.keep_download)
+    with download_options(download):
+        result = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            args.format,
+            args.dtype,
+            checkpoint_dir=args.checkpoint_dir,
+            step=args.step,
+            name=args.name,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
     size = result.total_bytes / 2**20
     print(f"exported {result.source} ({result.base_model}) as {result.format} ({result.dtype}) to {result.out}")
     print(f"  weights: {', '.join(result.files)} ({size:.1f} MiB)")

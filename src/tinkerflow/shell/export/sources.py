@@ -1,4 +1,5 @@
-"""What an export reads: a local checkpoint named by a ``local://`` path, a folder or a run directory. (Shell.)
+"""What an export reads: a local checkpoint named by a ``local://`` path, a folder, a run directory or a
+``tinker://`` path (downloaded first). (Shell.)
 
 A source is one of:
 
@@ -9,14 +10,28 @@ A source is one of:
   ``<run>/checkpoints/<run id>/weights/step-NNNNNN``; the latest is the one ``state.json`` records, an earlier one is
   chosen by its step (``step``) or by its checkpoint name (``name``).
 
-``tinker://`` paths (a download through the SDK's RestClient) are not read yet: they are refused with the fix.
+* ``tinker://<run>/<weights|sampler_weights|external_weights>/<name>``: downloaded through the ``tinker`` SDK
+  (:mod:`.download`; ``TINKER_BASE_URL`` / ``TINKER_API_KEY`` or :class:`DownloadOptions`) into a temporary folder
+  under ``$TINKERFLOW_CACHE/downloads`` that is removed when the returned source is released (or into
+  ``DownloadOptions.keep``, kept). A checkpoint of ``tinkerflow serve`` downloads as a local checkpoint. A run
+  directory whose latest checkpoint is a ``tinker://`` path (a run on a Tinker server) downloads that one.
+
+Download settings come from the ``download`` argument, else from the innermost :func:`download_options` block (how
+``tinkerflow export --base-url ... --keep-download ...`` reaches :func:`resolve_source` through
+``export_checkpoint``), else the defaults (the SDK's environment variables, no progress bar, a temporary folder).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import pathlib
 import re
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator
 from typing import Final
 
 import attrs
@@ -31,10 +46,21 @@ from tinkerflow.shell.backends.local.checkpoint import (
 )
 from tinkerflow.shell.io.run_dir import STATE_FILE, read_state
 
-__all__ = ["CHECKPOINTS_SUBDIR", "ExportSource", "default_checkpoint_dir", "resolve_source"]
+__all__ = [
+    "CHECKPOINTS_SUBDIR",
+    "DOWNLOADS_SUBDIR",
+    "DownloadOptions",
+    "ExportSource",
+    "default_checkpoint_dir",
+    "download_options",
+    "resolve_source",
+]
 
 #: Where a run directory keeps its local checkpoints (``cli._backend`` puts them there).
 CHECKPOINTS_SUBDIR: Final = "checkpoints"
+#: Where ``tinker://`` checkpoints are downloaded for an export, under ``$TINKERFLOW_CACHE``.
+DOWNLOADS_SUBDIR: Final = "downloads"
+_TINKER: Final = "tinker://"
 _WHERE: Final = "export"
 _STEP_NAME = re.compile(r"step-(\d+)")
 
@@ -58,6 +84,41 @@ class ExportSource:
         return self.meta.lora_rank is not None
 
 
+def _optional_path(value: str | os.PathLike[str] | None) -> pathlib.Path | None:
+    return None if value is None else pathlib.Path(value).expanduser()
+
+
+@attrs.frozen
+class DownloadOptions:
+    """How a ``tinker://`` source is downloaded (see :func:`~tinkerflow.shell.export.download.download_checkpoint`).
+
+    Attributes:
+        base_url: the Tinker API (default ``$TINKER_BASE_URL``, else the Tinker service).
+        api_key: the key (default ``$TINKER_API_KEY``, else the SDK's other credentials).
+        progress: draw a progress bar per downloaded file (stderr).
+        keep: download into this folder (which must not exist) and keep it; default a temporary folder under
+            ``$TINKERFLOW_CACHE/downloads``, removed when the :class:`ExportSource` is released.
+    """
+
+    base_url: str | None = None
+    api_key: str | None = None
+    progress: bool = False
+    keep: pathlib.Path | None = attrs.field(default=None, converter=_optional_path)
+
+
+_DOWNLOAD: contextvars.ContextVar[DownloadOptions | None] = contextvars.ContextVar("export_download", default=None)
+
+
+@contextlib.contextmanager
+def download_options(options: DownloadOptions) -> Iterator[None]:
+    """Within the block, :func:`resolve_source` downloads ``tinker://`` sources with ``options``."""
+    token = _DOWNLOAD.set(options)
+    try:
+        yield
+    finally:
+        _DOWNLOAD.reset(token)
+
+
 def default_checkpoint_dir() -> pathlib.Path:
     """The ``LocalBackend`` default checkpoint directory, ``$TINKERFLOW_CACHE/checkpoints``."""
     from tinkerflow.shell.backends.local.embedded import cache_root
@@ -71,24 +132,22 @@ def resolve_source(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     step: int | None = None,
     name: str | None = None,
+    download: DownloadOptions | None = None,
 ) -> ExportSource:
-    """The checkpoint ``source`` names (see the module docstring).
+    """The checkpoint ``source`` names (see the module docstring); a ``tinker://`` source is downloaded first.
 
     Raises:
-        ConfigError: the source does not exist, is not a checkpoint, folder or run directory, is a ``tinker://``
-            path, or ``step`` / ``name`` do not fit it (each naming the field and the fix).
+        ConfigError: the source does not exist, is not a checkpoint, folder or run directory, or ``step`` / ``name``
+            do not fit it; for a ``tinker://`` source also no key, no server, an unknown checkpoint (each naming the
+            field and the fix).
+        CheckpointError: a ``tinker://`` download failed or its files do not parse.
     """
     text = os.fspath(source)
     if step is not None and name is not None:
         raise ConfigError(_WHERE, "step", "give a step or a checkpoint name, not both.", "drop --step or --name.")
-    if text.startswith("tinker://"):
-        raise ConfigError(
-            _WHERE,
-            "source",
-            f"{text!r}: downloading tinker:// checkpoints is not implemented yet.",
-            "download the checkpoint folder and export that; for a `tinkerflow serve` checkpoint on this machine, "
-            "pass local://<run id with ':' spelled '__'>/<kind>/<name> with --checkpoint-dir <store>/checkpoints.",
-        )
+    if text.startswith(_TINKER):
+        _no_selector(text, step, name)
+        return _downloaded(text, text, download)
     if text.startswith(SCHEME):
         _no_selector(text, step, name)
         parsed = LocalPath.parse(text)
@@ -166,15 +225,48 @@ def _from_run(run: pathlib.Path, label: str, step: int | None, name: str | None)
             f"{run}: no {STATE_FILE}, so no latest checkpoint is recorded.",
             f"choose one with --step N (saved steps: {_saved_steps(root) or 'none'}) or --name NAME.",
         )
+    if state.checkpoint.startswith(_TINKER):  # a run on a Tinker server: its latest checkpoint is downloaded
+        return _downloaded(state.checkpoint, f"{label} ({state.checkpoint})", None)
     if not state.checkpoint.startswith(SCHEME):
         raise ConfigError(
             _WHERE,
             "source",
-            f"{run}: its latest checkpoint is {state.checkpoint!r}, not a local checkpoint (a Tinker run).",
-            "downloading tinker:// checkpoints is not implemented yet; download the folder and export that.",
+            f"{run}: its latest checkpoint is {state.checkpoint!r}, neither a local:// nor a tinker:// path.",
+            "pass the checkpoint folder instead.",
         )
     parsed = LocalPath.parse(state.checkpoint)
     return _checkpoint_at(parsed.directory(root), f"{label} ({state.checkpoint})", "")
+
+
+def _downloaded(path: str, label: str, options: DownloadOptions | None) -> ExportSource:
+    """Download ``path`` (see :class:`DownloadOptions`) and read it as a local checkpoint."""
+    from tinkerflow.shell.backends.local.embedded import cache_root
+    from tinkerflow.shell.export.download import download_checkpoint
+
+    chosen = options or _DOWNLOAD.get() or DownloadOptions()
+    temp: pathlib.Path | None = None
+    if chosen.keep is not None:
+        folder = chosen.keep
+    else:
+        root = cache_root() / DOWNLOADS_SUBDIR
+        root.mkdir(parents=True, exist_ok=True)
+        temp = pathlib.Path(tempfile.mkdtemp(prefix="export-", dir=root))
+        folder = temp / "checkpoint"
+    try:
+        download_checkpoint(path, folder, base_url=chosen.base_url, api_key=chosen.api_key, progress=chosen.progress)
+        source = _checkpoint_at(
+            folder,
+            label,
+            f"the download of {path} holds no {META_FILE}: a Tinker service export in PEFT's layout, which "
+            "export cannot read yet (load it with peft directly: `tinker checkpoint download`).",
+        )
+    except BaseException:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if temp is not None:  # the temporary download lives as long as the source (and at most until exit)
+        weakref.finalize(source, shutil.rmtree, temp, ignore_errors=True)
+    return source
 
 
 def _newest(paths: list[pathlib.Path]) -> pathlib.Path:
