@@ -151,3 +151,40 @@ def test_checkpoint_meta_errors(tmp_path: pathlib.Path) -> None:
     (tmp_path / "checkpoint.json").write_text(_meta().to_json().replace('"format": 1', '"format": 2'))
     with pytest.raises(CheckpointError, match="format 2"):
         read_meta(tmp_path, "local://r/weights/x")
+
+
+def test_concurrent_model_construction_leaves_torch_initialization_intact() -> None:
+    """transformers' ``no_init_weights`` swaps torch's init functions process-wide; two threads inside it at once
+    used to leave the no-ops installed for good, so every later random model held uninitialized memory (NaN
+    weights, seen under the server's worker threads). Construction is serialized by MODEL_CONSTRUCTION_LOCK."""
+    import threading
+
+    import torch
+
+    from tinkerflow.shell.backends.local.models import load_base_model
+
+    originals = {name: getattr(torch.nn.init, name) for name in ("normal_", "uniform_", "zeros_", "kaiming_uniform_")}
+    cpu = torch.device("cpu")
+    base = load_base_model("tiny-llama:hidden=32,layers=1,heads=2,kv_heads=1,intermediate=32", cpu)
+    reference = {key: value.clone() for key, value in base.state.items()}
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def build_many() -> None:
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(15):
+                base.build()
+        except BaseException as error:  # collected and re-raised in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=build_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert {name: getattr(torch.nn.init, name) for name in originals} == originals
+    again = load_base_model("tiny-llama:hidden=32,layers=1,heads=2,kv_heads=1,intermediate=32", cpu)
+    for key, value in reference.items():
+        torch.testing.assert_close(again.state[key], value, rtol=0, atol=0)

@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import json
 import pathlib
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any, Final
@@ -129,12 +130,20 @@ def embedded_model_dir() -> pathlib.Path:
     return target
 
 
+#: Held while a model is constructed (``from_config``, ``from_pretrained``, ``no_init_weights``). transformers'
+#: ``no_init_weights`` swaps torch's init functions for no-ops *process-wide* and restores what it saw on entry: two
+#: threads inside it at once can leave the no-ops in place for good, after which every randomly initialized model
+#: holds uninitialized memory (NaN weights). The server builds models on several threads, so every construction in
+#: tinkerflow takes this lock. Re-entrant: a load may convert the embedded model inside it.
+MODEL_CONSTRUCTION_LOCK: Final = threading.RLock()
+
+
 def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
-    with warnings.catch_warnings(), quiet_transformers():
+    with MODEL_CONSTRUCTION_LOCK, warnings.catch_warnings(), quiet_transformers():
         warnings.simplefilter("ignore")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

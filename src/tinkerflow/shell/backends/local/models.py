@@ -28,6 +28,7 @@ from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
 from tinkerflow.shell.backends.local.embedded import (
     EMBEDDED_MODEL,
     EMBEDDED_NAMES,
+    MODEL_CONSTRUCTION_LOCK,
     cache_root,
     embedded_gguf,
     embedded_model_dir,
@@ -275,7 +276,7 @@ class BaseModel:
                     copies[pointer] = tensor.detach().clone()
                 cloned[key] = copies[pointer]
             state = cloned
-        with no_init_weights(), warnings.catch_warnings():
+        with MODEL_CONSTRUCTION_LOCK, no_init_weights(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = cast("torch.nn.Module", auto.from_config(self.config, dtype=self.dtype))
         model.load_state_dict(dict(state), assign=True, strict=True)
@@ -319,7 +320,7 @@ def load_base_model(name: str, device: torch.device, dtype: torch.dtype | None =
 
         auto: Any = AutoModelForCausalLM  # from_config is untyped
         config = tiny.config()
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        with MODEL_CONSTRUCTION_LOCK, torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(tiny.seed)
             model = cast("torch.nn.Module", auto.from_config(config, dtype=torch.float32))
@@ -369,7 +370,7 @@ def _load_pretrained(name: str, source: str, device: torch.device, dtype: torch.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with warnings.catch_warnings(), quiet_transformers():
+        with MODEL_CONSTRUCTION_LOCK, warnings.catch_warnings(), quiet_transformers():
             warnings.simplefilter("ignore")
             model = cast("torch.nn.Module", AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
             tokenizer = AutoTokenizer.from_pretrained(source)
