@@ -380,7 +380,7 @@ def test_bad_inputs_raise_typed_errors(llama: Trained, backend: LocalBackend, tm
         ({"source": "local://nobody/weights/never"}, "source", "no checkpoint"),
         ({"source": str(tmp_path / "missing")}, "source", "neither a local:// path nor an existing folder"),
         ({"source": str(tmp_path)}, "source", "neither a checkpoint"),
-        ({"fmt": "gguf"}, "format", "unknown format 'gguf'"),
+        ({"fmt": "onnx"}, "format", "unknown format 'onnx'"),
         ({"dtype": "int8"}, "dtype", "unknown dtype 'int8'"),
         ({"step": 3}, "step", "names one checkpoint already"),
     ]
@@ -435,8 +435,8 @@ def test_command_line(
     assert export_main([*peft_arguments, "--checkpoint-dir", str(backend.checkpoint_dir)]) == 0
     assert "as peft (bfloat16)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        export_main([tied.sampler_path, "--out", str(tmp_path / "x"), "--format", "gguf"])
-    assert "invalid choice: 'gguf'" in capsys.readouterr().err
+        export_main([tied.sampler_path, "--out", str(tmp_path / "x"), "--format", "onnx"])
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

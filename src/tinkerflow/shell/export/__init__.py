@@ -1,14 +1,17 @@
-"""Export a trained checkpoint so it leaves tinkerflow: a Hugging Face model folder or a PEFT adapter. (Shell.)
+"""Export a trained checkpoint so it leaves tinkerflow: a Hugging Face model folder, a PEFT adapter or a GGUF file.
+(Shell.)
 
 ``export_checkpoint(source, out, fmt, dtype=None)`` (and ``tinkerflow export``, :mod:`.command`):
 
 * ``hf``: LoRA merged into the base weights (:mod:`.merge`), a folder plain ``transformers`` loads;
 * ``peft``: the adapter in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors`` with PEFT's
   ``base_model.model.`` key names), for ``peft.PeftModel.from_pretrained(base, out)``; a full fine-tune has no
-  adapter and is refused.
+  adapter and is refused;
+* ``gguf``: the merged model (the same merge as ``hf``) as ``model.gguf`` for llama.cpp / ollama, 2-D weights in
+  ``quant`` (``f16``, ``q8_0``, ``bf16`` or ``f32``), with the tokenizer and chat template (:mod:`.gguf_export`).
 
 Sources are resolved by :mod:`.sources` (``local://`` paths, checkpoint folders, run directories). The output folder
-is assembled beside ``out`` and renamed into place, so a failed export leaves nothing behind. Both formats add an
+is assembled beside ``out`` and renamed into place, so a failed export leaves nothing behind. Every format adds an
 ``export.json`` saying what was exported from where. See ``docs/export.md``.
 """
 
@@ -28,12 +31,15 @@ if TYPE_CHECKING:  # the rest is imported when an export runs, so `tinkerflow ex
 
     from tinkerflow.shell.export.sources import DownloadOptions, ExportSource
 
-__all__ = ["DTYPES", "FORMATS", "ExportFormat", "ExportResult", "export_checkpoint"]
+__all__ = ["DTYPES", "FORMATS", "GGUF_QUANTS", "ExportFormat", "ExportResult", "export_checkpoint"]
 
-ExportFormat: TypeAlias = Literal["hf", "peft"]
-FORMATS: Final[tuple[ExportFormat, ...]] = ("hf", "peft")
+ExportFormat: TypeAlias = Literal["hf", "peft", "gguf"]
+FORMATS: Final[tuple[ExportFormat, ...]] = ("hf", "peft", "gguf")
 #: The dtypes an export may be written in.
 DTYPES: Final = ("float32", "bfloat16", "float16")
+#: The tensor types of a ``gguf`` export's 2-D weights (the first is the default); kept in step with
+#: :data:`.gguf_export.GGUF_QUANTS`, which loads nothing heavy but is not imported here.
+GGUF_QUANTS: Final = ("f16", "q8_0", "bf16", "f32")
 #: The provenance file both formats add.
 EXPORT_FILE: Final = "export.json"
 #: The hub name written as a PEFT adapter's base model for the embedded model.
@@ -47,8 +53,8 @@ class ExportResult:
 
     Attributes:
         out: the output folder.
-        format: ``hf`` or ``peft``.
-        dtype: the dtype of the written tensors.
+        format: ``hf``, ``peft`` or ``gguf``.
+        dtype: the dtype of the written tensors (for ``gguf``: the tensor type of its 2-D weights).
         source: the checkpoint exported, as named.
         base_model: the base model name of the checkpoint.
         files: the weight files written.
@@ -78,14 +84,15 @@ def export_checkpoint(
     overwrite: bool = False,
     progress: bool = False,
     download: DownloadOptions | None = None,
+    quant: str | None = None,
 ) -> ExportResult:
-    """Export the checkpoint ``source`` into the folder ``out`` in the format ``fmt`` (``hf`` or ``peft``).
+    """Export the checkpoint ``source`` into the folder ``out`` in the format ``fmt`` (``hf``, ``peft`` or ``gguf``).
 
     Args:
         source: ``local://<run>/<kind>/<name>``, a ``tinker://`` path (downloaded first), a checkpoint folder or a
             run directory (see :mod:`.sources`).
         out: the folder to write (must not exist unless ``overwrite``).
-        fmt: ``hf`` (merged model) or ``peft`` (adapter).
+        fmt: ``hf`` (merged model), ``peft`` (adapter) or ``gguf`` (merged model for llama.cpp).
         dtype: ``float32``, ``bfloat16`` or ``float16``; default ``float32`` for ``hf`` (the merge is exact in
             fp32) and the adapter's saved dtype for ``peft``.
         checkpoint_dir: where ``local://`` paths resolve (default ``$TINKERFLOW_CACHE/checkpoints``).
@@ -95,16 +102,19 @@ def export_checkpoint(
         progress: draw a progress bar over tensors (stderr).
         download: how a ``tinker://`` source is downloaded (server, key, kept folder); default from the
             environment (``TINKER_BASE_URL``, ``TINKER_API_KEY``) into a temporary folder.
+        quant: ``gguf`` only: ``f16`` (default), ``q8_0``, ``bf16`` or ``f32`` for the 2-D weights (norms stay f32).
 
     Raises:
-        ConfigError: an unknown format or dtype, a missing source, an existing ``out``, or ``peft`` of a full
-            fine-tune (each naming the field and the fix).
+        ConfigError: an unknown format, dtype or quant (or one given to a format without it), a missing source,
+            an existing ``out``, ``peft`` of a full fine-tune, or ``gguf`` of an architecture, rope scaling or
+            tokenizer it does not support (each naming the field and the fix).
         CheckpointError: the checkpoint's files are incomplete or do not fit its base model.
     """
     if fmt not in FORMATS:
         raise ConfigError(_WHERE, "format", f"unknown format {fmt!r}.", f"use one of {', '.join(FORMATS)}.")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(_WHERE, "dtype", f"unknown dtype {dtype!r}.", f"use one of {', '.join(DTYPES)}.")
+    _check_quant(fmt, dtype, quant)
     from tinkerflow.shell.backends.local.checkpoint import atomic_directory
     from tinkerflow.shell.export.sources import resolve_source
 
@@ -121,10 +131,25 @@ def export_checkpoint(
     with atomic_directory(target, overwrite=overwrite) as temp:
         if fmt == "hf":
             result = _export_hf(resolved, temp, target, dtype or "float32", progress)
+        elif fmt == "gguf":
+            result = _export_gguf(resolved, temp, target, quant or GGUF_QUANTS[0], progress)
         else:
             result = _export_peft(resolved, temp, target, dtype)
         _write_provenance(temp, result, resolved)
     return result
+
+
+def _check_quant(fmt: str, dtype: str | None, quant: str | None) -> None:
+    if fmt != "gguf":
+        if quant is not None:
+            raise ConfigError(_WHERE, "quant", f"quant is for format 'gguf', not {fmt!r}.", "use dtype (--dtype).")
+        return
+    if dtype is not None:
+        raise ConfigError(
+            _WHERE, "dtype", "format 'gguf' takes quant, not dtype.", f"use quant (--quant {'|'.join(GGUF_QUANTS)})."
+        )
+    if quant is not None and quant not in GGUF_QUANTS:
+        raise ConfigError(_WHERE, "quant", f"unknown quant {quant!r}.", f"use one of {', '.join(GGUF_QUANTS)}.")
 
 
 def _check_target(target: pathlib.Path, source: ExportSource, overwrite: bool) -> None:
@@ -158,6 +183,24 @@ def _export_hf(
         source=source.label,
         base_model=source.meta.base_model,
         files=written.files,
+        total_bytes=written.total_bytes,
+        untied=written.untied,
+    )
+
+
+def _export_gguf(
+    source: ExportSource, temp: pathlib.Path, target: pathlib.Path, quant: str, progress: bool
+) -> ExportResult:
+    from tinkerflow.shell.export.gguf_export import write_gguf
+
+    written = write_gguf(source, temp, quant, progress=progress)
+    return ExportResult(
+        out=target,
+        format="gguf",
+        dtype=quant,
+        source=source.label,
+        base_model=source.meta.base_model,
+        files=(written.file,),
         total_bytes=written.total_bytes,
         untied=written.untied,
     )

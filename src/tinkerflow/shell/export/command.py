@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tinkerflow.shell.export import DTYPES, FORMATS, export_checkpoint
+from tinkerflow.shell.export import DTYPES, FORMATS, GGUF_QUANTS, export_checkpoint
 
 __all__ = ["main"]
 
@@ -14,8 +14,9 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinkerflow export",
-        description="Export a checkpoint as a Hugging Face model folder (LoRA merged into the base weights) "
-        "or a PEFT adapter. A tinker:// checkpoint is downloaded first (TINKER_BASE_URL, TINKER_API_KEY). "
+        description="Export a checkpoint as a Hugging Face model folder (LoRA merged into the base weights), "
+        "a PEFT adapter or a GGUF file for llama.cpp / ollama (merged). A tinker:// checkpoint is downloaded "
+        "first (TINKER_BASE_URL, TINKER_API_KEY). "
         "See docs/export.md.",
     )
     parser.add_argument(
@@ -26,12 +27,23 @@ def _parser() -> argparse.ArgumentParser:
         "tinker://<run>/<weights|sampler_weights|external_weights>/<name> (downloaded through the tinker SDK)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="hf: merged model; peft: the adapter")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="hf: merged model; peft: the adapter; gguf: merged model as model.gguf (llama, qwen3)",
+    )
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
         default=None,
-        help="dtype of the written tensors (default: float32 for hf, the adapter's own for peft)",
+        help="dtype of the written tensors (default: float32 for hf, the adapter's own for peft; not for gguf)",
+    )
+    parser.add_argument(
+        "--quant",
+        choices=GGUF_QUANTS,
+        default=None,
+        help="gguf: type of the 2-D weights (default f16; norms stay f32; q8_0 rows not divisible by 32 are f16)",
     )
     parser.add_argument(
         "--checkpoint-dir",
@@ -80,13 +92,17 @@ def main(argv: Sequence[str]) -> int:
             name=args.name,
             overwrite=args.overwrite,
             progress=progress,
+            quant=args.quant,
         )
     size = result.total_bytes / 2**20
     print(f"exported {result.source} ({result.base_model}) as {result.format} ({result.dtype}) to {result.out}")
     print(f"  weights: {', '.join(result.files)} ({size:.1f} MiB)")
     if result.untied:
-        print("  the output layer had a LoRA adapter on tied embeddings: written untied (tie_word_embeddings=false)")
-    if result.format == "peft":
+        detail = "output.weight written beside token_embd" if result.format == "gguf" else "tie_word_embeddings=false"
+        print(f"  the output layer had a LoRA adapter on tied embeddings: written untied ({detail})")
+    if result.format == "gguf":
+        print(f"  load: llama-cli -m {str(result.out / result.files[0])!r} (or an ollama Modelfile: FROM <that file>)")
+    elif result.format == "peft":
         print(f"  load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), {str(result.out)!r})")
     else:
         print(f"  load: AutoModelForCausalLM.from_pretrained({str(result.out)!r})")
