@@ -136,7 +136,7 @@ class ServerProcess:
                     continue
                 raise AssertionError(f"tinkerflow serve did not start:\n{log[-3000:]}") from None
             self.base_url, self.port = match.group(1), int(match.group(2))
-            # the announcement comes before the socket listens (see test_restart.py's xfail test): wait until it does
+            # belt and braces: the server listens before it announces (test_restart.py checks that); wait until it does
             wait_for("the server to accept connections", lambda: _accepts(self.port), 30, alive=lambda: self.running)
             return self
         raise AssertionError("tinkerflow serve did not start")

@@ -41,7 +41,7 @@ import json
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import numpy as np
@@ -324,7 +324,7 @@ def write_gguf(source: ExportSource, folder: pathlib.Path, quant: str = "f16", *
     heads["attn_k"] = int(getattr(config, "num_key_value_heads", None) or heads["attn_q"])
     with _progress(len(plan), progress) as bar:
         for key in plan:
-            tensor = cast("torch.Tensor", plan[key]())
+            tensor = plan[key]()
             kind = names[key].split(".")[-2]
             if permute and kind in heads:
                 tensor = torch.from_numpy(permute_qk(tensor.float().numpy(), heads[kind]))

@@ -25,8 +25,8 @@ import json
 import pathlib
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 import attrs
 
@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 
     from tinkerflow.shell.backends.local.models import BaseModel
 
-__all__ = ["SHARD_BYTES", "HFExport", "merged_state", "tied_groups", "write_hf"]
+__all__ = ["SHARD_BYTES", "HFExport", "Thunk", "merged_state", "tied_groups", "write_hf"]
+
+#: An output tensor, computed when called (so only one merged tensor is alive at a time).
+Thunk: TypeAlias = "Callable[[], torch.Tensor]"
 
 #: The largest safetensors shard written (bytes of tensor data), as ``save_pretrained``'s default.
 SHARD_BYTES: Final = 5 * 1024**3
@@ -83,7 +86,7 @@ def _adapted(key: str, weights: Mapping[str, torch.Tensor]) -> bool:
 
 def merged_state(
     base_state: Mapping[str, torch.Tensor], source: ExportSource, weights: Mapping[str, torch.Tensor]
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[dict[str, Thunk], bool]:
     """A plan of the output: ``key -> thunk`` giving each output tensor in fp32 (or its own dtype when not a
     float), and whether tied embeddings are untied. Tensors are computed when the thunk is called."""
     groups = tied_groups(base_state)
@@ -125,7 +128,7 @@ def _check_adapters(
         )
 
 
-def _lora_thunk(weight: torch.Tensor, key: str, weights: Mapping[str, torch.Tensor], scale: float) -> Any:
+def _lora_thunk(weight: torch.Tensor, key: str, weights: Mapping[str, torch.Tensor], scale: float) -> Thunk:
     def thunk() -> torch.Tensor:
         if not _adapted(key, weights):
             return weight.float() if weight.is_floating_point() else weight
@@ -137,7 +140,7 @@ def _lora_thunk(weight: torch.Tensor, key: str, weights: Mapping[str, torch.Tens
     return thunk
 
 
-def _full_thunk(tensor: torch.Tensor) -> Any:
+def _full_thunk(tensor: torch.Tensor) -> Thunk:
     return lambda: tensor
 
 
@@ -161,7 +164,7 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _write_weights(
-    plan: Mapping[str, Any],
+    plan: Mapping[str, Thunk],
     folder: pathlib.Path,
     dtype: torch.dtype,
     shape_of: Mapping[str, torch.Tensor],
@@ -188,7 +191,7 @@ def _write_weights(
             tensors: dict[str, torch.Tensor] = {}
             seen: set[int] = set()
             for key in keys:
-                tensor = cast("torch.Tensor", plan[key]())
+                tensor = plan[key]()
                 tensor = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
                 if tensor.untyped_storage().data_ptr() in seen:  # safetensors refuses two names over one storage
                     tensor = tensor.clone()
