@@ -17,12 +17,14 @@ import secrets
 import shutil
 import time
 import urllib.parse
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 import pydantic
 import tinker.types as tt
 from fastapi import Request, Response
 from fastapi.responses import FileResponse
+from tinker.types.checkpoint import CheckpointType
 
 from tinkerflow.shell.serve.bodies import read_body
 from tinkerflow.shell.serve.errors import ServeError
@@ -39,7 +41,11 @@ __all__ = ["FILES_PREFIX", "UrlSigner", "add_routes"]
 
 FILES_PREFIX: Final = "/api/v1/files/"
 URL_LIFETIME_SECONDS: Final = 3600
-_TYPES: Final = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
+_TYPES: Final[Mapping[str, CheckpointType]] = {
+    "weights": "training",
+    "sampler_weights": "sampler",
+    "external_weights": "external",
+}
 
 
 def _ok(model: pydantic.BaseModel) -> Response:
@@ -71,7 +77,7 @@ def _checkpoint(record: CheckpointRecord) -> tt.Checkpoint:
     expires = None if record.expires_at is None else _time(record.expires_at)
     return tt.Checkpoint(
         checkpoint_id=f"{record.kind}/{record.name}",
-        checkpoint_type=kind,  # type: ignore[arg-type]  # one of the three literals by construction
+        checkpoint_type=kind,
         time=_time(record.created),
         tinker_path=record.tinker_path,
         size_bytes=record.size_bytes,
