@@ -1,0 +1,1 @@
+"""Evaluations, the effectful half: sampling, inline evaluation, benchmarks, Inspect AI. (Shell.)"""
