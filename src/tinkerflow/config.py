@@ -21,6 +21,7 @@ import attrs
 from tinkerflow._validate import in_range, int_at_least, non_empty_str, require_type
 from tinkerflow.config_fields import apply_overrides, config_to_dict
 from tinkerflow.errors import ConfigError
+from tinkerflow.evals.spec import EvalSpec, check_unique_names
 from tinkerflow.render.records import TrainOnName
 from tinkerflow.supervised import LRSchedule, Reduction
 
@@ -68,6 +69,13 @@ def _check_source(source: object, where: str, field: str, *, optional: bool, fix
         rest = source[len(prefix) :] if source.startswith(prefix) else None
         if rest is not None and (not rest or rest != rest.strip()):
             raise ConfigError(where, field, f"{source!r} names no dataset.", f"write {prefix}{what}.")
+
+
+def _eval_specs(value: object) -> tuple[EvalSpec, ...]:
+    """``evals`` as a tuple (records are checked on validation)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(cast("list[EvalSpec]", value))
+    return cast("tuple[EvalSpec, ...]", value)
 
 
 def _sink_names(value: object) -> tuple[SinkName, ...]:
@@ -119,6 +127,8 @@ class RunConfig:
         run_dir: where config, metrics, checkpoints and charts go; an existing run there is resumed.
         log_to: extra metrics sinks: ``wandb`` (respects ``WANDB_MODE``, ``WANDB_PROJECT``) and/or ``tensorboard``
             (event files in ``run_dir/tensorboard``); each needs its package installed (checked before training).
+        evals: evaluations run before training, every ``every`` (or ``eval_every``) steps and at the end, each a
+            record ``{"name", "kind", "data", ...}`` (see docs/evals.md); logged as ``<name>/<kind>``.
     """
 
     base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -130,9 +140,11 @@ class RunConfig:
     save_every: int = 20
     run_dir: str = "runs/run"
     log_to: tuple[SinkName, ...] = attrs.field(default=(), converter=_sink_names)
+    evals: tuple[EvalSpec, ...] = attrs.field(default=(), converter=_eval_specs)
 
     def __attrs_post_init__(self) -> None:
         where = type(self).__name__
+        check_unique_names(self.evals, where)
         for field in ("base_model", "run_dir"):
             non_empty_str(getattr(self, field), where, field, "give a value (see the field's documentation).")
         if self.backend not in get_args(BackendName):
@@ -227,7 +239,7 @@ class DataConfig(RunConfig):
         "train_data", "base_model", "backend", "renderer", "test_data", "test_fraction", "hf_split", "hf_test_split",
         "hf_subset", "hf_messages_field", "train_on", "max_length", "reduction", "batch_size", "epochs", "max_steps",
         "learning_rate", "lr_schedule", "lora_rank", "seed", "eval_every", "save_every", "num_samples_shown",
-        "sample_max_tokens", "bad_rows", "run_dir", "log_to",
+        "sample_max_tokens", "bad_rows", "run_dir", "log_to", "evals",
     ),
 )  # fmt: skip
 class SLConfig(DataConfig):

@@ -35,6 +35,7 @@ class SLData:
         test_bytes: UTF-8 bytes of the held-out trained text (the denominator of bits per byte).
         prompts: held-out prompts (a conversation without its last assistant message) and that message's text.
         skipped_rows: bad rows skipped under ``bad_rows="skip"``.
+        test_conversations: the held-out conversations of ``test``, in order (the ``evals`` with ``data: null``).
     """
 
     train: tuple[Datum, ...]
@@ -42,6 +43,7 @@ class SLData:
     test_bytes: int
     prompts: tuple[tuple[Conversation, str], ...]
     skipped_rows: int
+    test_conversations: tuple[Conversation, ...] = ()
 
 
 def checked_datums(
@@ -113,4 +115,5 @@ def sl_data(rows: SplitRows[Conversation], renderer: Renderer, config: SLConfig)
         test_bytes=test_bytes,
         prompts=shown_prompts(test_kept, config.num_samples_shown),
         skipped_rows=rows.skipped + bad_train + bad_test,
+        test_conversations=tuple(test_kept),
     )

@@ -47,7 +47,8 @@ class EvalSpec:
         data: the examples: a JSONL file (``messages`` or ``prompt``, and ``reference`` / ``choices`` +
             ``answer``), or ``null`` for the run's held-out conversations (SL only; the reference is each one's
             last assistant message).
-        every: run every this many training steps (0: at the run's ``eval_every``); always before and after.
+        every: run every this many training steps (0: only before and after training; ``null``: at the run's
+            ``eval_every``); always before and after.
         limit: score only the first this many examples (``null``: all).
         max_tokens: most tokens of a sampled answer.
         temperature: sampling temperature of answers (0: greedy).
@@ -64,7 +65,7 @@ class EvalSpec:
     name: str
     kind: EvalKind
     data: str | None = None
-    every: int = 0
+    every: int | None = None
     limit: int | None = None
     max_tokens: int = 64
     temperature: float = 0.0
@@ -86,7 +87,7 @@ class EvalSpec:
             value = getattr(self, field)
             if value is not None:
                 non_empty_str(value, where, field, "give a value or null.")
-        int_at_least(self.every, where, "every", 0)
+        int_at_least(self.every, where, "every", 0, allow_none=True)
         int_at_least(self.limit, where, "limit", 1, allow_none=True)
         int_at_least(self.max_tokens, where, "max_tokens", 1)
         in_range(self.temperature, where, "temperature", low=0.0)
@@ -123,7 +124,7 @@ class EvalSpec:
 
     def due(self, step: int, eval_every: int) -> bool:
         """Whether it runs before training step ``step`` (> 0) of a run evaluating every ``eval_every`` steps."""
-        every = self.every or eval_every
+        every = eval_every if self.every is None else self.every
         return bool(every) and step > 0 and step % every == 0
 
 

@@ -28,7 +28,7 @@ EnvArg: TypeAlias = int | float | str | bool
         "learning_rate", "lora_rank", "max_tokens", "temperature", "loss", "clip_low", "clip_high", "dro_beta",
         "normalize_advantages", "constant_groups", "kl_coef", "kl_discount", "substeps", "mode", "max_staleness",
         "concurrency", "episode_timeout_s", "on_failure", "max_retries", "eval_every", "eval_groups", "save_every",
-        "seed", "log_to", "run_dir",
+        "seed", "log_to", "run_dir", "evals",
     ),
 )  # fmt: skip
 class RLConfig(RunConfig):

@@ -12,7 +12,7 @@ serve`` or the Tinker service's (through :class:`~tinkerflow.shell.backends.tink
   no sampling;
 * ``nll``: the logprobs of the whole conversation, weighted on its last assistant message;
 * ``judge``: the answer and the reference shown to a judge (another sampling client) twice, swapped;
-* ``inspect``: delegated to :mod:`tinkerflow.shell.evals.inspect_eval`.
+* ``inspect``: delegated to the ``inspect`` runner given (:mod:`tinkerflow.shell.evals.inspect_eval`).
 
 Requests are submitted ``concurrency`` at a time (the clients queue them; the local sampler batches nothing, the
 served and Tinker ones overlap network round trips).
@@ -46,7 +46,16 @@ from tinkerflow.shell.io.run_dir import atomic_write_text
 #: Runs an ``inspect`` evaluation: ``runner(spec, sampler, renderer, seed)``.
 InspectRunner: TypeAlias = Callable[[EvalSpec, SamplingClient, Renderer, int], "EvalRun"]
 
-__all__ = ["EvalRun", "InspectRunner", "Judge", "evaluate", "load_examples", "load_schema", "write_transcript"]
+__all__ = [
+    "EvalRun",
+    "InspectRunner",
+    "Judge",
+    "evaluate",
+    "inspect_runner",
+    "load_examples",
+    "load_schema",
+    "write_transcript",
+]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -278,6 +287,18 @@ def _judged(
     return samples
 
 
+def inspect_runner(specs: Sequence[EvalSpec]) -> InspectRunner | None:
+    """The runner of ``inspect`` evaluations (importing Inspect AI) when ``specs`` hold one, else ``None``."""
+    if not any(spec.kind == "inspect" for spec in specs):
+        return None
+    from tinkerflow.shell.evals import inspect_eval  # Inspect AI is imported only when a task is run
+
+    def run(spec: EvalSpec, sampler: SamplingClient, renderer: Renderer, seed: int) -> EvalRun:
+        return inspect_eval.run_inspect_task(spec, sampler, renderer, seed=seed)
+
+    return run
+
+
 def evaluate(
     spec: EvalSpec,
     examples: Sequence[EvalExample],
@@ -292,14 +313,16 @@ def evaluate(
 ) -> EvalRun:
     """Run ``spec`` over ``examples`` with ``sampler`` (see the module docstring) and summarize it.
 
-    ``schema`` is the loaded JSON schema of a ``json_match`` spec (:func:`load_schema`); ``judge`` the judge of a
-    ``judge`` spec; ``inspect`` runs an ``inspect`` spec (:func:`tinkerflow.shell.evals.inspect_eval.inspect_runner`).
+        ``schema`` is the loaded JSON schema of a ``json_match`` spec (:func:`load_schema`); ``judge`` the judge of a
+        ``judge`` spec; ``inspect`` runs an ``inspect`` spec (:func:`inspect_runner`: it imports Inspect AI, so it is
+    passed in and this module does not import it).
     """
     if spec.kind == "inspect":
         if inspect is None:
-            from tinkerflow.shell.evals.inspect_eval import run_inspect_task
-
-            return run_inspect_task(spec, sampler, renderer, seed=seed)
+            raise ConfigError(
+                f"EvalSpec[{spec.name!r}]", "kind", "an inspect evaluation needs its runner.",
+                "pass inspect=tinkerflow.shell.evals.inspect_eval.run_inspect_task.",
+            )  # fmt: skip
         return inspect(spec, sampler, renderer, seed)
     if not examples:
         raise ConfigError(f"EvalSpec[{spec.name!r}]", "data", "holds no examples.")

@@ -37,6 +37,7 @@ from tinkerflow.preference.records import LabeledComparison
 from tinkerflow.render import Renderer
 from tinkerflow.serde import to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, TrainingClient
+from tinkerflow.shell.evals.inline import InlineEvals
 from tinkerflow.shell.io.charts import metrics_chart_html
 from tinkerflow.shell.io.data import load_split, preference_format
 from tinkerflow.shell.io.run import Run
@@ -85,6 +86,7 @@ class DPOResult:
     final_checkpoint: str
     sampler_checkpoint: str
     chart: str
+    evals_after: Mapping[str, float] = attrs.field(factory=dict)
 
 
 def prepare_dpo_data(
@@ -155,10 +157,14 @@ def run_dpo(
         eval_before = first.result() if first is not None else None
         if eval_before is not None:
             run.out.write(_describe_eval("held-out before training", eval_before))
+        evals = InlineEvals(
+            config.evals, renderer, backend=backend, base_model=config.base_model, run_dir=config.run_dir,
+            seed=config.seed, eval_every=config.eval_every,
+        )  # fmt: skip
         run_steps(
             run,
             client,
-            _submitter(client, data, reference, config, batches, evaluate, first),
+            evals.wrap(client, _submitter(client, data, reference, config, batches, evaluate, first), run.start_step),
             total=total,
             learning_rate=config.learning_rate,
             lr_schedule=config.lr_schedule,
@@ -167,8 +173,11 @@ def run_dpo(
             data_state=lambda done: to_json(batches.state()),
             after_step=after_step,
         )
+        evals_after = evals.final(run, client, total)
     eval_after = evaluate().result() if len(data.test) else None
-    return _report(run, client, data, total, eval_before, eval_after)
+    result = _report(run, client, data, total, eval_before, eval_after)
+    run.out.write(evals.report(config.run_dir, evals_after))
+    return attrs.evolve(result, evals_after=evals_after)
 
 
 def _evaluate(

@@ -44,6 +44,7 @@ from tinkerflow.rl.transcripts import EpisodeTranscript, episode_transcripts, tr
 from tinkerflow.rl.types import RLDataset, TrajectoryGroup
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, TrainingClient
+from tinkerflow.shell.evals.inline import InlineEvals
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.io.sinks import MetricsSink
@@ -63,6 +64,7 @@ class RLResult:
     eval_reward_after: float | None
     final_checkpoint: str
     sampler_checkpoint: str
+    evals_after: Mapping[str, float] = attrs.field(factory=dict)
 
 
 #: Environments ``RLConfig.env`` can name: the factory of their training and held-out datasets.
@@ -128,14 +130,18 @@ def run_rl(
     out: TextIO | None = None,
     after_step: Callable[[int], None] | None = None,
     sinks: Sequence[MetricsSink] | None = None,
+    renderer: Renderer | None = None,
 ) -> RLResult:
     """Run (or resume) RL as ``config`` says on ``dataset``'s environment groups; see the module docstring.
 
     ``decode`` turns token ids into text for transcripts; ``test_dataset`` (optional) is rolled out before,
     every ``eval_every`` steps and after training (``eval_reward_mean``). ``after_step(step)`` runs once step
     ``step``'s metrics are logged (tests use it to kill a run). ``sinks`` receive every metrics row too; ``None``
-    makes the ones ``config.log_to`` asks for, ``()`` none.
+    makes the ones ``config.log_to`` asks for, ``()`` none. ``renderer`` renders the prompts of ``config.evals``
+    (required when there are any).
     """
+    if config.evals and renderer is None:
+        raise ConfigError("run_rl", "renderer", "config.evals needs the renderer of the policy.", "pass renderer=.")
     if len(dataset) == 0:
         raise TinkerflowError("run_rl: the dataset has no batches.")
     total = config.steps
@@ -161,10 +167,11 @@ def run_rl(
         stack.callback(sampling.close)
         step = _RLStep(config, client, sampling, reference, transcripts, decode, run.out)
         sampling.relaunch(run.start_step, total)
+        evals = _inline_evals(config, backend, renderer)
         run_steps(
             run,
             client,
-            step.submit,
+            evals.wrap(client, step.submit, run.start_step),
             total=total,
             learning_rate=config.learning_rate,
             lr_schedule=None,
@@ -177,7 +184,18 @@ def run_rl(
         )
         final_path = client.save_weights_for_sampler("final").result()
         eval_after = sampling.evaluate(client.create_sampling_client(final_path).result(), total)
-    return _report(run, config, step.eval_before, eval_after, final_path)
+        evals_after = evals.final(run, client, total)
+    result = _report(run, config, step.eval_before, eval_after, final_path)
+    run.out.write(evals.report(config.run_dir, evals_after))
+    return attrs.evolve(result, evals_after=evals_after)
+
+
+def _inline_evals(config: RLConfig, backend: Backend, renderer: Renderer | None) -> InlineEvals:
+    """The run's ``evals`` (none without a renderer: :func:`run_rl` refuses evals without one)."""
+    return InlineEvals(
+        config.evals if renderer is not None else (), renderer, backend=backend, base_model=config.base_model,
+        run_dir=config.run_dir, seed=config.seed, eval_every=config.eval_every,
+    )  # fmt: skip
 
 
 def _reference(

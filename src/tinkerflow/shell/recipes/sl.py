@@ -36,6 +36,7 @@ from tinkerflow.render import Renderer, build_generation_prompt, parse_response
 from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, TrainingClient
+from tinkerflow.shell.evals.inline import InlineEvals
 from tinkerflow.shell.io.data import chat_format, load_split
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.sinks import MetricsSink
@@ -63,6 +64,7 @@ class SLResult:
     sampler_checkpoint: str
     samples_before: tuple[str, ...]
     samples_after: tuple[str, ...]
+    evals_after: Mapping[str, float] = attrs.field(factory=dict)
 
 
 def prepare_sl_data(
@@ -129,6 +131,10 @@ def run_sl(
                 f"training {config.base_model} (LoRA rank {config.lora_rank}) for {total} steps, lr {base_lr:.3g}\n"
             )
         client = run.training_client(backend, config.base_model, lora_rank=config.lora_rank, seed=config.seed)
+        evals = InlineEvals(
+            config.evals, renderer, backend=backend, base_model=config.base_model, run_dir=config.run_dir,
+            seed=config.seed, eval_every=config.eval_every, heldout=data.test_conversations,
+        )  # fmt: skip
         if run.start_step == 0:
             eval_before = _evaluate(client, data).result()[0]
             samples_before = _samples(client.save_weights_and_get_sampling_client().result(), renderer, data, config)
@@ -136,7 +142,7 @@ def run_sl(
         run_steps(
             run,
             client,
-            _submitter(client, data, batches),
+            evals.wrap(client, _submitter(client, data, batches), run.start_step),
             total=total,
             learning_rate=base_lr,
             lr_schedule=config.lr_schedule,
@@ -145,15 +151,18 @@ def run_sl(
             data_state=lambda done: to_json(batches.state()),
             after_step=after_step,
         )
-    eval_after, bpb_after = _evaluate(client, data).result()
+        eval_after, bpb_after = _evaluate(client, data).result()
+        evals_after = evals.final(run, client, total)
     run.write_chart(["train_nll", "eval_nll"], "SL loss", "loss.html")
     sampler_path = client.save_weights_for_sampler("final").result()
     samples_after = _samples(client.create_sampling_client(sampler_path).result(), renderer, data, config)
     run.out.write(f"held-out NLL after training: {eval_after:.4f} (bits per byte {bpb_after:.4f})\n")
+    run.out.write(evals.report(config.run_dir, evals_after))
     _show_samples(run.out, data, samples_before, samples_after)
     return SLResult(
-        total, eval_before, eval_after, bpb_after, run.last_checkpoint, sampler_path, samples_before, samples_after
-    )
+        total, eval_before, eval_after, bpb_after, run.last_checkpoint, sampler_path, samples_before, samples_after,
+        evals_after,
+    )  # fmt: skip
 
 
 def _weights(batch: Sequence[Datum]) -> tuple[np.ndarray, ...]:
