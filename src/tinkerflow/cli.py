@@ -12,8 +12,14 @@ it, validate it and the data before any work starts, then train (or resume) with
 ``tinkerflow serve [--port N] [--model NAME=SOURCE ...] [--store DIR]``: Tinker's HTTP API on this machine, so the
 unmodified ``tinker`` SDK and tinker-cookbook run on the local backend (:mod:`tinkerflow.shell.serve`).
 
-``tinkerflow export CHECKPOINT --out DIR --format hf|peft``: a checkpoint as a Hugging Face folder (LoRA merged)
-or a PEFT adapter (:mod:`tinkerflow.shell.export`).
+``tinkerflow export CHECKPOINT --out DIR --format hf|peft|gguf``: a checkpoint as a Hugging Face folder (LoRA
+merged), a PEFT adapter or a GGUF file (:mod:`tinkerflow.shell.export`).
+
+``tinkerflow publish DIR --repo NAME``: an export with a model card generated from its run, uploaded to the Hugging
+Face hub (:mod:`tinkerflow.shell.publish`).
+
+``tinkerflow eval TARGET ...``: evaluations, benchmarks and Inspect tasks against a checkpoint or a base model
+(:mod:`tinkerflow.shell.evals`).
 
 The config records are the single source of the command line (:mod:`tinkerflow.config_fields`):
 ``tinkerflow sl --help`` lists every field with its type, default and documentation, ``tinkerflow sl --template``
@@ -27,12 +33,13 @@ Every subcommand takes a JSON config, overrides, ``--dry-run`` and ``--template`
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import pathlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 import attrs
 
@@ -222,7 +229,9 @@ def _run_rl(config: RLConfig, dry_run: bool) -> int:
     def train(
         backend: LocalBackend | TinkerBackend, renderer: Renderer, datasets: tuple[RLDataset, RLDataset | None]
     ) -> str:
-        result = run_rl(config, backend, datasets[0], decode=renderer.tokenizer.decode, test_dataset=datasets[1])
+        result = run_rl(
+            config, backend, datasets[0], decode=renderer.tokenizer.decode, test_dataset=datasets[1], renderer=renderer
+        )
         lines = [f"\nrun directory: {config.run_dir} (metrics.jsonl, reward.html, transcripts.html, checkpoints)"]
         if result.eval_reward_before is not None and result.eval_reward_after is not None:
             lines.append(
@@ -323,6 +332,14 @@ def _top_parser(commands: Mapping[str, _Command]) -> argparse.ArgumentParser:
     subparsers.add_parser(
         "export", help="a checkpoint as a HF folder or PEFT adapter (`tinkerflow export --help`)", add_help=False
     )
+    subparsers.add_parser(
+        "publish", help="an export to the Hugging Face hub with a model card (`tinkerflow publish --help`)",
+        add_help=False,
+    )  # fmt: skip
+    subparsers.add_parser(
+        "eval", help="evaluate a checkpoint or model: evals, benchmarks, Inspect tasks (`tinkerflow eval --help`)",
+        add_help=False,
+    )  # fmt: skip
     return parser
 
 
@@ -343,23 +360,24 @@ def _run_command(name: str, command: _Command, argv: Sequence[str]) -> int:
     return command.run(path, overrides, args.dry_run)
 
 
+#: The subcommands that parse their own options (``main(argv) -> int`` of each module), imported when run.
+_OWN_OPTIONS: Final = {
+    "serve": "tinkerflow.shell.serve.command",
+    "export": "tinkerflow.shell.export.command",
+    "publish": "tinkerflow.shell.publish.command",
+    "eval": "tinkerflow.shell.evals.command",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tinkerflow`` command; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     commands = _commands()
-    if arguments and arguments[0] == "serve":  # its own options, not a config record
-        from tinkerflow.shell.serve.command import main as serve_main
-
+    if arguments and arguments[0] in _OWN_OPTIONS:  # commands with their own options, not a config record
+        module = importlib.import_module(_OWN_OPTIONS[arguments[0]])
         try:
-            return serve_main(arguments[1:])
-        except TinkerflowError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    if arguments and arguments[0] == "export":  # its own options, not a config record
-        from tinkerflow.shell.export.command import main as export_main
-
-        try:
-            return export_main(arguments[1:])
+            status: int = module.main(arguments[1:])
+            return status
         except TinkerflowError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

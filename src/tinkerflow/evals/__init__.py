@@ -12,7 +12,7 @@ environments, Inspect AI) is :mod:`tinkerflow.shell.evals`. See docs/evals.md.
 """
 
 from tinkerflow.evals.data import examples_from_conversations, examples_from_rows
-from tinkerflow.evals.records import EvalExample, EvalResult, ScoredSample, mean_and_stderr, summarize
+from tinkerflow.evals.records import EvalExample, EvalResult, EvalRun, ScoredSample, mean_and_stderr, summarize
 from tinkerflow.evals.spec import GENERATION_KINDS, EvalKind, EvalSpec, check_unique_names
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "EvalExample",
     "EvalKind",
     "EvalResult",
+    "EvalRun",
     "EvalSpec",
     "ScoredSample",
     "check_unique_names",

@@ -21,7 +21,7 @@ from tinkerflow._validate import require_type
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.errors import ValidationError
 
-__all__ = ["EvalExample", "EvalResult", "ScoredSample", "mean_and_stderr", "summarize"]
+__all__ = ["EvalExample", "EvalResult", "EvalRun", "ScoredSample", "mean_and_stderr", "summarize"]
 
 
 def _messages(value: Conversation | Sequence[Message]) -> tuple[Message, ...]:
@@ -140,6 +140,14 @@ class EvalResult:
         row = {f"{head}/{self.kind}": self.mean, f"{head}/stderr": self.stderr}
         row.update({f"{head}/{key}": value for key, value in self.metrics.items()})
         return row
+
+
+@attrs.frozen
+class EvalRun:
+    """One evaluation's outcome: the summary and every graded sample (the transcript)."""
+
+    result: EvalResult
+    samples: tuple[ScoredSample, ...]
 
 
 def mean_and_stderr(scores_N: np.ndarray) -> tuple[float, float]:

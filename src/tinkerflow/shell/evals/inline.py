@@ -22,11 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from tinkerflow.chat import Conversation
 from tinkerflow.errors import ConfigError
-from tinkerflow.evals import EvalExample, EvalSpec, examples_from_conversations
+from tinkerflow.evals import EvalExample, EvalRun, EvalSpec, examples_from_conversations
 from tinkerflow.render import Renderer, get_renderer, renderer_for_model
 from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.evals.runner import (
-    EvalRun,
     Judge,
     evaluate,
     inspect_runner,

@@ -33,7 +33,7 @@ import numpy as np
 from tinkerflow.chat import Message
 from tinkerflow.chat_format import ChatFormatError, decode_json_line
 from tinkerflow.errors import ConfigError
-from tinkerflow.evals import EvalExample, EvalResult, EvalSpec, ScoredSample, scoring, summarize
+from tinkerflow.evals import EvalExample, EvalRun, EvalSpec, ScoredSample, scoring, summarize
 from tinkerflow.evals.data import examples_from_rows
 from tinkerflow.model_input import ModelInput
 from tinkerflow.render import Renderer, TrainOnWhat, build_generation_prompt, build_supervised_example
@@ -44,7 +44,7 @@ from tinkerflow.shell.backends.protocol import APIFuture, SamplingClient
 from tinkerflow.shell.io.run_dir import atomic_write_text
 
 #: Runs an ``inspect`` evaluation: ``runner(spec, sampler, renderer, seed)``.
-InspectRunner: TypeAlias = Callable[[EvalSpec, SamplingClient, Renderer, int], "EvalRun"]
+InspectRunner: TypeAlias = Callable[[EvalSpec, SamplingClient, Renderer, int], EvalRun]
 
 __all__ = [
     "EvalRun",
@@ -68,14 +68,6 @@ class Judge:
     sampler: SamplingClient
     renderer: Renderer
     max_tokens: int = 8
-
-
-@attrs.frozen
-class EvalRun:
-    """One evaluation's outcome: the summary and every graded sample (the transcript)."""
-
-    result: EvalResult
-    samples: tuple[ScoredSample, ...]
 
 
 def load_examples(spec: EvalSpec, base: pathlib.Path | None = None) -> tuple[EvalExample, ...]:
@@ -291,10 +283,10 @@ def inspect_runner(specs: Sequence[EvalSpec]) -> InspectRunner | None:
     """The runner of ``inspect`` evaluations (importing Inspect AI) when ``specs`` hold one, else ``None``."""
     if not any(spec.kind == "inspect" for spec in specs):
         return None
-    from tinkerflow.shell.evals import inspect_eval  # Inspect AI is imported only when a task is run
+    from tinkerflow.shell.evals import inspect_run  # Inspect AI is imported only when a task is run
 
     def run(spec: EvalSpec, sampler: SamplingClient, renderer: Renderer, seed: int) -> EvalRun:
-        return inspect_eval.run_inspect_task(spec, sampler, renderer, seed=seed)
+        return inspect_run.run_inspect_task(spec, sampler, renderer, seed=seed)
 
     return run
 
@@ -321,7 +313,7 @@ def evaluate(
         if inspect is None:
             raise ConfigError(
                 f"EvalSpec[{spec.name!r}]", "kind", "an inspect evaluation needs its runner.",
-                "pass inspect=tinkerflow.shell.evals.inspect_eval.run_inspect_task.",
+                "pass inspect=inspect_runner([spec]).",
             )  # fmt: skip
         return inspect(spec, sampler, renderer, seed)
     if not examples:
