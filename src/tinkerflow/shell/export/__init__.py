@@ -10,6 +10,9 @@
 * ``gguf``: the merged model (the same merge as ``hf``) as ``model.gguf`` for llama.cpp / ollama, 2-D weights in
   ``quant`` (``f16``, ``q8_0``, ``bf16`` or ``f32``), with the tokenizer and chat template (:mod:`.gguf_export`).
 
+The base model is read a tensor at a time from its safetensors files when it has them, so ``hf`` holds about one
+output shard and ``gguf`` one tensor, never the whole model (:mod:`.stream`).
+
 Sources are resolved by :mod:`.sources` (``local://`` paths, checkpoint folders, run directories). The output folder
 is assembled beside ``out`` and renamed into place, so a failed export leaves nothing behind. Every format adds an
 ``export.json`` saying what was exported from where. See ``docs/export.md``.

@@ -31,8 +31,11 @@ into ``model.gguf`` following the conventions of llama.cpp's ``convert_hf_to_ggu
   pre-tokenizer) is chosen by name (``smollm`` for SmolLM2, ``qwen2`` for Qwen3), else ``default``; llama.cpp's
   converter picks it from a hash of the tokenizer's output instead.
 
-Memory: the base model is loaded whole (fp32, on the CPU); the tensor infos are written first and each tensor is
-merged, converted and written one at a time.
+**Memory.** ``GGUFWriter`` needs every tensor's name, shape and type before the first tensor's data, but not the
+data itself: the header and tensor infos are written from the shapes (:attr:`.stream.ExportBase.tensors`), then
+each tensor is read, merged, converted and written, one at a time. The base model is streamed from its safetensors
+files as for ``hf`` (:mod:`.stream`), so the export holds about one tensor (with its merge temporaries and its
+encoded copy); a base that is not a safetensors folder (the tiny specs) is loaded whole first.
 """
 
 from __future__ import annotations
@@ -47,15 +50,14 @@ import attrs
 import numpy as np
 
 from tinkerflow.errors import ConfigError
-from tinkerflow.shell.backends.local.checkpoint import CheckpointError, read_weights
-from tinkerflow.shell.export.merge import load_export_base, merged_state
+from tinkerflow.shell.backends.local.checkpoint import CheckpointError
+from tinkerflow.shell.export.merge import checkpoint_weights, merged_state
 from tinkerflow.shell.export.sources import ExportSource
+from tinkerflow.shell.export.stream import ExportBase, open_export_base
 
 if TYPE_CHECKING:
     import gguf
     import torch
-
-    from tinkerflow.shell.backends.local.models import BaseModel
 
 __all__ = ["GGUF_FILE", "GGUF_QUANTS", "GGUFExport", "gguf_architecture", "permute_qk", "unpermute_qk", "write_gguf"]
 
@@ -194,7 +196,7 @@ def _add_hyperparameters(writer: Any, config: Any, quant: str, name: str, vocab_
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _hf_tokenizer(base: BaseModel) -> Any:
+def _hf_tokenizer(base: ExportBase) -> Any:
     from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
     from tinkerflow.shell.backends.local.models import ByteTokenizer, byte_tokenizer_as_hf
 
@@ -285,8 +287,13 @@ def _nbytes(shape: Sequence[int], qtype: Any) -> tuple[tuple[int, ...], int]:
     return tuple(byte_shape), int(np.prod(byte_shape))
 
 
-def write_gguf(source: ExportSource, folder: pathlib.Path, quant: str = "f16", *, progress: bool = False) -> GGUFExport:
+def write_gguf(
+    source: ExportSource, folder: pathlib.Path, quant: str = "f16", *, progress: bool = False, stream: bool = True
+) -> GGUFExport:
     """Write the merged model of ``source`` as ``folder/model.gguf`` with 2-D weights in ``quant``.
+
+    ``stream``: read the base model a tensor at a time when it is a safetensors folder (as :func:`.merge.write_hf`);
+    ``False`` loads it whole.
 
     Raises:
         ConfigError: an unknown ``quant``, an architecture, rope scaling or tokenizer the export does not support.
@@ -297,21 +304,21 @@ def write_gguf(source: ExportSource, folder: pathlib.Path, quant: str = "f16", *
 
     if quant not in GGUF_QUANTS:
         raise ConfigError(_WHERE, "quant", f"unknown gguf type {quant!r}.", f"use one of {', '.join(GGUF_QUANTS)}.")
-    base = load_export_base(source.meta.base_model)
+    base = open_export_base(source.meta.base_model, stream=stream)
     config: Any = base.config
     architecture, permute = gguf_architecture(config)
-    weights = read_weights(source.directory, source.meta, torch.device("cpu"))
-    plan, untie = merged_state(base.state, source, weights)
+    weights = checkpoint_weights(source, lazy=stream)
+    plan, untie = merged_state(base, source, weights)
     names = _tensor_names(list(plan), architecture, int(config.num_hidden_layers))
     writer = gguf.GGUFWriter(folder / GGUF_FILE, architecture)
-    vocab_size = int(base.state["model.embed_tokens.weight"].shape[0])
+    vocab_size = int(base.tensors["model.embed_tokens.weight"].shape[0])
     _add_hyperparameters(writer, config, quant, source.meta.base_model, vocab_size)
     pre = _pre_tokenizer(source.meta.base_model, str(config.model_type))
     chat = add_tokenizer(writer, _hf_tokenizer(base), vocab_size, pre)
-    qtypes = {key: _qtype(tuple(base.state[key].shape), quant) for key in plan}
+    qtypes = {key: _qtype(tuple(base.tensors[key].shape), quant) for key in plan}
     total = 0
     for key in plan:
-        shape, size = _nbytes(tuple(base.state[key].shape), qtypes[key])
+        shape, size = _nbytes(tuple(base.tensors[key].shape), qtypes[key])
         plain = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
         dtype = np.dtype(plain.get(qtypes[key], np.uint8))
         raw = None if qtypes[key] in plain else qtypes[key]

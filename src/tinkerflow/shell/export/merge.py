@@ -14,8 +14,12 @@ silently change the input embeddings too. So the export *unties*: it writes the 
 ``lm_head.weight``, and sets ``tie_word_embeddings`` to false. Without an ``lm_head`` adapter (or for a full
 fine-tune, which trains the shared tensor as one) the model stays tied and only the embedding is written.
 
-Memory: the base model is loaded whole (fp32, on the CPU); output tensors are merged one at a time and written a
-shard at a time, so the output side holds at most one shard.
+**Memory.** The base model is read through :func:`.stream.open_export_base`: when it is a folder of safetensors files
+(the embedded SmolLM2, a local Hugging Face folder, a name in the hub cache) each base tensor is read from its file
+when its output tensor is computed and dropped once merged, so an export holds about one output shard (the tensors
+waiting to be written, at most :data:`SHARD_BYTES`) plus the tensor being merged, never the whole model; a full
+fine-tune's checkpoint is read the same way (:class:`.stream.LazyTensors`). Other bases (the tiny specs, which are
+built from a config and a seed) are loaded whole (fp32, CPU), and the export holds that model plus one shard.
 """
 
 from __future__ import annotations
@@ -30,17 +34,18 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 import attrs
 
-from tinkerflow.shell.backends.local.checkpoint import CheckpointError, read_weights
+from tinkerflow.shell.backends.local.checkpoint import FULL_FILE, CheckpointError, read_weights
 from tinkerflow.shell.backends.local.embedded import EMBEDDED_NAMES, embedded_model_dir, quiet_transformers
 from tinkerflow.shell.backends.local.models import ByteTokenizer, TinyModelSpec
 from tinkerflow.shell.export.sources import ExportSource
+from tinkerflow.shell.export.stream import ExportBase, LazyTensors, open_export_base, tied_groups
 
 if TYPE_CHECKING:
     import torch
 
-    from tinkerflow.shell.backends.local.models import BaseModel
+    from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
 
-__all__ = ["SHARD_BYTES", "HFExport", "Thunk", "merged_state", "tied_groups", "write_hf"]
+__all__ = ["SHARD_BYTES", "HFExport", "Thunk", "checkpoint_weights", "merged_state", "tied_groups", "write_hf"]
 
 #: An output tensor, computed when called (so only one merged tensor is alive at a time).
 Thunk: TypeAlias = "Callable[[], torch.Tensor]"
@@ -72,42 +77,35 @@ class HFExport:
     generation_config: bool
 
 
-def tied_groups(state: Mapping[str, torch.Tensor]) -> list[tuple[str, ...]]:
-    """Keys of ``state`` that share one tensor (tied embeddings), each group in state order."""
-    by_pointer: dict[tuple[int, tuple[int, ...]], list[str]] = {}
-    for key, tensor in state.items():
-        by_pointer.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
-    return [tuple(keys) for keys in by_pointer.values() if len(keys) > 1]
-
-
 def _adapted(key: str, weights: Mapping[str, torch.Tensor]) -> bool:
     return key.endswith(".weight") and f"{key.removesuffix('.weight')}.lora_A.weight" in weights
 
 
 def merged_state(
-    base_state: Mapping[str, torch.Tensor], source: ExportSource, weights: Mapping[str, torch.Tensor]
+    base: ExportBase, source: ExportSource, weights: Mapping[str, torch.Tensor]
 ) -> tuple[dict[str, Thunk], bool]:
     """A plan of the output: ``key -> thunk`` giving each output tensor in fp32 (or its own dtype when not a
-    float), and whether tied embeddings are untied. Tensors are computed when the thunk is called."""
-    groups = tied_groups(base_state)
+    float), and whether tied embeddings are untied. Tensors are computed (and base tensors read) when the thunk is
+    called, one at a time."""
+    groups = base.groups
     lora = source.meta.lora_rank is not None
     untie = lora and any(_adapted(key, weights) for group in groups for key in group)
     dropped = set() if untie else {key for group in groups for key in group[1:]}
     if lora:
-        _check_adapters(base_state, weights, source)
+        _check_adapters(base.tensors, weights, source)
         scale = source.meta.lora_alpha / cast("int", source.meta.lora_rank)
-        plan = {key: _lora_thunk(base_state[key], key, weights, scale) for key in base_state if key not in dropped}
+        plan = {key: _lora_thunk(base, key, weights, scale) for key in base.tensors if key not in dropped}
         return plan, untie
     group_of = {key: group for group in groups for key in group}
-    unknown = sorted(set(weights) - set(base_state))
+    unknown = sorted(set(weights) - set(base.tensors))
     if unknown:
         raise CheckpointError(f"{source.label}: weights {unknown[:3]} are not in {source.meta.base_model!r}.")
     plan = {}
-    for key in base_state:
+    for key in base.tensors:
         if key in dropped:
             continue
-        saved = next((weights[other] for other in group_of.get(key, (key,)) if other in weights), None)
-        plan[key] = _full_thunk(saved if saved is not None else base_state[key])
+        saved = next((other for other in group_of.get(key, (key,)) if other in weights), None)
+        plan[key] = _full_thunk(weights, saved) if saved is not None else _base_thunk(base, key)
     return plan, False
 
 
@@ -128,8 +126,9 @@ def _check_adapters(
         )
 
 
-def _lora_thunk(weight: torch.Tensor, key: str, weights: Mapping[str, torch.Tensor], scale: float) -> Thunk:
+def _lora_thunk(base: ExportBase, key: str, weights: Mapping[str, torch.Tensor], scale: float) -> Thunk:
     def thunk() -> torch.Tensor:
+        weight = base.read(key)
         if not _adapted(key, weights):
             return weight.float() if weight.is_floating_point() else weight
         module = key.removesuffix(".weight")
@@ -140,8 +139,12 @@ def _lora_thunk(weight: torch.Tensor, key: str, weights: Mapping[str, torch.Tens
     return thunk
 
 
-def _full_thunk(tensor: torch.Tensor) -> Thunk:
-    return lambda: tensor
+def _full_thunk(weights: Mapping[str, torch.Tensor], key: str) -> Thunk:
+    return lambda: weights[key]
+
+
+def _base_thunk(base: ExportBase, key: str) -> Thunk:
+    return lambda: base.read(key)
 
 
 def _shards(sizes: Sequence[tuple[str, int]], limit: int) -> list[list[str]]:
@@ -250,44 +253,48 @@ def _write_generation_config(name: str, folder: pathlib.Path) -> bool:
     return True
 
 
-def _write_tokenizer(base: BaseModel, folder: pathlib.Path) -> bool:
+def _write_tokenizer(tokenizer: HFTokenizer | ByteTokenizer, folder: pathlib.Path) -> bool:
     """The base model's tokenizer files (with its chat template); the byte tokenizer as an equivalent BPE."""
     from tinkerflow.shell.backends.hf_tokenizer import HFTokenizer
     from tinkerflow.shell.backends.local.models import byte_tokenizer_as_hf
 
-    tokenizer = base.tokenizer
     hf: Any
     if isinstance(tokenizer, HFTokenizer):
         hf = tokenizer.hf
     elif isinstance(tokenizer, ByteTokenizer):
         hf = byte_tokenizer_as_hf(tokenizer)
-    else:  # pragma: no cover - BaseModel holds one of the two
+    else:  # pragma: no cover - a base model has one of the two
         return False
     with quiet_transformers():
         hf.save_pretrained(str(folder))
     return True
 
 
-def load_export_base(name: str) -> BaseModel:
-    """The base model ``name`` on the CPU in fp32 (what the merge is computed in)."""
+def checkpoint_weights(source: ExportSource, *, lazy: bool) -> Mapping[str, torch.Tensor]:
+    """The checkpoint's trainable weights: the adapter (small) read whole; a full fine-tune's whole model read a
+    tensor at a time when ``lazy`` (:class:`.stream.LazyTensors`), else whole."""
     import torch
 
-    from tinkerflow.shell.backends.local.models import load_base_model
+    if lazy and source.meta.lora_rank is None:
+        return LazyTensors(source.directory / FULL_FILE)
+    return read_weights(source.directory, source.meta, torch.device("cpu"))
 
-    return load_base_model(name, torch.device("cpu"), torch.float32)
 
+def write_hf(
+    source: ExportSource, folder: pathlib.Path, dtype: torch.dtype, *, progress: bool = False, stream: bool = True
+) -> HFExport:
+    """Write the merged model of ``source`` into ``folder`` (an empty folder being assembled atomically).
 
-def write_hf(source: ExportSource, folder: pathlib.Path, dtype: torch.dtype, *, progress: bool = False) -> HFExport:
-    """Write the merged model of ``source`` into ``folder`` (an empty folder being assembled atomically)."""
-    import torch
-
-    base = load_export_base(source.meta.base_model)
-    weights = read_weights(source.directory, source.meta, torch.device("cpu"))
-    plan, untie = merged_state(base.state, source, weights)
-    files, total = _write_weights(plan, folder, dtype, base.state, progress)
+    ``stream``: read the base model (and a full fine-tune's checkpoint) a tensor at a time when it is a safetensors
+    folder (see the module docstring); ``False`` loads both whole (the former path, kept for comparison).
+    """
+    base = open_export_base(source.meta.base_model, stream=stream)
+    weights = checkpoint_weights(source, lazy=stream)
+    plan, untie = merged_state(base, source, weights)
+    files, total = _write_weights(plan, folder, dtype, base.tensors, progress)
     _write_config(base.config, folder, dtype, untie)
     generation = _write_generation_config(source.meta.base_model, folder)
-    tokenizer = _write_tokenizer(base, folder)
+    tokenizer = _write_tokenizer(base.tokenizer, folder)
     return HFExport(
         tensors=len(plan),
         total_bytes=total,
