@@ -176,14 +176,21 @@ def _run_sl(config: SLConfig, dry_run: bool) -> int:
     from tinkerflow.shell.recipes.sl import SLData, prepare_sl_data, run_sl
 
     def prepare(renderer: Renderer) -> tuple[SLData, str]:
+        from tinkerflow.shell.evals.inline import check_evals
+
         data = prepare_sl_data(config, renderer)
-        return data, _data_line(len(data.train), len(data.test), "conversations", data.skipped_rows, renderer)
+        evals = check_evals(config.evals, data.test_conversations)
+        line = _data_line(len(data.train), len(data.test), "conversations", data.skipped_rows, renderer)
+        return data, line + evals
 
     def train(backend: LocalBackend | TinkerBackend, renderer: Renderer, data: SLData) -> str:
         result = run_sl(config, backend, renderer, data=data)
-        lines = [f"\nrun directory: {config.run_dir} (metrics.jsonl, loss.html, checkpoints)"]
+        charts = "loss.html, evals.html" if config.evals else "loss.html"
+        lines = [f"\nrun directory: {config.run_dir} (metrics.jsonl, {charts}, checkpoints)"]
         if result.eval_nll_before is not None and result.eval_nll_after is not None:
             lines.append(f"held-out NLL: before {result.eval_nll_before:.4f} -> after {result.eval_nll_after:.4f}")
+        if config.backend == "local":
+            lines.append(f"export it: tinkerflow export {config.run_dir} --out {config.run_dir}/export --format hf")
         return "\n".join(lines)
 
     names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
@@ -194,9 +201,12 @@ def _run_dpo(config: DPOConfig, dry_run: bool) -> int:
     from tinkerflow.shell.recipes.dpo import DPOData, prepare_dpo_data, run_dpo
 
     def prepare(renderer: Renderer) -> tuple[DPOData, str]:
+        from tinkerflow.shell.evals.inline import check_evals
+
         data = prepare_dpo_data(config, renderer)
         ties = f", {data.dropped_ties} ties dropped"
-        return data, _data_line(len(data.train), len(data.test), "pairs", data.skipped_rows, renderer, ties)
+        line = _data_line(len(data.train), len(data.test), "pairs", data.skipped_rows, renderer, ties)
+        return data, line + check_evals(config.evals)
 
     def train(backend: LocalBackend | TinkerBackend, renderer: Renderer, data: DPOData) -> str:
         result = run_dpo(config, backend, renderer, data=data)
@@ -219,11 +229,13 @@ def _run_rl(config: RLConfig, dry_run: bool) -> int:
     from tinkerflow.shell.recipes.rl import environment_datasets, run_rl
 
     def prepare(renderer: Renderer) -> tuple[tuple[RLDataset, RLDataset | None], str]:
+        from tinkerflow.shell.evals.inline import check_evals
+
         train_set, test_set = environment_datasets(config, renderer)
         return (train_set, test_set), (
             f"environment {config.env}: {len(train_set)} training batches of {config.groups_per_batch} groups x "
             f"{config.group_size}; held-out: {'none' if test_set is None else f'{config.eval_groups} groups'}; "
-            f"renderer {renderer.name}"
+            f"renderer {renderer.name}{check_evals(config.evals)}"
         )
 
     def train(

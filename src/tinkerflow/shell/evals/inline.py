@@ -37,7 +37,7 @@ from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan
 
-__all__ = ["InlineEvals", "describe", "make_judge"]
+__all__ = ["InlineEvals", "check_evals", "describe", "make_judge"]
 
 
 def make_judge(backend: Backend, judge_model: str, renderer_name: str | None = None) -> Judge:
@@ -51,6 +51,23 @@ def make_judge(backend: Backend, judge_model: str, renderer_name: str | None = N
     tokenizer = backend.get_tokenizer(base)
     renderer = get_renderer(renderer_name, tokenizer) if renderer_name else renderer_for_model(base, tokenizer)
     return Judge(sampler, renderer)
+
+
+def check_evals(specs: Sequence[EvalSpec], heldout: Sequence[Conversation] | None = None) -> str:
+    """Load and check every evaluation's examples and schema (raising the typed errors a run would raise at its
+    start) and say what they are: ``""`` without evaluations, else ``"; evals: name (kind, N examples), ..."``
+    (the ``--dry-run`` line)."""
+    if not specs:
+        return ""
+    parts = []
+    for spec in specs:
+        load_schema(spec)
+        if spec.kind == "inspect":
+            parts.append(f"{spec.name} (inspect task {spec.task})")
+            continue
+        examples = InlineEvals.examples_of(spec, heldout)
+        parts.append(f"{spec.name} ({spec.kind}, {len(examples)} examples)")
+    return "; evals: " + ", ".join(parts)
 
 
 class InlineEvals:
@@ -95,10 +112,12 @@ class InlineEvals:
         self.schemas: dict[str, Mapping[str, object] | None] = {}
         self._inspect = inspect_runner(self.specs)
         for spec in self.specs:
-            self.examples[spec.name] = self._examples(spec, heldout)
+            self.examples[spec.name] = self.examples_of(spec, heldout)
             self.schemas[spec.name] = load_schema(spec)
 
-    def _examples(self, spec: EvalSpec, heldout: Sequence[Conversation] | None) -> tuple[EvalExample, ...]:
+    @staticmethod
+    def examples_of(spec: EvalSpec, heldout: Sequence[Conversation] | None) -> tuple[EvalExample, ...]:
+        """The examples of ``spec``: its file, or with ``data: null`` the run's held-out conversations."""
         if spec.kind == "inspect":
             return ()
         if spec.data is not None:
