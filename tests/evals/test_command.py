@@ -99,8 +99,8 @@ def test_a_benchmark_runs_and_resumes_from_its_folder(
 ) -> None:
     argv = [
         "eval", "tiny-llama", "--renderer", "role_colon", "--benchmark", "arithmetic", "--limit", "4",
-        "--option", "max_tokens=4", "--option", "fewshot=false", "--out", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ck"),
-        "--no-progress",
+        "--option", "max_tokens=4", "--option", "fewshot=false", "--out", str(tmp_path / "out"),
+        "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress",
     ]  # fmt: skip
     assert main(argv) == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
@@ -119,3 +119,15 @@ def test_a_benchmark_runs_and_resumes_from_its_folder(
     # a benchmark needs a folder for its transcripts
     assert main(argv[: argv.index("--out")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_dry_run_checks_and_names_the_evaluations(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"n{i}", "ok!") for i in range(10)])
+    base = ["sl", "examples/sl_people_json.json", f"train_data={rows}", "test_data=null", "base_model=tiny-llama",
+            "renderer=role_colon", f"run_dir={tmp_path / 'r'}", "--dry-run"]  # fmt: skip
+    good = 'evals=[{"name": "em", "kind": "exact_match", "limit": 1}]'
+    assert main([*base, good]) == 0
+    assert "; evals: em (exact_match, 1 examples)" in capsys.readouterr().out
+    bad = 'evals=[{"name": "em", "kind": "exact_match", "data": "missing.jsonl"}]'
+    assert main([*base, bad]) == 2
+    assert "EvalSpec['em'].data" in capsys.readouterr().err
