@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tinkerflow import losses
-from tinkerflow.errors import ValidationError
+from tinkerflow.errors import NonFiniteError, ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.shell.backends.local.batches import Batch, loss_inputs, padded, to_numpy
 from tinkerflow.shell.backends.local.losses import builtin_loss_elementwise
@@ -132,9 +132,21 @@ def run_builtin(
         values = to_numpy(logprobs.float())
         for row, index in enumerate(group):
             logprobs_D[index] = values[row, : batch.inputs_D[index].size].astype(np.float32)
+    check_finite_outputs(logprobs_D)
     return ForwardBackwardOutput(
         loss_fn_outputs=tuple(LossFnOutput(logprobs_T=lp) for lp in logprobs_D), metrics={"loss:sum": total}
     )
+
+
+def check_finite_outputs(logprobs_D: Sequence[np.ndarray]) -> None:
+    """Raise :class:`NonFiniteError` when the model's target logprobs hold NaN or infinity (diverged weights)."""
+    for index, logprobs in enumerate(logprobs_D):
+        if not np.isfinite(logprobs).all():
+            raise NonFiniteError(
+                "forward", f"logprobs_D[{index}]", "the model's log-probabilities are not finite: its weights "
+                "diverged.",
+                "lower the learning rate, or clip gradients (AdamParams.grad_clip_norm).",
+            )  # fmt: skip
 
 
 def _user_loss(
@@ -200,5 +212,7 @@ def run_custom(
         surrogate += float(surrogate_loss.detach())
     metrics["loss:sum"] = float(loss.detach().sum())
     metrics["surrogate_loss:sum"] = surrogate
-    outputs = tuple(LossFnOutput(logprobs_T=to_numpy(leaf).astype(np.float32)) for leaf in leaves)
+    values_D = [to_numpy(leaf).astype(np.float32) for leaf in leaves]
+    check_finite_outputs(values_D)
+    outputs = tuple(LossFnOutput(logprobs_T=values) for values in values_D)
     return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics=metrics)

@@ -10,14 +10,14 @@ momentum. The passes themselves are in :mod:`~tinkerflow.shell.backends.local.fo
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import torch
 
 from tinkerflow.datum import Datum
-from tinkerflow.errors import ConfigError, ValidationError
+from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.shell.backends.local.batches import Batch, encode_data, microbatches, to_numpy
 from tinkerflow.shell.backends.local.checkpoint import (
@@ -75,6 +75,7 @@ class LocalTrainingClient:
         self._head = PlainHead.of(self._model)
         self._optimizer = self._new_optimizer()
         self._steps = 0
+        self._last_lr: float | None = None
 
     def _new_optimizer(self) -> torch.optim.AdamW:
         for _, parameter in self._params:
@@ -102,7 +103,10 @@ class LocalTrainingClient:
         check_custom_loss(data, loss_fn)
         batch = encode_data(data, self._base, "forward_backward_custom")
         return self._worker.submit(
-            lambda: run_custom(self._model, batch, self._groups(batch), loss_fn, device=self._base.device)
+            lambda: self._diverged(
+                "forward_backward_custom",
+                lambda: run_custom(self._model, batch, self._groups(batch), loss_fn, device=self._base.device),
+            )
         )
 
     def optim_step(self, adam_params: AdamParams) -> APIFuture[Mapping[str, float]]:
@@ -206,8 +210,9 @@ class LocalTrainingClient:
             )
         name, config = check_builtin_loss(data, loss_fn, loss_fn_config, where)
         batch = encode_data(data, self._base, where)
-        return self._worker.submit(
-            lambda: run_builtin(
+
+        def run() -> ForwardBackwardOutput:
+            return run_builtin(
                 self._model,
                 self._head,
                 batch,
@@ -217,7 +222,23 @@ class LocalTrainingClient:
                 backward=backward,
                 device=self._base.device,
             )
-        )
+
+        return self._worker.submit(lambda: self._diverged(where, run))
+
+    def _diverged(self, where: str, run: Callable[[], ForwardBackwardOutput]) -> ForwardBackwardOutput:
+        """``run()``, with non-finite outputs after training steps reported against the learning rate."""
+        try:
+            return run()
+        except NonFiniteError as error:
+            if self._steps == 0 or self._last_lr is None:
+                raise
+            raise NonFiniteError(
+                where,
+                "learning_rate",
+                f"the model's outputs are not finite after {self._steps} optimizer steps, "
+                f"the last at learning rate {self._last_lr:g}: training diverged ({error.problem})",
+                "lower the learning rate, or clip gradients (AdamParams.grad_clip_norm).",
+            ) from error
 
     def _groups(self, batch: Batch) -> list[list[int]]:
         return microbatches([tokens.size for tokens in batch.inputs_D], self._backend.max_tokens_per_batch)
@@ -238,6 +259,7 @@ class LocalTrainingClient:
         for grad in grads:
             grad.zero_()
         self._steps += 1
+        self._last_lr = params.learning_rate
         return {"grad_norm": norm, "learning_rate": params.learning_rate}
 
     def _weights(self) -> dict[str, torch.Tensor]:
