@@ -83,7 +83,8 @@ def cli_dry_run(capsys: pytest.CaptureFixture[str], arguments: list[str]) -> tup
     status = main(arguments)
     out = capsys.readouterr().out
     assert status == 0
-    resolved: dict[str, object] = json.loads(out[out.index("{") : out.index("}\n") + 1])
+    start = out.index("{")
+    resolved: dict[str, object] = json.loads(out[start : out.index("\n}\n", start) + 2])
     return out, resolved
 
 

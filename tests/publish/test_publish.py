@@ -386,12 +386,23 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.fixture
+def hub_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub out of offline mode (CI sets HF_HUB_OFFLINE=1; the library reads it once, at import), so the
+    real HfApi below talks to the 127.0.0.1 endpoints these tests give it."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.mark.usefixtures("hub_online")
 def test_real_hfapi_against_a_closed_port_is_unreachable(peft_folder: pathlib.Path) -> None:
     from huggingface_hub import HfApi
 
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     error = _refused("hub", publish, peft_folder, REPO, token="hf_x", api=HfApi(endpoint=endpoint, token="hf_x"))
     assert endpoint in str(error)
+    assert "offline mode" not in str(error)
 
 
 @contextlib.contextmanager
@@ -424,6 +435,7 @@ def _answering(status: int) -> Iterator[str]:
         thread.join()
 
 
+@pytest.mark.usefixtures("hub_online")
 def test_real_hfapi_refused_token_is_a_token_error(peft_folder: pathlib.Path) -> None:
     from huggingface_hub import HfApi
 
