@@ -42,6 +42,7 @@ from tinkerflow.preference import (
     token_gradients,
 )
 from tinkerflow.preference import testing as pft
+from tinkerflow.preference.data import preference_row_from_hf
 from tinkerflow.render import RenderError, build_supervised_example, get_renderer
 from tinkerflow.serde import from_json, to_json
 from tinkerflow.shell.io.data import load_preference_hf, load_preference_jsonl
@@ -167,9 +168,12 @@ def test_prompt_chosen_rejected_with_message_lists_and_tools() -> None:
         "chosen": [_assistant("4")],
         "rejected": [_assistant("5, probably")],
         "tools": [tool],
-        "score_chosen": 9.0,  # extra columns are ignored
+        "score_chosen": 9.0,  # a dataset's extra column: left out of an HF row, refused in a JSONL row
     }
-    labeled = labeled_comparison_from_json(row)
+    with pytest.raises(PreferenceFormatError, match=r"row\.score_chosen: is not a known key") as refused:
+        labeled_comparison_from_json(row)
+    assert refused.value.field == "score_chosen"
+    labeled = preference_row_from_hf(row, "hf[0]")
     assert labeled.comparison.prompt.messages[0] == Message(role="system", content="be brief")
     assert labeled.comparison.prompt.tools == (ToolSpec.create("calc", "math", {"type": "object"}),)
     assert labeled.chosen_rejected() == (A, B)
@@ -220,8 +224,23 @@ def test_cookbook_layout() -> None:
 
 @given(pft.labeled_comparisons(tools=True))
 def test_to_json_and_back_is_exact(labeled: LabeledComparison) -> None:
-    row = labeled_comparison_to_json(labeled)
-    assert labeled_comparison_from_json(json.loads(json.dumps(row))) == labeled
+    row = json.loads(json.dumps(labeled_comparison_to_json(labeled)))
+    comparison = labeled.comparison
+    empty = [
+        name
+        for name, completion in (("completion_a", comparison.completion_a), ("completion_b", comparison.completion_b))
+        if not any(m.text().strip() or (m.thinking() or "").strip() or m.images() or m.tool_calls for m in completion)
+    ]
+    if empty:  # a row expresses no preference with an empty completion: reading refuses it, naming the side
+        with pytest.raises(PreferenceFormatError) as info:
+            labeled_comparison_from_json(row)
+        assert info.value.field == empty[0]
+    elif comparison.completion_a == comparison.completion_b:  # nor with two identical ones
+        with pytest.raises(PreferenceFormatError) as info:
+            labeled_comparison_from_json(row)
+        assert info.value.field == "completion_b"
+    else:
+        assert labeled_comparison_from_json(row) == labeled
 
 
 BAD_ROWS = [
@@ -283,7 +302,10 @@ def test_forcing_a_layout() -> None:
     row = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5, probably"}
     with pytest.raises(PreferenceFormatError) as info:
         labeled_comparison_from_json(row, layout="ab_label")
-    assert info.value.field == "completion_a"
+    assert info.value.field == "chosen"  # not a key of the forced layout
+    with pytest.raises(PreferenceFormatError) as missing:
+        labeled_comparison_from_json({"prompt": "What is 2+2?", "completion_b": "4"}, layout="ab_label")
+    assert missing.value.field == "completion_a"
     with pytest.raises(ConfigError):
         labeled_comparison_from_json(row, layout="other")  # type: ignore[arg-type]
 

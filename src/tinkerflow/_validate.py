@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final, Literal, cast
 
 import attrs
+import numpy as np
 
-from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
+from tinkerflow.arrays import as_float32_1d, as_float32_2d, as_int64_1d, as_int64_2d
+from tinkerflow.errors import ConfigError, DTypeError, NonFiniteError, ValidationError
 
 
 def require_type(value: object, kind: type | tuple[type, ...], where: str, field: str) -> None:
@@ -109,3 +112,89 @@ def int_tuple(value: Iterable[int]) -> tuple[int, ...]:
 def float_tuple(value: Iterable[float]) -> tuple[float, ...]:
     """An attrs converter: any iterable of floats -> a tuple."""
     return tuple(value)
+
+
+def closest(key: str, known: Iterable[str]) -> list[str]:
+    """The known names closest to ``key`` (``difflib``, best first; empty when none is close)."""
+    return difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+
+
+def unknown_key_fix(key: str, known: Iterable[str]) -> str:
+    """The fix of an unknown key: the closest known keys, then every known key."""
+    names = sorted(known)
+    close = closest(key, names)
+    hint = f"did you mean {' or '.join(repr(name) for name in close)}? " if close else ""
+    return f"{hint}Known keys: {', '.join(names)}."
+
+
+def check_text(value: object, where: str, field: str) -> str:
+    """Return ``value`` after checking it is a string (``ValidationError`` otherwise) of valid Unicode text: no lone
+    surrogate (``"\\ud800"``, which JSON escapes can carry but no UTF-8 text or tokenizer can)."""
+    require_type(value, str, where, field)
+    text = cast("str", value)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValidationError(
+                where,
+                field,
+                f"holds a lone surrogate ({text[error.start]!r}) at character {error.start}: not valid Unicode text.",
+                "fix the text's encoding (a JSON \\uXXXX escape of half a surrogate pair is the usual cause).",
+            ) from error
+    return text
+
+
+#: A logprob may exceed 0 by this much (float rounding of ``log_softmax`` near probability 1); more is an error.
+LOGPROB_TOLERANCE: Final = 1e-4
+
+
+def _holds_bool(value: object) -> bool:
+    """Whether an array-like holds booleans (a bool array, or a list or tuple with a bool item, nested too)."""
+    if isinstance(value, np.ndarray):
+        return bool(value.dtype.kind == "b")
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    if isinstance(value, (list, tuple)):
+        items = cast("list[object] | tuple[object, ...]", value)
+        kinds = set(map(type, items))
+        if bool in kinds or np.bool_ in kinds:
+            return True
+        if kinds & {list, tuple, np.ndarray}:
+            return any(_holds_bool(item) for item in items)
+        return False
+    dtype = getattr(value, "dtype", None)  # a tensor or another array type
+    return dtype is not None and "bool" in str(dtype)
+
+
+def _refuse_bool(value: object, where: str, field: str, what: str) -> None:
+    if _holds_bool(value):
+        raise DTypeError(where, field, f"holds booleans, not {what}.", f"pass {what} as ints (True is not 1 here).")
+
+
+def token_ids(value: object, where: str, field: str, *, ndim: Literal[1, 2] = 1) -> np.ndarray:
+    """``value`` as a read-only int64 array of ``ndim`` dims (:func:`tinkerflow.arrays.as_int64_1d`), booleans
+    refused (``DTypeError``): a token id is an int, never ``True``."""
+    _refuse_bool(value, where, field, "token ids")
+    return as_int64_1d(value, where, field) if ndim == 1 else as_int64_2d(value, where, field)
+
+
+def logprobs(value: object, where: str, field: str, *, ndim: Literal[1, 2] = 1, allow_nan: bool = False) -> np.ndarray:
+    """``value`` as a read-only float32 array of ``ndim`` dims of log-probabilities: booleans refused
+    (``DTypeError``), every value ``<= LOGPROB_TOLERANCE`` (``ValidationError`` naming the first positive one)."""
+    _refuse_bool(value, where, field, "logprobs")
+    one_d = ndim == 1
+    array = as_float32_1d(value, where, field, allow_nan=allow_nan) if one_d else as_float32_2d(value, where, field)
+    if array.size:
+        with np.errstate(invalid="ignore"):
+            high = array > LOGPROB_TOLERANCE
+        if bool(high.any()):
+            index = int(np.flatnonzero(high.ravel())[0])
+            raise ValidationError(
+                where,
+                field,
+                f"holds a positive logprob ({float(array.ravel()[index])!r} at flat index {index}); a log-probability "
+                f"is <= 0 (up to {LOGPROB_TOLERANCE} of rounding).",
+                "pass log-probabilities (log p), not probabilities or negated logprobs.",
+            )
+    return array

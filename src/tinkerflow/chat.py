@@ -11,7 +11,7 @@ from typing import Final, Literal, TypeAlias, cast
 
 import attrs
 
-from tinkerflow._validate import require_type
+from tinkerflow._validate import check_text, require_type
 from tinkerflow.errors import ValidationError
 
 __all__ = [
@@ -39,8 +39,7 @@ JsonObject: TypeAlias = Mapping[str, object]
 
 def _json_object_text(value: object, where: str, field: str) -> str:
     """Validate that ``value`` is JSON text of an object; return it unchanged (its exact text is kept)."""
-    require_type(value, str, where, field)
-    text = cast("str", value)
+    text = check_text(value, where, field)
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as error:
@@ -75,7 +74,7 @@ class TextPart:
     text: str
 
     def __attrs_post_init__(self) -> None:
-        require_type(self.text, str, "TextPart", "text")
+        check_text(self.text, "TextPart", "text")
 
 
 @attrs.frozen
@@ -85,7 +84,7 @@ class ThinkingPart:
     thinking: str
 
     def __attrs_post_init__(self) -> None:
-        require_type(self.thinking, str, "ThinkingPart", "thinking")
+        check_text(self.thinking, "ThinkingPart", "thinking")
 
 
 @attrs.frozen
@@ -116,12 +115,12 @@ class ToolCall:
     id: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        require_type(self.name, str, "ToolCall", "name")
+        check_text(self.name, "ToolCall", "name")
         if not self.name:
             raise ValidationError("ToolCall", "name", "is empty.", "name the function being called.")
         _json_object_text(self.arguments, "ToolCall", "arguments")
         if self.id is not None:
-            require_type(self.id, str, "ToolCall", "id")
+            check_text(self.id, "ToolCall", "id")
 
     @classmethod
     def create(cls, name: str, arguments: JsonObject, id: str | None = None) -> ToolCall:
@@ -141,8 +140,8 @@ class UnparsedToolCall:
     error: str
 
     def __attrs_post_init__(self) -> None:
-        require_type(self.raw_text, str, "UnparsedToolCall", "raw_text")
-        require_type(self.error, str, "UnparsedToolCall", "error")
+        check_text(self.raw_text, "UnparsedToolCall", "raw_text")
+        check_text(self.error, "UnparsedToolCall", "error")
 
 
 @attrs.frozen
@@ -154,10 +153,10 @@ class ToolSpec:
     parameters: str = '{"type": "object", "properties": {}}'
 
     def __attrs_post_init__(self) -> None:
-        require_type(self.name, str, "ToolSpec", "name")
+        check_text(self.name, "ToolSpec", "name")
         if not self.name:
             raise ValidationError("ToolSpec", "name", "is empty.", "give the tool a name.")
-        require_type(self.description, str, "ToolSpec", "description")
+        check_text(self.description, "ToolSpec", "description")
         _json_object_text(self.parameters, "ToolSpec", "parameters")
 
     @classmethod
@@ -219,7 +218,7 @@ class Message:
                         "only assistant messages carry thinking.",
                     )
         else:
-            require_type(self.content, str, where, "content")
+            check_text(self.content, where, "content")
         require_type(self.tool_calls, tuple, where, "tool_calls")
         for index, call in enumerate(self.tool_calls):
             require_type(call, ToolCall, where, f"tool_calls[{index}]")
@@ -231,13 +230,13 @@ class Message:
                 where, "tool_calls", f"a {self.role!r} message cannot make tool calls.", "only assistants call tools."
             )
         if self.tool_call_id is not None:
-            require_type(self.tool_call_id, str, where, "tool_call_id")
+            check_text(self.tool_call_id, where, "tool_call_id")
             if self.role != "tool":
                 raise ValidationError(
                     where, "tool_call_id", f"set on a {self.role!r} message.", "only tool results answer a call id."
                 )
         if self.name is not None:
-            require_type(self.name, str, where, "name")
+            check_text(self.name, where, "name")
         if self.trainable is not None:
             require_type(self.trainable, bool, where, "trainable")
 

@@ -145,11 +145,36 @@ def check_known_keys(data: Mapping[str, object], cls: type, *, prefix: str = "",
             check_known_keys(cast("Mapping[str, object]", value), nested, prefix=f"{prefix}{key}.", where=where)
 
 
+def _field_hint(cls: type, parts: Sequence[str]) -> object:
+    """The type of the (dotted) field ``parts`` of the record ``cls``, or ``None`` when it is not a field."""
+    hint: object = None
+    record: type | None = cls
+    for part in parts:
+        if record is None:
+            return None
+        hint = _hints(record).get(part)
+        record = _record_class(hint)
+    return hint
+
+
+def _takes_text(hint: object) -> bool:
+    """Whether a field of type ``hint`` holds free text (``str``, or ``str | None``): no number or bool fits it."""
+    if hint is str:
+        return True
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [arg for arg in get_args(hint) if arg is not type(None)]
+        return args == [str]
+    return False
+
+
 def merge_overrides(data: Mapping[str, object], overrides: Sequence[str], cls: type) -> dict[str, object]:
     """A copy of ``data`` with ``key=value`` overrides applied (dotted keys reach nested records), not yet checked.
 
     Values are JSON when they parse as JSON (``max_steps=20``, ``renderer=null``), else plain strings; a plain
-    string given to a top-level tuple field of ``cls`` is a one-item list (``log_to=tensorboard``).
+    string given to a top-level tuple field of ``cls`` is a one-item list (``log_to=tensorboard``). A text field
+    (``str``, ``str | None``) takes the value's text as written (``run_dir=2024`` is the string ``"2024"``; ``null``
+    still clears an optional one); every other value keeps its JSON type and is checked strictly when the config is
+    built (``batch_size=2.5`` and ``save_every=false`` are errors, never coerced).
 
     Raises:
         ConfigError: an override is not ``key=value``, or its dotted key passes through a value that is not a record.
@@ -171,6 +196,8 @@ def merge_overrides(data: Mapping[str, object], overrides: Sequence[str], cls: t
                 raise ConfigError("overrides", key, f"{part!r} is not a nested record.")
             target = cast("dict[str, object]", child)
         value = parse_value(raw)
+        if value is not None and not isinstance(value, str) and _takes_text(_field_hint(cls, parts)):
+            value = raw
         if len(parts) == 1 and isinstance(value, str) and key in tuple_fields:
             value = [value]
         target[parts[-1]] = value
@@ -181,7 +208,8 @@ def apply_overrides(data: Mapping[str, object], overrides: Sequence[str], cls: t
     """``cls`` built from ``data`` with ``key=value`` overrides applied (:func:`merge_overrides`).
 
     Unknown keys (naming the closest fields, :func:`check_known_keys`) and invalid values raise a
-    :class:`~tinkerflow.errors.TinkerflowError` naming them.
+    :class:`~tinkerflow.errors.ConfigError` naming them (a value of the wrong type too: no coercion, see
+    :func:`tinkerflow.serde.structure`).
     """
     merged = merge_overrides(data, overrides, cls)
     check_known_keys(merged, cls)

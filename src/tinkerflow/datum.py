@@ -21,8 +21,8 @@ from typing import Final
 import attrs
 import numpy as np
 
-from tinkerflow._validate import require_type
-from tinkerflow.arrays import Float32_T, Int64_T, as_float32_1d, as_int64_1d
+from tinkerflow._validate import logprobs, require_type, token_ids
+from tinkerflow.arrays import Float32_T, Int64_T, as_float32_1d
 from tinkerflow.errors import ShapeError, ValidationError
 from tinkerflow.model_input import ModelInput
 
@@ -52,7 +52,7 @@ _ARRAY_EQ = attrs.cmp_using(eq=arrays_equal)
 
 
 def _targets(value: object) -> np.ndarray:
-    return as_int64_1d(value, "Datum", "target_tokens_T")
+    return token_ids(value, "Datum", "target_tokens_T")
 
 
 def _weights(value: object) -> np.ndarray | None:
@@ -60,7 +60,7 @@ def _weights(value: object) -> np.ndarray | None:
 
 
 def _logprobs(value: object) -> np.ndarray | None:
-    return None if value is None else as_float32_1d(value, "Datum", "logprobs_T")
+    return None if value is None else logprobs(value, "Datum", "logprobs_T")
 
 
 def _advantages(value: object) -> np.ndarray | None:
@@ -80,8 +80,9 @@ class Datum:
     """One training example: a model input and its loss inputs, all of length ``model_input.length``.
 
     Validated on construction: every array is 1-D with the model input's length, target tokens are
-    non-negative int64, float inputs are finite float32, and ``mask_T`` / ``sequence_ratio_mask_T`` hold only
-    0 and 1. Arrays are read-only copies.
+    non-negative int64 (never booleans), float inputs are finite float32, ``logprobs_T`` (sampling logprobs) are
+    ``<= 0`` (up to :data:`tinkerflow._validate.LOGPROB_TOLERANCE`), and ``mask_T`` / ``sequence_ratio_mask_T`` hold
+    only 0 and 1. Arrays are read-only copies.
     """
 
     model_input: ModelInput

@@ -8,8 +8,8 @@ from typing import TypeAlias, cast
 import attrs
 import numpy as np
 
-from tinkerflow._validate import require_type
-from tinkerflow.arrays import Int64_T, as_int64_1d, frozen_array
+from tinkerflow._validate import require_type, token_ids
+from tinkerflow.arrays import Int64_T, frozen_array
 from tinkerflow.chat import ImageFormat, check_image, image_bytes_repr
 from tinkerflow.errors import ValidationError
 
@@ -17,12 +17,12 @@ __all__ = ["Chunk", "ImageChunk", "ModelInput", "TokenChunk"]
 
 
 def _tokens_converter(value: object) -> np.ndarray:
-    return as_int64_1d(value, "TokenChunk", "tokens_T")
+    return token_ids(value, "TokenChunk", "tokens_T")
 
 
 @attrs.frozen(eq=False)
 class TokenChunk:
-    """A run of token ids (int64, non-negative, read-only)."""
+    """A run of token ids (int64, non-negative, read-only; booleans are refused, not read as 0 and 1)."""
 
     tokens_T: Int64_T = attrs.field(converter=_tokens_converter)
 
@@ -123,7 +123,7 @@ class ModelInput:
     def append_tokens(self, tokens_T: Sequence[int] | np.ndarray) -> ModelInput:
         """A new model input with ``tokens_T`` appended (merged into the last chunk when it holds tokens)."""
         if self.chunks and isinstance(self.chunks[-1], TokenChunk):
-            extra_T = as_int64_1d(tokens_T, "ModelInput.append_tokens", "tokens_T")
+            extra_T = token_ids(tokens_T, "ModelInput.append_tokens", "tokens_T")
             merged = np.concatenate([self.chunks[-1].tokens_T, extra_T])
             return ModelInput(chunks=(*self.chunks[:-1], TokenChunk(tokens_T=merged)))
         return ModelInput(chunks=(*self.chunks, TokenChunk(tokens_T=tokens_T)))

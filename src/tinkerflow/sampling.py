@@ -7,17 +7,8 @@ from typing import Literal, TypeAlias, cast
 import attrs
 import numpy as np
 
-from tinkerflow._validate import in_range, require_type
-from tinkerflow.arrays import (
-    Float32_T,
-    Float32_T_K,
-    Int64_T,
-    Int64_T_K,
-    as_float32_1d,
-    as_float32_2d,
-    as_int64_1d,
-    as_int64_2d,
-)
+from tinkerflow._validate import in_range, logprobs, require_type, token_ids
+from tinkerflow.arrays import Float32_T, Float32_T_K, Int64_T, Int64_T_K
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
 
@@ -91,31 +82,31 @@ class SamplingParams:
 
 
 def _tokens(value: object) -> np.ndarray:
-    return as_int64_1d(value, "SampledSequence", "tokens_T")
+    return token_ids(value, "SampledSequence", "tokens_T")
 
 
 def _seq_logprobs(value: object) -> np.ndarray | None:
-    return None if value is None else as_float32_1d(value, "SampledSequence", "logprobs_T")
+    return None if value is None else logprobs(value, "SampledSequence", "logprobs_T")
 
 
 def _seq_topk_ids(value: object) -> np.ndarray | None:
-    return None if value is None else as_int64_2d(value, "SampledSequence", "topk_token_ids_T_K")
+    return None if value is None else token_ids(value, "SampledSequence", "topk_token_ids_T_K", ndim=2)
 
 
 def _seq_topk_logprobs(value: object) -> np.ndarray | None:
-    return None if value is None else as_float32_2d(value, "SampledSequence", "topk_logprobs_T_K")
+    return None if value is None else logprobs(value, "SampledSequence", "topk_logprobs_T_K", ndim=2)
 
 
 def _prompt_logprobs(value: object) -> np.ndarray | None:
-    return None if value is None else as_float32_1d(value, "SampleResponse", "prompt_logprobs_T", allow_nan=True)
+    return None if value is None else logprobs(value, "SampleResponse", "prompt_logprobs_T", allow_nan=True)
 
 
 def _prompt_topk_ids(value: object) -> np.ndarray | None:
-    return None if value is None else as_int64_2d(value, "SampleResponse", "topk_prompt_token_ids_T_K")
+    return None if value is None else token_ids(value, "SampleResponse", "topk_prompt_token_ids_T_K", ndim=2)
 
 
 def _prompt_topk_logprobs(value: object) -> np.ndarray | None:
-    return None if value is None else as_float32_2d(value, "SampleResponse", "topk_prompt_logprobs_T_K")
+    return None if value is None else logprobs(value, "SampleResponse", "topk_prompt_logprobs_T_K", ndim=2)
 
 
 def _sequences(value: object) -> tuple[SampledSequence, ...]:
@@ -139,7 +130,8 @@ class SampledSequence:
     """One generated sequence: its tokens, their sampling logprobs, and why generation stopped.
 
     ``topk_token_ids_T_K`` / ``topk_logprobs_T_K`` hold the k most likely alternatives at each position when
-    asked for (Tinker's padding: id 0, logprob -99999).
+    asked for (Tinker's padding: id 0, logprob -99999). Token ids are ints (booleans are refused, ``DTypeError``);
+    logprobs are ``<= 0`` (up to :data:`tinkerflow._validate.LOGPROB_TOLERANCE` of rounding, ``ValidationError``).
     """
 
     tokens_T: Int64_T = attrs.field(converter=_tokens, eq=_ARRAY_EQ, hash=False)
@@ -166,7 +158,8 @@ class SampledSequence:
 class SampleResponse:
     """The answer to one sampling request: ``num_samples`` sequences and, when asked, prompt logprobs.
 
-    ``prompt_logprobs_T`` has one entry per prompt token; NaN marks positions with no logprob (the first).
+    ``prompt_logprobs_T`` has one entry per prompt token; NaN marks positions with no logprob (the first). Logprobs
+    are ``<= 0`` and token ids ints, as in :class:`SampledSequence`.
     """
 
     sequences: tuple[SampledSequence, ...] = attrs.field(converter=_sequences)

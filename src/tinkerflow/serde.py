@@ -6,6 +6,15 @@ union-typed fields carry a ``"type"`` tag. Round trips are exact: ``from_json(to
 
 Non-finite floats never reach JSON except as ``null`` for NaN in arrays that allow it (prompt logprobs, where NaN
 marks "not computed").
+
+Structuring is strict about scalar types, never coercing one into another: an ``int`` field takes an int (or a
+float with no fraction, ``2.0``; never ``2.5`` nor ``true``), a ``float`` field an int or a float (never a bool or a
+string), a ``str`` field a string, a ``bool`` field ``true``/``false``, a ``Literal`` field one of its values. Data
+that cannot become the record raises :class:`RecordDataError` (a :class:`~tinkerflow.errors.SerializationError` and
+a :class:`~tinkerflow.errors.ValidationError`) naming the record and the dotted field
+(``SLConfig.lr_schedule.warmup_steps: must be an int, got 2.5.``); a wrong value of a config (a type mismatch, a
+missing or unknown key, an out-of-range value) raises :class:`ConfigDataError`, which is a
+:class:`~tinkerflow.errors.ConfigError` too.
 """
 
 from __future__ import annotations
@@ -14,26 +23,139 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable
-from typing import TypeVar, cast
+import numbers
+import types
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar, Union, cast, get_args, get_origin
 
+import attrs
 import cattrs
 import numpy as np
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.preconf.json import make_converter
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 from jaxtyping import AbstractArray
 
+from tinkerflow._validate import unknown_key_fix
 from tinkerflow.chat import Content, ContentPart, ImagePart, TextPart, ThinkingPart
-from tinkerflow.errors import SerializationError, TinkerflowError
+from tinkerflow.errors import ConfigError, SerializationError, TinkerflowError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, TokenChunk
 
-__all__ = ["converter", "from_json", "structure", "to_json", "unstructure"]
+__all__ = [
+    "ConfigDataError",
+    "RecordDataError",
+    "converter",
+    "from_json",
+    "structure",
+    "to_json",
+    "unstructure",
+]
 
 T = TypeVar("T")
 
 converter: cattrs.Converter = make_converter(forbid_extra_keys=True)
 """The one converter. Use it (or the helpers below) for every record; extend it with ``register_*_hook``."""
+
+
+class RecordDataError(SerializationError, ValidationError):
+    """Plain data that cannot become a record: ``where`` is the record class, ``field`` the dotted path of the bad
+    value (``lr_schedule.warmup_steps``, ``log_to[1]``)."""
+
+
+class ConfigDataError(RecordDataError, ConfigError):
+    """A :class:`RecordDataError` that is a :class:`~tinkerflow.errors.ConfigError` too: a value of the wrong type,
+    a missing or unknown key, or a value its record's validation refused as out of range."""
+
+
+class _WrongValueError(Exception):
+    """A scalar of the wrong type (or a value outside a ``Literal``), raised by the strict hooks below."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+
+def _shown(value: object) -> str:
+    """A value as a message shows it: JSON where it is a JSON scalar, with its type unless it is a number."""
+    scalar = isinstance(value, (bool, int, float, str)) or value is None
+    text = (json.dumps(value) if scalar else repr(value))[:60]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return text if number else f"{text} (a {type(value).__name__})"
+
+
+def _structure_int(value: object, _: type) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _WrongValueError(
+        f"must be an int, got {_shown(value)}.", "write a whole number (true/false and fractions are not ints)."
+    )
+
+
+def _structure_float(value: object, _: type) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise _WrongValueError(
+        f"must be a number, got {_shown(value)}.", "write a number without quotes (true/false is not a number)."
+    )
+
+
+def _structure_str(value: object, _: type) -> str:
+    if isinstance(value, str):
+        return value
+    raise _WrongValueError(f"must be a string, got {_shown(value)}.", "write text (in JSON, in quotes).")
+
+
+def _structure_bool(value: object, _: type) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise _WrongValueError(f"must be true or false, got {_shown(value)}.")
+
+
+def _is_literal(type_: object) -> bool:
+    return getattr(type_, "__origin__", None) is Literal
+
+
+def _structure_literal(value: object, type_: type) -> object:
+    for allowed in get_args(type_):
+        if value == allowed and type(value) is type(allowed):
+            return allowed
+    choices = ", ".join(json.dumps(allowed) for allowed in get_args(type_))
+    raise _WrongValueError(f"must be one of {choices}, got {_shown(value)}.")
+
+
+_SCALARS: dict[type, str] = {bool: "true/false", int: "an int", float: "a number", str: "a string"}
+
+
+def _is_scalar_union(type_: object) -> bool:
+    """A union of scalar types only (``int | float | str | bool``, optionally ``| None``)."""
+    if get_origin(type_) not in (Union, types.UnionType):
+        return False
+    members = [arg for arg in get_args(type_) if arg is not type(None)]
+    return len(members) > 1 and all(arg in _SCALARS for arg in members)
+
+
+def _structure_scalar_union(value: object, type_: type) -> object:
+    members = get_args(type_)
+    if value is None and type(None) in members:
+        return None
+    if type(value) in members:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and float in members and int not in members:
+        return float(value)
+    kinds = " or ".join(_SCALARS[arg] for arg in members if arg in _SCALARS)
+    raise _WrongValueError(f"must be {kinds}, got {_shown(value)}.")
+
+
+converter.register_structure_hook_func(_is_scalar_union, _structure_scalar_union)
+converter.register_structure_hook(int, _structure_int)
+converter.register_structure_hook(float, _structure_float)
+converter.register_structure_hook(str, _structure_str)
+converter.register_structure_hook(bool, _structure_bool)
+converter.register_structure_hook_func(_is_literal, _structure_literal)
 
 
 def _is_array_type(type_: object) -> bool:
@@ -143,17 +265,83 @@ def unstructure(obj: object) -> object:
     return converter.unstructure(obj)
 
 
+def _leaves(error: BaseException, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], BaseException]]:
+    """The innermost exceptions of a cattrs error, each with the path (attribute names, ``[index]``) it arose at."""
+    if isinstance(error, ClassValidationError):
+        noted, plain = error.group_exceptions()
+        for inner, note in noted:
+            yield from _leaves(inner, (*path, note.name))
+        for inner in plain:
+            yield from _leaves(inner, path)
+    elif isinstance(error, IterableValidationError):
+        indexed, rest = error.group_exceptions()
+        for inner, item in indexed:
+            yield from _leaves(inner, (*path, f"[{item.index!r}]"))
+        for inner in rest:
+            yield from _leaves(inner, path)
+    elif isinstance(error, cattrs.BaseValidationError):
+        for inner in error.exceptions:
+            yield from _leaves(inner, path)
+    else:
+        yield path, error
+
+
+def _dotted(path: tuple[str, ...], field: str = "") -> str:
+    parts = [*path, field] if field else list(path)
+    return "".join(part if part.startswith("[") or index == 0 else f".{part}" for index, part in enumerate(parts))
+
+
+def _typed(path: tuple[str, ...], leaf: BaseException) -> tuple[type[RecordDataError], str, str, str] | None:
+    """``(error class, field, problem, fix)`` of one leaf, or ``None`` when the leaf is of no typed kind."""
+    if isinstance(leaf, ValidationError):
+        kind = ConfigDataError if isinstance(leaf, ConfigError) else RecordDataError
+        return kind, _dotted(path, leaf.field), leaf.problem, leaf.fix
+    if isinstance(leaf, _WrongValueError):
+        return ConfigDataError, _dotted(path), leaf.problem, leaf.fix
+    if isinstance(leaf, ForbiddenExtraKeysError):
+        key = sorted(leaf.extra_fields)[0]
+        known = [field.name for field in attrs.fields(leaf.cl)] if attrs.has(leaf.cl) else []
+        problem = f"is not a field of {leaf.cl.__name__}."
+        return ConfigDataError, _dotted(path, key), problem, unknown_key_fix(key, known)
+    if isinstance(leaf, KeyError) and path:
+        return ConfigDataError, _dotted(path), "is required but missing.", "give it a value."
+    if isinstance(leaf, (TypeError, ValueError)) and path:  # an array hook, a tagged union, a bad shape
+        return RecordDataError, _dotted(path), str(leaf).rstrip(".") + ".", ""
+    return None
+
+
 def structure(data: object, cls: type[T]) -> T:
-    """Build a ``cls`` record from plain data, validating it. Raises :class:`SerializationError` naming the path."""
+    """Build a ``cls`` record from plain data, validating it (scalars strictly: see the module docstring).
+
+    Raises:
+        ConfigDataError: a value of the wrong type, a missing or unknown key, or a value ``cls`` (or a record inside
+            it) refused with a :class:`~tinkerflow.errors.ConfigError`; ``where`` is ``cls``'s name, ``field`` the
+            dotted path.
+        RecordDataError: a value a record refused with another :class:`~tinkerflow.errors.ValidationError`.
+        SerializationError: any other failure, naming the path.
+    """
     try:
         return converter.structure(data, cls)
-    except (cattrs.BaseValidationError, SerializationError) as error:
-        details = (
-            "; ".join(cattrs.transform_error(error, path=cls.__name__, format_exception=_format_exception))
-            if isinstance(error, cattrs.BaseValidationError)
-            else str(error)
-        )
-        raise SerializationError(f"cannot build {cls.__name__} from data: {details}") from error
+    except cattrs.BaseValidationError as error:
+        typed = [_typed(path, leaf) for path, leaf in _leaves(error, ())]
+        if typed and all(item is not None for item in typed):
+            kind, field, problem, fix = cast("tuple[type[RecordDataError], str, str, str]", typed[0])
+            others = [f"{item[1]}: {item[2]}" for item in typed[1:] if item is not None]
+            if others:
+                problem = f"{problem} (Also: {'; '.join(others)})"
+            raise kind(cls.__name__, field, problem, fix) from error
+        raise _serialization_error(error, cls) from error
+    except SerializationError as error:
+        raise _serialization_error(error, cls) from error
+
+
+def _serialization_error(error: Exception, cls: type) -> SerializationError:
+    details = (
+        "; ".join(cattrs.transform_error(error, path=cls.__name__, format_exception=_format_exception))
+        if isinstance(error, cattrs.BaseValidationError)
+        else str(error)
+    )
+    return SerializationError(f"cannot build {cls.__name__} from data: {details}")
 
 
 def to_json(obj: object, *, indent: int | None = None) -> str:

@@ -49,9 +49,10 @@ class SLData:
 def checked_datums(
     rows: Sequence[SourcedRow[Conversation]], renderer: Renderer, config: SLConfig
 ) -> tuple[list[Datum], list[Conversation], int]:
-    """Each row rendered to a datum (``config.train_on``, ``config.reduction``); a row that cannot be rendered or
-    is longer than ``config.max_length`` raises (``bad_rows="raise"``) or is counted. Returns the datums, the
-    conversations kept and the number of bad rows."""
+    """Each row rendered to a datum (``config.train_on``, ``config.reduction``); a row that cannot be rendered, is
+    longer than ``config.max_length`` or has no token to train on (no weight > 0: e.g. no assistant message) raises
+    (``bad_rows="raise"``, a :class:`~tinkerflow.rows.DataError` naming the row) or is counted. Returns the datums,
+    the conversations kept and the number of bad rows."""
     datums: list[Datum] = []
     kept: list[Conversation] = []
     skipped = 0
@@ -65,7 +66,16 @@ def checked_datums(
                     f"renders to {example.model_input.length} tokens, more than max_length={config.max_length}.",
                     "raise max_length, shorten the row, or set bad_rows=skip.",
                 )
-            datums.append(supervised_datum(example.model_input, example.weights_T, reduction=config.reduction))
+            datum = supervised_datum(example.model_input, example.weights_T, reduction=config.reduction)
+            if datum.weights_T is None or not bool((datum.weights_T > 0).any()):
+                raise DataError(
+                    row.where,
+                    "messages",
+                    f"has nothing to train on: no token carries weight under train_on={config.train_on!r} (e.g. the "
+                    "row has no assistant message).",
+                    "add the assistant reply, choose another train_on, or set bad_rows=skip to leave such rows out.",
+                )
+            datums.append(datum)
             kept.append(row.value)
         except TinkerflowError:
             if config.bad_rows == "raise":
@@ -98,12 +108,20 @@ def sl_data(rows: SplitRows[Conversation], renderer: Renderer, config: SLConfig)
     """:class:`SLData` of the rows a source gave (see the module docstring).
 
     Raises:
-        DataError: a bad row under ``bad_rows="raise"``, or no usable training conversation at all.
+        DataError: a bad row under ``bad_rows="raise"``, or no usable training conversation at all (every row was
+            bad or had nothing to train on): before any training work.
     """
     train, _, bad_train = checked_datums(rows.train, renderer, config)
     test, test_kept, bad_test = checked_datums(rows.test, renderer, config)
     if not train:
-        raise DataError(rows.train_source, "rows", "no usable training conversation.", "check the data and bad_rows.")
+        skipped = rows.skipped + bad_train
+        raise DataError(
+            rows.train_source,
+            "rows",
+            f"no usable training conversation: {skipped} bad rows were skipped (unreadable, longer than "
+            "max_length, or with no token to train on).",
+            "check the data, train_on and bad_rows.",
+        )
     test_bytes = sum(
         text_bytes(renderer, datum.target_tokens_T[datum.weights_T > 0])
         for datum in test

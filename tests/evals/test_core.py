@@ -9,7 +9,7 @@ import statistics
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tinkerflow.chat import Message
@@ -281,3 +281,19 @@ def test_limit_keeps_the_first_rows() -> None:
     rows = _rows(*({"prompt": f"q{i}", "reference": "r"} for i in range(5)))
     examples = examples_from_rows(rows, EvalSpec(name="x", kind="exact_match", limit=2))
     assert [example.id for example in examples] == ["0", "1"]
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+def test_unknown_row_keys_are_refused_by_name(key: str) -> None:
+    from tinkerflow.evals.data import ROW_KEYS
+
+    assume(key not in ROW_KEYS)
+    row = {"prompt": "q", "reference": "r", key: 1}
+    with pytest.raises(ChatFormatError) as caught:
+        examples_from_rows(_rows(row), EvalSpec(name="x", kind="exact_match"))
+    assert caught.value.field == key
+
+
+def test_a_misspelled_row_key_gets_the_closest_known_key() -> None:
+    with pytest.raises(ChatFormatError, match="did you mean 'reference'"):
+        examples_from_rows(_rows({"prompt": "q", "refrence": "r"}), EvalSpec(name="x", kind="regex", pattern="x"))

@@ -8,6 +8,8 @@ A row is one JSON object (a JSONL line)::
      "choices": ["...", ...], "answer": 2 | "...",  # multiple choice: the right choice by index or by text
      "metadata": {"k": "v"}}
 
+Any other key is an error naming it and the closest known key (``refrence`` -> ``reference``).
+
 Without ``reference`` a row whose last message is the assistant's takes that message's text as the reference and
 the messages before it as the prompt (for ``nll`` the whole conversation is kept: it is what is scored). Errors
 are :class:`~tinkerflow.chat_format.ChatFormatError` naming the row (``evals.jsonl:7``) and the field.
@@ -15,8 +17,10 @@ are :class:`~tinkerflow.chat_format.ChatFormatError` naming the row (``evals.jso
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.chat_format import ChatFormatError, conversation_from_json
@@ -24,6 +28,10 @@ from tinkerflow.evals.records import EvalExample
 from tinkerflow.evals.spec import EvalSpec
 
 __all__ = ["examples_from_conversations", "examples_from_rows"]
+
+
+#: The keys an evaluation row may hold.
+ROW_KEYS: Final = frozenset({"id", "messages", "tools", "prompt", "reference", "choices", "answer", "metadata"})
 
 
 def _fail(where: str, field: str, problem: str, fix: str = "") -> ChatFormatError:
@@ -70,6 +78,13 @@ def _messages(row: Mapping[str, object], where: str) -> tuple[Message, ...]:
 def _example(row: object, where: str, index: int, spec: EvalSpec) -> EvalExample:
     if not isinstance(row, dict):
         raise _fail(where, "row", f"must be a JSON object, got {type(row).__name__}.")
+    for key in row:
+        if key not in ROW_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(ROW_KEYS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise _fail(
+                where, str(key), "is not a key of an evaluation row.", f"{hint}known: {', '.join(sorted(ROW_KEYS))}."
+            )
     messages = _messages(row, where)
     reference = _reference(row, where)
     choices, answer = _choices(row, where)

@@ -1,15 +1,18 @@
 """Preference data: rows of the common chosen/rejected layouts -> :class:`LabeledComparison`.
 
-Layouts (one JSON object per row; extra keys are ignored, so Hugging Face rows with score columns load as they are):
+Layouts (one JSON object per row, holding only its layout's keys: an unknown key is an error naming it and the
+closest known key; a key holding ``null`` counts as absent. Rows of a Hugging Face dataset are read with only the
+columns some layout knows, so a dataset's other columns, such as scores or ids, are left out):
 
 ``prompt_chosen_rejected``
     ``{"prompt": [messages] | "text", "chosen": [messages] | "text", "rejected": [messages] | "text"}``. A text
     prompt is one user message, a text completion one assistant message. ``chosen``/``rejected`` may also be the
     full conversation repeating the prompt's messages first (as in ``allenai/llama-3.1-tulu-3-8b-preference-mixture``):
-    that prefix is removed.
+    that prefix is removed. An optional ``"label"`` may only say ``"a"`` (chosen is preferred, as the keys say):
+    any other label contradicts the row and is refused.
 ``chosen_rejected``
     ``{"chosen": [full conversation], "rejected": [full conversation]}``: the prompt is the longest common prefix
-    of the two message lists, the rest of each is its completion.
+    of the two message lists, the rest of each is its completion (``"label"`` as above).
 ``ab_label``
     ``{"prompt": ..., "completion_a": ..., "completion_b": ..., "label": "a" | "b" | "tie"}`` (text or messages, as
     above). This is what :func:`labeled_comparison_to_json` writes.
@@ -19,7 +22,8 @@ Layouts (one JSON object per row; extra keys are ignored, so Hugging Face rows w
 
 Messages use the common chat format of :mod:`tinkerflow.chat_format`; an optional top-level ``"tools"`` list is
 offered to the prompt. ``chosen``/``rejected`` rows are labeled ``"a"`` (``completion_a`` is the chosen one).
-Labels are read case-insensitively (``"A"``, ``"Tie"``).
+Labels are read case-insensitively (``"A"``, ``"Tie"``). The two completions must differ, and neither may be empty
+(no text, thinking, image or tool call in any of its messages): such a pair expresses no preference.
 
 Every bad row raises :class:`PreferenceFormatError` (a :class:`~tinkerflow.chat_format.ChatFormatError`) naming
 the row's source (``prefs.jsonl:17``, ``dataset[17]``) and the field (``chosen[1].role``), as the supervised data
@@ -34,13 +38,22 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, TypeAlias, cast
 
+from tinkerflow._validate import closest
 from tinkerflow.chat import Conversation, Message, Role
-from tinkerflow.chat_format import ChatFormatError, conversation_from_json, conversation_to_json, decode_json_line
+from tinkerflow.chat_format import (
+    ChatFormatError,
+    check_keys,
+    conversation_from_json,
+    conversation_to_json,
+    decode_json_line,
+)
 from tinkerflow.config import BadRowPolicy
 from tinkerflow.errors import ConfigError, ValidationError
-from tinkerflow.preference.records import COMPLETION_ROLES, Comparison, Label, LabeledComparison
+from tinkerflow.preference.records import COMPLETION_ROLES, Comparison, Label, LabeledComparison, no_preference
 
 __all__ = [
+    "LAYOUT_KEYS",
+    "PREFERENCE_KEYS",
     "PREFERENCE_LAYOUTS",
     "PreferenceFormatError",
     "PreferenceLayout",
@@ -48,6 +61,7 @@ __all__ = [
     "labeled_comparison_from_json",
     "labeled_comparison_to_json",
     "parse_preference_line",
+    "preference_row_from_hf",
     "preference_rows_from_hf",
 ]
 
@@ -58,6 +72,19 @@ PREFERENCE_LAYOUTS: Final[tuple[PreferenceLayout, ...]] = (
     "ab_label",
     "cookbook",
 )
+
+
+#: The keys a row of each layout may hold.
+LAYOUT_KEYS: Final[dict[PreferenceLayout, frozenset[str]]] = {
+    "prompt_chosen_rejected": frozenset({"prompt", "chosen", "rejected", "label", "tools"}),
+    "chosen_rejected": frozenset({"chosen", "rejected", "label", "tools"}),
+    "ab_label": frozenset({"prompt", "completion_a", "completion_b", "label", "tools"}),
+    "cookbook": frozenset({"comparison", "label", "tools"}),
+}
+#: The keys of a cookbook row's ``comparison`` object.
+_COOKBOOK_KEYS: Final = frozenset({"prompt_conversation", "completion_A", "completion_B"})
+#: Every key some layout knows: the columns a Hugging Face dataset's rows are read with.
+PREFERENCE_KEYS: Final[frozenset[str]] = frozenset(key for keys in LAYOUT_KEYS.values() for key in keys)
 
 
 class PreferenceFormatError(ChatFormatError):
@@ -156,7 +183,7 @@ def _comparison(
 ) -> Comparison:
     """Build the record; its validation errors are renamed to the row's keys and message positions."""
     try:
-        return Comparison(prompt=prompt, completion_a=a[0], completion_b=b[0])
+        comparison = Comparison(prompt=prompt, completion_a=a[0], completion_b=b[0])
     except ValidationError as error:
         field = error.field
         match = _COMPLETION_FIELD.match(field)
@@ -166,6 +193,7 @@ def _comparison(
             index = "" if match.group(2) is None else f"[{int(match.group(2)) + offset}]"
             field = f"{name}{index}{match.group(3)}"
         raise _fail(where, field, error.problem, error.fix) from error
+    return _checked_pair(where, comparison, names)
 
 
 def _label(value: object, where: str, field: str) -> Label:
@@ -175,16 +203,48 @@ def _label(value: object, where: str, field: str) -> Label:
     return cast("Label", text)
 
 
+def _chosen_label(row: Mapping[str, object], where: str) -> Label:
+    """The label of a chosen/rejected row: ``"a"`` (chosen is preferred); a ``"label"`` saying otherwise is refused."""
+    value = row.get("label")
+    if value is None:
+        return "a"
+    label = _label(value, where, "label")
+    if label != "a":
+        raise _fail(
+            where,
+            "label",
+            f"is {label!r}, but a chosen/rejected row already says its chosen completion is preferred.",
+            "drop the label (or swap chosen and rejected); for a tie or a 'b' preference write the row as "
+            "prompt/completion_a/completion_b/label.",
+        )
+    return label
+
+
+def _checked_pair(where: str, comparison: Comparison, names: tuple[str, str]) -> Comparison:
+    """``comparison`` after checking it expresses a preference (:func:`~tinkerflow.preference.records.no_preference`:
+    neither completion empty, the two not identical); errors name the side by the row's key."""
+    problem = no_preference(comparison)
+    if problem is not None:
+        field, text, fix = problem
+        side = names[0] if field == "completion_a" else names[1]
+        raise _fail(where, side, text.replace("the other completion", names[0]), fix)
+    return comparison
+
+
 def _from_prompt_chosen_rejected(row: Mapping[str, object], where: str) -> LabeledComparison:
     prompt = _conversation(_required(row, "prompt", where), where, "prompt", text_role="user", tools=row.get("tools"))
     chosen = _completion(_required(row, "chosen", where), where, "chosen", prompt)
     rejected = _completion(_required(row, "rejected", where), where, "rejected", prompt)
-    return LabeledComparison(comparison=_comparison(where, prompt, chosen, rejected, ("chosen", "rejected")), label="a")
+    label = _chosen_label(row, where)
+    return LabeledComparison(
+        comparison=_comparison(where, prompt, chosen, rejected, ("chosen", "rejected")), label=label
+    )
 
 
 def _from_chosen_rejected(row: Mapping[str, object], where: str) -> LabeledComparison:
     chosen_raw = _required(row, "chosen", where)
     rejected_raw = _required(row, "rejected", where)
+    label = _chosen_label(row, where)
     for key, value in (("chosen", chosen_raw), ("rejected", rejected_raw)):
         if not isinstance(value, list):
             raise _fail(
@@ -221,7 +281,7 @@ def _from_chosen_rejected(row: Mapping[str, object], where: str) -> LabeledCompa
     comparison = _comparison(
         where, prompt, (chosen[shared:], shared), (rejected[shared:], shared), ("chosen", "rejected")
     )
-    return LabeledComparison(comparison=comparison, label="a")
+    return LabeledComparison(comparison=comparison, label=label)
 
 
 def _from_ab_label(row: Mapping[str, object], where: str) -> LabeledComparison:
@@ -237,6 +297,7 @@ def _from_cookbook(row: Mapping[str, object], where: str) -> LabeledComparison:
     if not isinstance(body, Mapping):
         raise _fail(where, "comparison", f"must be an object, got {type(body).__name__}.")
     inner = cast("Mapping[str, object]", body)
+    check_keys(inner, _COOKBOOK_KEYS, where, "comparison", "a cookbook comparison", PreferenceFormatError)
     prefix = "comparison."
     prompt = _conversation(
         _required(inner, "prompt_conversation", where, prefix),
@@ -269,8 +330,9 @@ def labeled_comparison_from_json(
     e.g. ``"prefs.jsonl:17"``.
 
     Raises:
-        PreferenceFormatError: the row fits no layout, misses a key, or holds an invalid value (the error names the
-            field, e.g. ``chosen[1].role``).
+        PreferenceFormatError: the row fits no layout, misses a key, holds a key its layout does not know (named with
+            the closest known key), a label that contradicts its keys, an empty completion, two identical completions,
+            or an invalid value (the error names the field, e.g. ``chosen[1].role``).
     """
     if not isinstance(row, Mapping):
         raise _fail(where, "row", f"must be a JSON object, got {type(row).__name__}.")
@@ -278,18 +340,25 @@ def labeled_comparison_from_json(
     chosen = detect_layout(mapping) if layout is None else layout
     if chosen is None:
         keys = ", ".join(sorted(str(key) for key in mapping)) or "none"
+        typos = [
+            f"{key!r} -> {close[0]!r}"
+            for key in map(str, mapping)
+            if key not in PREFERENCE_KEYS and (close := closest(key, PREFERENCE_KEYS))
+        ]
+        hint = f"did you mean {', '.join(typos)}? " if typos else ""
         raise _fail(
             where,
             "row",
             f"fits no preference layout (keys: {keys}).",
-            "use prompt/chosen/rejected, chosen/rejected (full conversations), prompt/completion_a/completion_b/label "
-            "or the cookbook's comparison/label.",
+            f"{hint}use prompt/chosen/rejected, chosen/rejected (full conversations), "
+            "prompt/completion_a/completion_b/label or the cookbook's comparison/label.",
         )
     parser = _PARSERS.get(chosen)
     if parser is None:
         raise ConfigError(
             "labeled_comparison_from_json", "layout", f"unknown layout {chosen!r}.", f"use one of {PREFERENCE_LAYOUTS}."
         )
+    check_keys(mapping, LAYOUT_KEYS[chosen], where, "", f"a {chosen} row", PreferenceFormatError)
     return parser(mapping, where)
 
 
@@ -306,6 +375,18 @@ def _check_policy(policy: object, where: str) -> None:
         raise ConfigError(where, "policy", f"must be 'raise' or 'skip', got {policy!r}.")
 
 
+def preference_row_from_hf(
+    row: Mapping[str, object], where: str, *, layout: PreferenceLayout | None = None
+) -> LabeledComparison:
+    """:func:`labeled_comparison_from_json` of a Hugging Face dataset's row, read with only the columns some layout
+    knows (:data:`PREFERENCE_KEYS`): a dataset's other columns (scores, ids, sources) are not part of the row."""
+    if not isinstance(row, Mapping):
+        raise _fail(where, "row", f"must be a mapping, got {type(row).__name__}.")
+    return labeled_comparison_from_json(
+        {key: value for key, value in row.items() if key in PREFERENCE_KEYS}, where, layout=layout
+    )
+
+
 def preference_rows_from_hf(
     rows: Iterable[Mapping[str, object]],
     *,
@@ -313,14 +394,15 @@ def preference_rows_from_hf(
     source: str = "dataset",
     layout: PreferenceLayout | None = None,
 ) -> tuple[list[LabeledComparison], int]:
-    """Labeled comparisons from dict rows (a Hugging Face ``datasets.Dataset`` iterates as such), and the number of
-    bad rows skipped. Errors name the row as ``source[index]``."""
+    """Labeled comparisons from dict rows (a Hugging Face ``datasets.Dataset`` iterates as such;
+    :func:`preference_row_from_hf` reads each), and the number of bad rows skipped. Errors name the row as
+    ``source[index]``."""
     _check_policy(policy, "preference_rows_from_hf")
     comparisons: list[LabeledComparison] = []
     skipped = 0
     for index, row in enumerate(rows):
         try:
-            comparisons.append(labeled_comparison_from_json(row, f"{source}[{index}]", layout=layout))
+            comparisons.append(preference_row_from_hf(row, f"{source}[{index}]", layout=layout))
         except ChatFormatError:
             if policy == "raise":
                 raise

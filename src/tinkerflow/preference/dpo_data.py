@@ -17,7 +17,7 @@ from tinkerflow.datum import Datum
 from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.preference.pairs import DPOPairs, comparison_datums, dpo_pairs
-from tinkerflow.preference.records import LabeledComparison, TieError
+from tinkerflow.preference.records import LabeledComparison, TieError, no_preference
 from tinkerflow.render import Renderer
 from tinkerflow.rows import DataError, SplitRows
 
@@ -57,13 +57,21 @@ def too_long(pair: tuple[Datum, Datum], where: str, max_length: int) -> None:
 def checked_pairs(
     rows: Sequence[SourcedRow[LabeledComparison]], renderer: Renderer, config: DPOConfig
 ) -> tuple[DPOPairs, int, int]:
-    """Ties handled, comparisons rendered (one batched call; a failure is retried row by row to name the row),
-    lengths checked. Returns the pairs, bad rows skipped and ties dropped."""
+    """Ties handled, pairs that express no preference (an empty completion, two identical ones: rows given in code
+    as records) made bad rows, comparisons rendered (one batched call; a failure is retried row by row to name the
+    row), lengths checked. Returns the pairs, bad rows skipped and ties dropped."""
     kept: list[tuple[int, SourcedRow[LabeledComparison]]] = []
     ties = 0
+    bad = 0
     for position, row in enumerate(rows):
         if not row.value.is_tie:
-            kept.append((position, row))
+            problem = no_preference(row.value.comparison)
+            if problem is None:
+                kept.append((position, row))
+            elif config.bad_rows == "raise":
+                raise DataError(row.where, *problem)
+            else:
+                bad += 1
         elif config.ties == "raise":
             raise TieError(
                 row.where,
@@ -83,7 +91,6 @@ def checked_pairs(
     chosen: list[Datum] = []
     rejected: list[Datum] = []
     indices: list[int] = []
-    bad = 0
     for number, (position, row) in enumerate(kept):
         try:
             if rendered is not None:

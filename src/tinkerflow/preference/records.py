@@ -17,7 +17,7 @@ from tinkerflow._validate import require_type
 from tinkerflow.chat import Conversation, Message
 from tinkerflow.errors import ValidationError
 
-__all__ = ["COMPLETION_ROLES", "LABELS", "Comparison", "Label", "LabeledComparison", "TieError"]
+__all__ = ["COMPLETION_ROLES", "LABELS", "Comparison", "Label", "LabeledComparison", "TieError", "no_preference"]
 
 Label: TypeAlias = Literal["a", "b", "tie"]
 LABELS: Final[tuple[Label, ...]] = ("a", "b", "tie")
@@ -140,3 +140,40 @@ class LabeledComparison:
         if self.label == "a":
             return self.comparison.completion_a, self.comparison.completion_b
         return self.comparison.completion_b, self.comparison.completion_a
+
+
+def _says_something(message: Message) -> bool:
+    return bool(
+        message.text().strip()
+        or (message.thinking() or "").strip()
+        or message.images()
+        or message.tool_calls
+        or message.unparsed_tool_calls
+    )
+
+
+def no_preference(comparison: Comparison) -> tuple[Literal["completion_a", "completion_b"], str, str] | None:
+    """Why ``comparison`` cannot express a preference, as ``(field, problem, fix)``, or ``None`` when it can.
+
+    A completion is empty when none of its messages holds text (whitespace aside), thinking, an image or a tool call;
+    two identical completions are no choice either. The records allow both (a tie may be labelled on them); the data
+    readers and the DPO data refuse them.
+    """
+    sides: tuple[tuple[Literal["completion_a", "completion_b"], tuple[Message, ...]], ...] = (
+        ("completion_a", comparison.completion_a),
+        ("completion_b", comparison.completion_b),
+    )
+    for name, completion in sides:
+        if not any(_says_something(message) for message in completion):
+            return (
+                name,
+                "is empty: no text, thinking, image or tool call in any of its messages.",
+                "give the completion's text, or drop the row.",
+            )
+    if comparison.completion_a == comparison.completion_b:
+        return (
+            "completion_b",
+            "is identical to the other completion: the pair expresses no preference.",
+            "give two different completions, or drop the row.",
+        )
+    return None

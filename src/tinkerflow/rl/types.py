@@ -25,8 +25,8 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 import attrs
 import numpy as np
 
-from tinkerflow._validate import float_tuple, int_at_least, int_tuple, require_type, str_tuple
-from tinkerflow.arrays import Float32_T, Int64_T, as_float32_1d, as_int64_1d
+from tinkerflow._validate import float_tuple, int_at_least, int_tuple, logprobs, require_type, str_tuple, token_ids
+from tinkerflow.arrays import Float32_T, Int64_T
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import NonFiniteError, ShapeError, ValidationError
 from tinkerflow.model_input import ModelInput
@@ -112,11 +112,11 @@ def _failures(value: Iterable[RolloutFailure]) -> tuple[RolloutFailure, ...]:
 
 
 def _action_tokens(value: object) -> np.ndarray:
-    return as_int64_1d(value, "Transition", "action_tokens_T")
+    return token_ids(value, "Transition", "action_tokens_T")
 
 
 def _action_logprobs(value: object) -> np.ndarray:
-    return as_float32_1d(value, "Transition", "action_logprobs_T")
+    return logprobs(value, "Transition", "action_logprobs_T")
 
 
 @attrs.frozen
@@ -170,7 +170,10 @@ class StepResult:
 
 @attrs.frozen
 class Transition:
-    """One observation, the action sampled for it (tokens with their sampling logprobs) and its reward."""
+    """One observation, the action sampled for it (tokens with their sampling logprobs) and its reward.
+
+    Action tokens are ints (booleans refused); sampling logprobs are finite and ``<= 0`` (up to
+    :data:`tinkerflow._validate.LOGPROB_TOLERANCE` of rounding)."""
 
     observation: ModelInput
     action_tokens_T: Int64_T = attrs.field(converter=_action_tokens, eq=_ARRAY_EQ, hash=False)

@@ -21,13 +21,22 @@ from typing import Generic, Protocol, TypeVar, cast
 import attrs
 
 from tinkerflow.chat import Conversation
-from tinkerflow.chat_format import ChatFormatError, SourcedRow, collect_rows, conversation_from_json, parse_chat_line
+from tinkerflow.chat_format import (
+    ChatFormatError,
+    SourcedRow,
+    chat_row_from_json,
+    collect_rows,
+    conversation_from_json,
+    parse_chat_line,
+)
 from tinkerflow.config import HF_DISK_PREFIX, HF_PREFIX, BadRowPolicy, DataConfig, is_hf_source
 from tinkerflow.errors import ConfigError
 from tinkerflow.preference.data import (
+    PREFERENCE_KEYS,
     PreferenceLayout,
     labeled_comparison_from_json,
     parse_preference_line,
+    preference_row_from_hf,
     preference_rows_from_hf,
 )
 from tinkerflow.preference.records import LabeledComparison
@@ -264,7 +273,7 @@ def chat_format(messages_field: str = "messages") -> RowFormat[Conversation]:
         what="conversations",
         record=Conversation,
         parse_line=parse_chat_line,
-        parse_mapping=conversation_from_json,
+        parse_mapping=chat_row_from_json,
         parse_hf=functools.partial(_hf_chat_row, messages_field=messages_field),
         hf_columns=_chat_columns(messages_field),
     )
@@ -314,13 +323,29 @@ def load_chat_hf(
 
 
 def preference_format(layout: PreferenceLayout | None = None) -> RowFormat[LabeledComparison]:
-    """Labeled comparisons in any layout of :mod:`tinkerflow.preference.data` (or the one ``layout`` forces)."""
+    """Labeled comparisons in any layout of :mod:`tinkerflow.preference.data` (or the one ``layout`` forces); an HF
+    dataset's rows are read with only the columns some layout knows (its score or id columns are left out)."""
     return RowFormat(
         what="comparisons",
         record=LabeledComparison,
         parse_line=lambda line, where: parse_preference_line(line, where, layout=layout),
         parse_mapping=lambda row, where: labeled_comparison_from_json(row, where, layout=layout),
+        parse_hf=lambda row, where: preference_row_from_hf(row, where, layout=layout),
+        hf_columns=_preference_columns,
     )
+
+
+def _preference_columns(source: str, field: str, names: list[str]) -> list[str]:
+    known = [name for name in names if name in PREFERENCE_KEYS]
+    if not known:
+        raise DataError(
+            source,
+            field,
+            f"has none of the preference columns {sorted(PREFERENCE_KEYS)} (it has {names}).",
+            "give it prompt/chosen/rejected, chosen/rejected, prompt/completion_a/completion_b/label or "
+            "comparison/label columns.",
+        )
+    return known
 
 
 def _check_policy(policy: object, where: str) -> None:
