@@ -532,10 +532,10 @@ def test_every_config_field_is_used() -> None:
     from tinkerflow import cli
     from tinkerflow.config import DataConfig
     from tinkerflow.preference import dpo_data
-    from tinkerflow.shell.io import data
+    from tinkerflow.shell.io import data, run
     from tinkerflow.shell.recipes import dpo_reference
 
-    readers = [dpo_module, data, dpo_data, dpo_reference, DataConfig.total_steps]
+    readers = [dpo_module, data, dpo_data, dpo_reference, run, DataConfig.total_steps]
     sources = "".join(inspect.getsource(reader).replace("self.", "config.") for reader in readers)
     sources += inspect.getsource(cli._run_dpo)
     unused = [field.name for field in attrs.fields(DPOConfig) if f"config.{field.name}" not in sources]

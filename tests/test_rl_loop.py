@@ -143,9 +143,10 @@ def test_rl_raises_the_reward_of_a_trivial_environment(tmp_path: pathlib.Path) -
 
 @pytest.mark.parametrize(("mode", "kill_at"), [("sync", 2), ("sync", 3), ("async", 3)])
 def test_resume_continues_exactly(tmp_path: pathlib.Path, mode: str, kill_at: int) -> None:
-    reference_config = _config(tmp_path, "ref", mode=mode, max_staleness=2)
+    staleness = 2 if mode == "async" else 1  # max_staleness other than 1 in sync mode is refused
+    reference_config = _config(tmp_path, "ref", mode=mode, max_staleness=staleness)
     reference = _run(reference_config)
-    config = _config(tmp_path, "killed", mode=mode, max_staleness=2)
+    config = _config(tmp_path, "killed", mode=mode, max_staleness=staleness)
     with pytest.raises(KilledError):
         _run(config, after_step=kill_after(kill_at))
     state = json.loads((pathlib.Path(config.run_dir) / "state.json").read_text())
@@ -158,7 +159,7 @@ def test_resume_continues_exactly(tmp_path: pathlib.Path, mode: str, kill_at: in
 
 
 def test_broken_environments_are_dropped_and_counted(tmp_path: pathlib.Path) -> None:
-    config = _config(tmp_path, "broken", steps=2, episode_timeout_s=0.5, on_failure="drop", save_every=0)
+    config = _config(tmp_path, "broken", steps=2, episode_timeout_s=2.0, on_failure="drop", save_every=0)
     dataset = AsciiDataset(2, 6, behaviours=("raise", "hang", "nan"))
     result = _run(config, dataset)
     rows = _rows(config)

@@ -50,19 +50,32 @@ def action(n: int = 2) -> SampledSequence:
 
 
 class Tracker:
-    """Counts episodes in flight (between the first completer call and the env's final step)."""
+    """Counts episodes in flight (between the first completer call and the env's final step); thread-safe, as
+    environment calls run on worker threads."""
 
     def __init__(self) -> None:
         self.now = 0
         self.peak = 0
-        self.cancelled = 0
+        self._cancelled = 0
+        self._lock = threading.Lock()
 
     def enter(self) -> None:
-        self.now += 1
-        self.peak = max(self.peak, self.now)
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
 
     def leave(self) -> None:
-        self.now -= 1
+        with self._lock:
+            self.now -= 1
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled += 1
+
+    @property
+    def cancelled(self) -> int:
+        with self._lock:
+            return self._cancelled
 
 
 class ScriptedEnv:
@@ -84,7 +97,7 @@ class ScriptedEnv:
                 await asyncio.sleep(self.delay)
         except asyncio.CancelledError:
             if self.tracker:
-                self.tracker.cancelled += 1
+                self.tracker.cancel()
             raise
         self.steps += 1
         done = self.steps >= self.turns
@@ -111,7 +124,7 @@ class HangingEnv(ScriptedEnv):
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             if self.tracker:
-                self.tracker.cancelled += 1
+                self.tracker.cancel()
             raise
         raise AssertionError("unreachable")
 
@@ -267,7 +280,7 @@ def test_fail_fast_on_a_timeout() -> None:
     with pytest.raises(RolloutError) as caught:
         run(rollout_batch(builders, completer_for(), policy, "step3"))
     assert (caught.value.group_id, caught.value.member, caught.value.kind) == ("step3/1", 1, "timeout")
-    assert "the environment used up its 0.1 s" in str(caught.value)
+    assert "the episode ran past its 0.1 s" in str(caught.value)
 
 
 def test_an_envs_own_timeout_error_is_an_exception_not_a_policy_timeout() -> None:
@@ -348,12 +361,14 @@ def test_waiting_for_a_slot_does_not_count_against_the_timeout() -> None:
     assert group.failures == ()
 
 
-def test_sampling_time_does_not_count_against_the_episode_timeout() -> None:
+def test_sampling_time_counts_against_the_episode_timeout() -> None:
     builder = Builder([lambda: ScriptedEnv(turns=3)] * 2)
-    slow_sampler = completer_for(delay=0.06)
-    group = run(rollout_group(builder, slow_sampler, RolloutPolicy(episode_timeout_s=0.05), "g"))
+    slow_sampler = completer_for(delay=0.06)  # 3 turns: 0.18 s of sampling
+    group = run(rollout_group(builder, slow_sampler, RolloutPolicy(episode_timeout_s=2.0), "g"))
     assert len(group.trajectories) == 2
-    policy = RolloutPolicy(episode_timeout_s=0.05, sample_timeout_s=0.03, on_failure="drop")
+    group = run(rollout_group(builder, slow_sampler, RolloutPolicy(episode_timeout_s=0.1, on_failure="drop"), "g"))
+    assert [(f.kind, f.message) for f in group.failures] == [("timeout", "the episode ran past its 0.1 s")] * 2
+    policy = RolloutPolicy(episode_timeout_s=2.0, sample_timeout_s=0.03, on_failure="drop")
     group = run(rollout_group(builder, slow_sampler, policy, "g"))
     assert [(f.kind, f.message) for f in group.failures] == [("timeout", "sampling ran past 0.03 s")] * 2
 

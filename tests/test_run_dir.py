@@ -1,16 +1,22 @@
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import pathlib
+from collections.abc import Callable
 
 import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers import assert_cli_refuses
 
-from tinkerflow.config import SLConfig
+from tinkerflow.config import RunConfig, SLConfig
+from tinkerflow.errors import ConfigError
+from tinkerflow.preference.config import DPOConfig
+from tinkerflow.rl.config import RLConfig
 from tinkerflow.serde import to_json
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import (
@@ -18,7 +24,11 @@ from tinkerflow.shell.io.run_dir import (
     RunDirError,
     RunState,
     atomic_write_text,
+    forget_state,
+    read_history,
     read_state,
+    referenced_paths,
+    retained_steps,
     write_state,
 )
 from tinkerflow.supervised import LRSchedule
@@ -144,3 +154,152 @@ def test_a_fresh_run_directory_takes_any_config(tmp_path: pathlib.Path) -> None:
     _open(tmp_path, SLConfig(train_data="a.jsonl", batch_size=4))
     _open(tmp_path, SLConfig(train_data="a.jsonl", batch_size=2))
     assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 2
+
+
+# -- the state history, retention and the config's checkpoint fields (issue 15) ------------------------------------
+
+
+def test_each_state_is_kept_in_the_history_before_state_json_names_it(tmp_path: pathlib.Path) -> None:
+    for step in (3, 6, 9):
+        write_state(tmp_path, RunState(step=step, checkpoint=f"local://run/weights/step-{step:06d}"))
+    assert [state.step for state in read_history(tmp_path)] == [3, 6, 9]
+    assert read_history(tmp_path)[-1] == read_state(tmp_path)
+    (tmp_path / "states" / "step-000006.json").write_text("{torn")  # damaged on disk: no state to resume from
+    (tmp_path / "states" / "notes.json").write_text("{}")  # not a state file
+    assert [state.step for state in read_history(tmp_path)] == [3, 9]
+    forget_state(tmp_path, 3)
+    forget_state(tmp_path, 4)  # forgetting what is not there is fine
+    assert [state.step for state in read_history(tmp_path)] == [9]
+
+
+def test_a_state_written_before_checkpoint_root_existed_still_reads(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"step": 2, "checkpoint": "tinker://x/weights/a"}))
+    assert read_state(tmp_path) == RunState(step=2, checkpoint="tinker://x/weights/a", checkpoint_root=None)
+
+
+@given(
+    st.sets(st.integers(1, 60), min_size=1, max_size=12),
+    st.one_of(st.none(), st.integers(1, 5)),
+    st.one_of(st.none(), st.integers(1, 7)),
+)
+def test_retained_steps_follow_the_policy(steps: set[int], keep_last: int | None, keep_every: int | None) -> None:
+    kept = retained_steps(steps, keep_last=keep_last, keep_every=keep_every)
+    ordered = sorted(steps)
+    assert kept <= steps
+    assert ordered[-1] in kept  # the latest is always kept
+    if keep_last is None:
+        assert kept == steps
+        return
+    for step in ordered:
+        recent = step in ordered[-keep_last:]
+        multiple = keep_every is not None and step % keep_every == 0
+        assert (step in kept) == (recent or multiple), step
+
+
+def test_referenced_paths_are_everything_a_state_needs() -> None:
+    state = RunState(
+        step=4,
+        checkpoint="local://r/weights/step-000004",
+        sampler_checkpoint="local://r/sampler_weights/s4",
+        extra_json=json.dumps(
+            {"sampler_paths": {"2": "local://r/sampler_weights/sampler-000002"}, "reference": "tinker://t/x/y", "n": 3}
+        ),
+    )
+    assert referenced_paths(state) == {
+        "local://r/weights/step-000004",
+        "local://r/sampler_weights/s4",
+        "local://r/sampler_weights/sampler-000002",
+        "tinker://t/x/y",
+    }
+    assert referenced_paths(attrs.evolve(state, extra_json="{not json")) == {
+        "local://r/weights/step-000004",
+        "local://r/sampler_weights/s4",
+    }
+
+
+_CONFIGS: dict[str, Callable[..., RunConfig]] = {
+    "SLConfig": functools.partial(SLConfig, train_data="a.jsonl"),
+    "DPOConfig": functools.partial(DPOConfig, train_data="a.jsonl"),
+    "RLConfig": RLConfig,
+}
+
+
+@pytest.mark.parametrize("record", sorted(_CONFIGS))
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"keep_last": 0}, "keep_last"),
+        ({"keep_last": -1}, "keep_last"),
+        ({"keep_last": True}, "keep_last"),
+        ({"keep_last": 1.5}, "keep_last"),
+        ({"keep_last": "2"}, "keep_last"),
+        ({"keep_last": 2, "keep_every": 0}, "keep_every"),
+        ({"keep_last": 2, "keep_every": -3}, "keep_every"),
+        ({"keep_last": 2, "keep_every": False}, "keep_every"),
+        ({"keep_last": 2, "keep_every": 2.0}, "keep_every"),
+        ({"keep_last": 2, "keep_every": "5"}, "keep_every"),
+        ({"keep_every": 5}, "keep_every"),  # no effect without keep_last
+        ({"keep_last": 2, "backend": "tinker"}, "keep_last"),  # the service's checkpoints are not deleted
+    ],
+)
+def test_bad_retention_settings_are_refused_naming_the_field(
+    record: str, fields: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _CONFIGS[record](**fields)
+    assert (info.value.where, info.value.field) == (record, named)
+
+
+@pytest.mark.parametrize("record", sorted(_CONFIGS))
+def test_good_retention_settings_are_kept(record: str) -> None:
+    config = _CONFIGS[record](keep_last=2, keep_every=10)
+    assert (config.keep_last, config.keep_every) == (2, 10)
+    assert _CONFIGS[record]().keep_last is None
+
+
+@pytest.mark.parametrize("record", [SLConfig, DPOConfig])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"train_data": "a.jsonl", "test_data": "a.jsonl"},
+        {"train_data": "a.jsonl", "test_data": "./a.jsonl"},
+        {"train_data": "data/a.jsonl", "test_data": "data/../data/a.jsonl"},
+        {"train_data": "hf:org/set", "test_data": "hf:org/set", "hf_split": "train", "hf_test_split": "train"},
+        {"train_data": "hf:org/set", "test_data": "hf:org/set", "hf_test_split": "train"},
+        {"train_data": "hf-disk:/d", "test_data": "hf-disk:/d", "hf_split": "test"},
+    ],
+)
+def test_held_out_data_that_is_the_training_data_is_refused(record: type, fields: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        record(**fields)
+    assert (info.value.where, info.value.field) == (record.__name__, "test_data")
+    assert "training data itself" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"train_data": "a.jsonl", "test_data": "b.jsonl"},
+        {"train_data": "hf:org/set", "test_data": "hf:org/set"},  # train and test splits
+        {"train_data": "hf:org/set", "test_data": "hf:org/set", "hf_split": "train", "hf_test_split": "validation"},
+        {"train_data": "hf:org/set", "test_data": "hf:org/other"},
+    ],
+)
+def test_other_held_out_data_is_accepted(fields: dict[str, object]) -> None:
+    assert SLConfig(**fields).test_data == fields["test_data"]  # type: ignore[arg-type]  # SLConfig's own fields
+
+
+@pytest.mark.parametrize(("override", "named"), [("keep_last=0", "keep_last"), ("keep_every=3", "keep_every")])
+def test_bad_retention_on_the_command_line_exits_2_naming_the_field(
+    override: str, named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = pathlib.Path(__file__).parents[1] / "examples" / "sl_people_json.json"
+    assert_cli_refuses(capsys, ["sl", str(example), override, "--dry-run"], f"SLConfig.{named}")
+
+
+def test_a_fresh_start_forgets_the_states_of_an_earlier_run(tmp_path: pathlib.Path) -> None:
+    """With ``state.json`` removed (to start over) the states of the earlier run are no fallback for the new one."""
+    write_state(tmp_path, RunState(step=2, checkpoint="fake://a/2"))
+    (tmp_path / "state.json").unlink()
+    _open(tmp_path, SLConfig(train_data="a.jsonl"))
+    assert read_history(tmp_path) == []

@@ -106,9 +106,11 @@ def _kill_then_resume(
     monkeypatch: pytest.MonkeyPatch,
     reference: Reference,
     arm: Callable[[list[bool]], None],
+    left_by_the_kill: Callable[[pathlib.Path], None] = lambda checkpoints: None,
 ) -> tuple[RunState, pathlib.Path]:
     """Run with the kill armed (``arm`` installs it; ``killing[0]`` says whether it is live), check the state it
-    leaves, resume, and compare with the reference run. Returns the state after the kill and the checkpoints."""
+    leaves (also with ``left_by_the_kill(checkpoints)``), resume, and compare with the reference run. Returns the
+    state after the kill and the checkpoints."""
     reference_params, reference_rows, reference_result = reference
     killing = [True]
     arm(killing)
@@ -124,6 +126,7 @@ def _kill_then_resume(
     assert [row["step"] for row in MetricsLog.read(tmp_path / "killed" / "metrics.jsonl")] == list(range(6))
     for directory in _visible_checkpoints(checkpoints):  # whatever is visible is complete
         assert isinstance(read_meta(directory, str(directory)), CheckpointMeta)
+    left_by_the_kill(checkpoints)
 
     resumed_backend = LocalBackend(checkpoint_dir=checkpoints)
     resumed = run_sl(config, resumed_backend, ByteRenderer(), out=io.StringIO())
@@ -159,14 +162,18 @@ def test_kill_inside_a_local_checkpoint_write_resumes_exactly(
 
             monkeypatch.setattr(checkpoint_module, "os", Os())
 
-    _, checkpoints = _kill_then_resume(tmp_path, monkeypatch, reference, arm)
-    leftovers = _leftovers(checkpoints)
-    assert len(leftovers) == 1  # the killed write's temporary directory, hidden; never named by any path
-    written = {path.name for path in leftovers[0].iterdir()}
-    assert "optimizer.safetensors" in written
-    assert ("checkpoint.json" in written) == (moment == "files written, not renamed")
-    killed_run = leftovers[0].parent
-    assert not (killed_run / KILLED_NAME).exists()
+    def left_by_the_kill(checkpoints: pathlib.Path) -> None:
+        leftovers = _leftovers(checkpoints)
+        assert len(leftovers) == 1  # the killed write's temporary directory, hidden; never named by any path
+        written = {path.name for path in leftovers[0].iterdir()}
+        assert "optimizer.safetensors" in written
+        assert ("checkpoint.json" in written) == (moment == "files written, not renamed")
+        assert not (leftovers[0].parent / KILLED_NAME).exists()
+
+    _, checkpoints = _kill_then_resume(tmp_path, monkeypatch, reference, arm, left_by_the_kill)
+    assert _leftovers(checkpoints) == []  # removed when the run resumed (its writer was dead: no lock held)
+    (run,) = checkpoints.iterdir()  # the resumed run continued the killed run's id ...
+    assert (run / "weights" / KILLED_NAME).is_dir()  # ... and wrote step 6 under it
 
 
 def test_kill_after_a_durable_checkpoint_before_state_json(
@@ -176,7 +183,8 @@ def test_kill_after_a_durable_checkpoint_before_state_json(
         tmp_path, monkeypatch, reference, lambda killing: kill_before_state_json(monkeypatch, killing)
     )
     assert _leftovers(checkpoints) == []
-    # the orphaned step-6 checkpoint of the killed client is complete; the resumed client wrote its own
+    # the orphaned step-6 checkpoint of the killed client was complete; the resumed client continued the same run
+    # id and replaced it with its own (identical) step 6
     step6 = [path for path in _visible_checkpoints(checkpoints) if path.name == KILLED_NAME]
-    assert len(step6) == 2
-    assert len({path.parent.parent.name for path in step6}) == 2
+    assert len(step6) == 1
+    assert len(list(checkpoints.iterdir())) == 1

@@ -13,6 +13,7 @@ flat JSON layout and field order it always had (:func:`field_order`).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, Final, Literal, TypeAlias, cast, get_args
 
@@ -124,6 +125,9 @@ class RunConfig:
         seed: seeds data order, shuffling, LoRA initialization and sampling.
         eval_every: evaluate on held-out data every this many steps (0: only before and after training).
         save_every: checkpoint (state for resume + weights for sampling) every this many steps (0: only at the end).
+        keep_last: keep only this many latest checkpoints (``None``: keep all); older ones are deleted once the
+            new ``state.json`` is durable, except a checkpoint a kept one still needs. Local backend only.
+        keep_every: with ``keep_last``, also keep every checkpoint whose step is a multiple of this.
         run_dir: where config, metrics, checkpoints and charts go; an existing run there is resumed.
         log_to: extra metrics sinks: ``wandb`` (respects ``WANDB_MODE``, ``WANDB_PROJECT``) and/or ``tensorboard``
             (event files in ``run_dir/tensorboard``); each needs its package installed (checked before training).
@@ -138,6 +142,8 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 10
     save_every: int = 20
+    keep_last: int | None = None
+    keep_every: int | None = None
     run_dir: str = "runs/run"
     log_to: tuple[SinkName, ...] = attrs.field(default=(), converter=_sink_names)
     evals: tuple[EvalSpec, ...] = attrs.field(default=(), converter=_eval_specs)
@@ -153,6 +159,7 @@ class RunConfig:
         int_at_least(self.lora_rank, where, "lora_rank", 1)
         for field in ("seed", "eval_every", "save_every"):
             int_at_least(getattr(self, field), where, field, 0)
+        self._check_retention(where)
         if not isinstance(self.log_to, tuple):
             raise ConfigError(where, "log_to", f"must be a list of sink names, got {type(self.log_to).__name__}.")
         for index, sink in enumerate(self.log_to):
@@ -160,6 +167,24 @@ class RunConfig:
                 raise ConfigError(where, f"log_to[{index}]", f"unknown sink {sink!r}.", "use wandb and/or tensorboard.")
             if sink in self.log_to[:index]:
                 raise ConfigError(where, f"log_to[{index}]", f"{sink!r} is listed twice.", "list each sink once.")
+
+    def _check_retention(self, where: str) -> None:
+        int_at_least(self.keep_last, where, "keep_last", 1, allow_none=True)
+        int_at_least(self.keep_every, where, "keep_every", 1, allow_none=True)
+        if self.keep_every is not None and self.keep_last is None:
+            raise ConfigError(
+                where,
+                "keep_every",
+                "has no effect without keep_last (every checkpoint is kept).",
+                "set keep_last too, or remove keep_every.",
+            )
+        if self.keep_last is not None and self.backend != "local":
+            raise ConfigError(
+                where,
+                "keep_last",
+                f"applies to the local backend only (checkpoints on the {self.backend} service are not deleted).",
+                "remove keep_last and keep_every, or use backend=local.",
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -201,6 +226,7 @@ class DataConfig(RunConfig):
         _check_source(
             self.test_data, where, "test_data", optional=True, fix="give held-out data, or null to split train_data."
         )
+        self._check_held_out_differs(where)
         in_range(self.test_fraction, where, "test_fraction", low=0.0, high=1.0, high_open=True)
         self._check_hf_fields(where)
         for field in ("batch_size", "epochs"):
@@ -208,6 +234,25 @@ class DataConfig(RunConfig):
         int_at_least(self.max_steps, where, "max_steps", 1, allow_none=True)
         if self.bad_rows not in get_args(BadRowPolicy):
             raise ConfigError(where, "bad_rows", f"must be 'raise' or 'skip', got {self.bad_rows!r}.")
+
+    def _check_held_out_differs(self, where: str) -> None:
+        """``test_data`` naming the training rows themselves (the same file, or the same split of the same HF
+        dataset) would report training fit as held-out metrics."""
+        if self.test_data is None:
+            return
+        same_source = (
+            self.test_data == self.train_data
+            if is_hf_source(self.train_data)
+            else os.path.normpath(self.test_data) == os.path.normpath(self.train_data)
+        )
+        same_split = not is_hf_source(self.train_data) or (self.hf_split or "train") == (self.hf_test_split or "test")
+        if same_source and same_split:
+            raise ConfigError(
+                where,
+                "test_data",
+                f"is the training data itself ({self.test_data!r}): held-out metrics would measure the training rows.",
+                "give other held-out data, or null to split test_fraction of train_data off.",
+            )
 
     def _check_hf_fields(self, where: str) -> None:
         train_hf, test_hf = is_hf_source(self.train_data), is_hf_source(self.test_data)
@@ -238,8 +283,8 @@ class DataConfig(RunConfig):
     field_transformer=field_order(
         "train_data", "base_model", "backend", "renderer", "test_data", "test_fraction", "hf_split", "hf_test_split",
         "hf_subset", "hf_messages_field", "train_on", "max_length", "reduction", "batch_size", "epochs", "max_steps",
-        "learning_rate", "lr_schedule", "lora_rank", "seed", "eval_every", "save_every", "num_samples_shown",
-        "sample_max_tokens", "bad_rows", "run_dir", "log_to", "evals",
+        "learning_rate", "lr_schedule", "lora_rank", "seed", "eval_every", "save_every", "keep_last", "keep_every",
+        "num_samples_shown", "sample_max_tokens", "bad_rows", "run_dir", "log_to", "evals",
     ),
 )  # fmt: skip
 class SLConfig(DataConfig):

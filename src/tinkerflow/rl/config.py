@@ -27,8 +27,9 @@ EnvArg: TypeAlias = int | float | str | bool
         "env", "env_args", "base_model", "backend", "renderer", "group_size", "groups_per_batch", "steps",
         "learning_rate", "lora_rank", "max_tokens", "temperature", "loss", "clip_low", "clip_high", "dro_beta",
         "normalize_advantages", "constant_groups", "kl_coef", "kl_discount", "substeps", "mode", "max_staleness",
-        "concurrency", "episode_timeout_s", "on_failure", "max_retries", "eval_every", "eval_groups", "save_every",
-        "seed", "log_to", "run_dir", "evals",
+        "concurrency", "episode_timeout_s", "max_turns", "on_failure", "max_retries", "eval_every", "eval_groups",
+        "save_every",
+        "seed", "log_to", "run_dir", "evals", "keep_last", "keep_every",
     ),
 )  # fmt: skip
 class RLConfig(RunConfig):
@@ -37,7 +38,8 @@ class RLConfig(RunConfig):
     Attributes:
         env: environment name (``arithmetic``, ``guess_number``, ``math_boxed``); see the RL guide.
         env_args: keyword arguments of the environment's dataset factory (e.g. ``{"max_operand": 20}``).
-        group_size: samples (environments) per group; advantages are centered within a group.
+        group_size: samples (environments) per group; advantages are centered within a group, so it must be at
+            least 2 (a group of one has zero advantage whatever its reward: nothing would be learned).
         groups_per_batch: groups rolled out per step.
         steps: optimizer steps (one batch of groups each).
         learning_rate: Adam learning rate (constant, as in the cookbook's RL).
@@ -55,9 +57,14 @@ class RLConfig(RunConfig):
         mode: ``sync`` (on-policy: batch ``n`` sampled with the weights after step ``n``) or ``async``
             (off-policy: batch ``n`` sampled with the weights after step ``n - max_staleness``, so sampling
             overlaps training).
-        max_staleness: how many steps old the sampling weights may be in ``async`` mode (>= 1).
+        max_staleness: how many steps old the sampling weights may be in ``async`` mode (>= 1); has no effect in
+            ``sync`` mode, where a value other than 1 is an error.
         concurrency: episodes run at once.
-        episode_timeout_s: wall-clock limit of one episode.
+        episode_timeout_s: wall-clock limit of one episode, sampling and environment calls alike (counted from
+            when it gets one of the ``concurrency`` slots); an episode past it, also one whose environment blocks,
+            is stopped and counted as a failed episode (``failures/timeout``), handled by ``on_failure``.
+        max_turns: most turns of one episode (``null``: no cap); an episode that reaches it without ending is
+            truncated: kept with the rewards it got, and counted in the metric ``step/turn_cap``.
         on_failure: what a failed episode does: ``fail_fast`` (stop the run), ``retry`` (fresh environment, up to
             ``max_retries``), ``drop`` (leave it out of its group and count it).
         max_retries: retries per episode under ``retry``.
@@ -88,6 +95,7 @@ class RLConfig(RunConfig):
     max_staleness: int = 1
     concurrency: int = 64
     episode_timeout_s: float = 120.0
+    max_turns: int | None = None
     on_failure: FailurePolicyName = "drop"
     max_retries: int = 1
     eval_every: int = 5
@@ -108,9 +116,13 @@ class RLConfig(RunConfig):
             int_at_least(getattr(self, field), where, field, 1)
         for field in ("max_retries", "eval_groups"):
             int_at_least(getattr(self, field), where, field, 0)
-        if self.group_size < 2 and self.constant_groups == "drop":
+        if self.group_size < 2:  # with either constant_groups policy: "keep" trains on zero advantages only
             raise ConfigError(
-                where, "group_size", "is 1, so every group is constant and would be dropped.", "use group_size >= 2."
+                where,
+                "group_size",
+                "is 1: advantages are centered within a group, so a group of one is constant (zero advantage) and "
+                "nothing is learned.",
+                "use group_size >= 2 (the cookbook uses 4 to 16).",
             )
         in_range(self.learning_rate, where, "learning_rate", low=0.0, low_open=True)
         in_range(self.temperature, where, "temperature", low=0.0)
@@ -135,7 +147,15 @@ class RLConfig(RunConfig):
         require_type(self.max_staleness, int, where, "max_staleness")
         if self.mode == "async" and self.max_staleness < 1:
             raise ConfigError(where, "max_staleness", "must be >= 1 in async mode.", "use mode=sync for on-policy.")
+        if self.mode == "sync" and self.max_staleness != 1:
+            raise ConfigError(
+                where,
+                "max_staleness",
+                f"is {self.max_staleness}, but it has no effect in sync mode (always on-policy).",
+                "set mode=async to sample with older weights, or remove max_staleness.",
+            )
         in_range(self.episode_timeout_s, where, "episode_timeout_s", low=0.0, low_open=True)
+        int_at_least(self.max_turns, where, "max_turns", 1, allow_none=True)
         if self.on_failure not in ("fail_fast", "retry", "drop"):
             raise ConfigError(where, "on_failure", f"unknown policy {self.on_failure!r}.", "use fail_fast/retry/drop.")
 

@@ -12,11 +12,29 @@ What happens:
   (:func:`run_episode`): initial observation, then ``completer(observation, stop)`` -> ``env.step(action)`` until
   ``done``;
 * at most ``policy.max_concurrency`` episodes run at once across the whole batch (an ``asyncio.Semaphore``);
-* timeouts: ``policy.episode_timeout_s`` bounds the time an episode spends *in its environment* (its
-  ``initial_observation`` and ``step`` calls, summed): a hung or runaway environment is stopped, while waiting for a
-  concurrency slot or for the sampler does not count, so a busy backend (the local one computes requests one at a
-  time; 64 episodes queue behind each other) cannot time healthy episodes out. ``policy.sample_timeout_s`` bounds
-  each completer call (a stalled remote sampler). Either gives a ``timeout`` failure;
+* time bounds: ``policy.episode_timeout_s`` bounds an episode's **wall-clock** time from the moment it gets its
+  concurrency slot (waiting for a slot does not count): the environment's calls and sampling alike. Past it the
+  episode is stopped and counted a ``timeout`` failure, even when its last call did return (late). With a slow
+  backend, lower ``max_concurrency`` or raise the timeout: every episode holding a slot is on the clock, also
+  while its sampling request waits behind the others'. ``policy.sample_timeout_s`` also bounds each completer
+  call (a stalled remote sampler). ``policy.max_turns`` caps the turns of an episode: one that reaches it without
+  ``done`` is *truncated*: it ends there and is kept with the rewards it got, and its last transition's metrics
+  get ``"turn_cap": 1.0`` (``0.0`` on the last transition of the episodes that ended by themselves), so the
+  metrics log shows ``step/turn_cap``, the fraction of capped episodes;
+* environments that block: with ``policy.env_threads`` (the default) each episode's environment calls
+  (``initial_observation``, ``step``) run on a private event loop on a worker thread
+  (:class:`~tinkerflow.shell.deadlines.EnvThread`), so a call that blocks (a synchronous ``time.sleep``, a
+  runaway grader, ``while True``) is timed out like any other. The rollout loop waits for a call without doing
+  anything else for at most ``ENV_INLINE_WAIT_S`` (0.5 s) once it has begun, or until it first yields (awaits
+  I/O): a call that finishes within that window resumes its episode exactly where running it on the loop would
+  have, so runs stay reproducible (the members of a group still reach the sampler together); a blocking call
+  therefore stalls the other episodes for at most that long. A thread cannot be killed: a timed-out call is
+  cancelled at its next ``await`` and, if it never yields, its thread is **abandoned** (a daemon thread, left to
+  finish on its own). Environments that share asyncio objects across the members of a group (a coordinator with
+  an ``asyncio.Condition``, as in multiplayer games) need ``env_threads=False``: their calls then run on the
+  rollout loop, where a blocking call cannot be interrupted, but one that returns past the deadline is still a
+  ``timeout`` failure, never a success. ``make_envs`` and ``compute_group_rewards`` always run on the rollout
+  loop (bounded by ``episode_timeout_s`` the same way);
 * a member whose episode raises, times out or yields a non-finite reward (``NonFiniteError`` from the env's
   ``StepResult``/``MessageStep``) is handled by ``policy.on_failure``:
 
@@ -41,8 +59,6 @@ Every returned group is in builder order, with id ``f"{id_prefix}/{k}"``; groups
 
 Every transition's ``metrics`` carry ``"parse_error"`` (0/1, from ``StepResult.parse_error``) unless the env set it.
 
-Timeouts interrupt an episode at its next ``await``: an environment that blocks the event loop (a synchronous
-``time.sleep``, a long CPU-bound grader) cannot be interrupted; run such work with ``asyncio.to_thread``.
 Sampling runs on the backend's own threads (the APIFuture is awaited, never blocked on), so environment work
 overlaps sampling.
 """
@@ -50,9 +66,10 @@ overlaps sampling.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Final, Literal, TypeVar
 
 import attrs
@@ -72,8 +89,10 @@ from tinkerflow.rl.types import (
 )
 from tinkerflow.sampling import SampledSequence
 from tinkerflow.shell.completers import TokenCompleter
+from tinkerflow.shell.deadlines import ENV_INLINE_WAIT_S, DeadlineError, EnvThread, until, within
 
 __all__ = [
+    "ENV_INLINE_WAIT_S",
     "FailurePolicy",
     "RolloutError",
     "RolloutPolicy",
@@ -91,6 +110,8 @@ _POLICIES: Final = ("fail_fast", "retry", "drop")
 #: Member index of a failure that belongs to the whole group (``make_envs`` or ``compute_group_rewards``).
 GROUP_FAILURE: Final = -1
 _MESSAGE_LIMIT: Final = 500
+#: The metric on the last transition of every episode when ``max_turns`` is set: 1 when the cap ended it.
+TURN_CAP_METRIC: Final = "turn_cap"
 
 
 def _timeout(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
@@ -107,19 +128,29 @@ def _on_failure(instance: object, attribute: attrs.Attribute[str], value: str) -
         raise ConfigError("RolloutPolicy", "on_failure", f"unknown policy {value!r}.", f"use one of {_POLICIES}.")
 
 
+def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError("RolloutPolicy", attribute.name, f"must be true or false, got {value!r}.")
+
+
 @attrs.frozen
 class RolloutPolicy:
     """How rollouts run and what a failing environment costs.
 
     Attributes:
         max_concurrency: most episodes running at once, across all groups of a batch.
-        episode_timeout_s: limit on the seconds one episode attempt spends in its environment's calls
-            (``initial_observation`` and every ``step``, summed; sampling and queueing excluded). ``None``: no limit.
-            Also bounds each ``make_envs`` and ``compute_group_rewards`` call.
+        episode_timeout_s: wall-clock limit of one episode attempt, from the moment it gets a concurrency slot:
+            its environment's calls and its sampling alike. ``None``: no limit. Also bounds each ``make_envs``
+            and ``compute_group_rewards`` call.
         sample_timeout_s: limit on each completer (sampling) call; ``None``: no limit.
         on_failure: ``"fail_fast"`` (raise :class:`RolloutError`), ``"retry"`` (play the member again on a fresh
             env, then drop it) or ``"drop"`` (record the failure, keep the other members).
         max_retries: extra attempts per member under ``"retry"`` (ignored by the other policies).
+        max_turns: most turns (actions) of an episode; one that reaches it without ``done`` is truncated (kept,
+            its last transition's metrics get ``"turn_cap": 1.0``). ``None``: no cap.
+        env_threads: run each episode's environment calls on a worker thread, where a call that blocks can be
+            timed out (see the module docstring); ``False`` runs them on the rollout loop (for environments that
+            share asyncio objects across episodes).
     """
 
     max_concurrency: int = attrs.field(default=64, validator=attrs_int_at_least("RolloutPolicy", 1))
@@ -127,6 +158,8 @@ class RolloutPolicy:
     sample_timeout_s: float | None = attrs.field(default=None, validator=_timeout)
     on_failure: FailurePolicy = attrs.field(default="fail_fast", validator=_on_failure)
     max_retries: int = attrs.field(default=1, validator=attrs_int_at_least("RolloutPolicy", 0))
+    max_turns: int | None = attrs.field(default=None, validator=attrs_int_at_least("RolloutPolicy", 1, allow_none=True))
+    env_threads: bool = attrs.field(default=True, validator=_flag)
 
     @property
     def retries(self) -> int:
@@ -159,88 +192,76 @@ class RolloutError(TinkerflowError):
         super().__init__(f"rollout of {who} failed in {stage} ({kind}): {detail}")
 
 
-class _TimeoutError(TimeoutError):
-    """An awaited call ran past the policy's limit (a ``TimeoutError``, told apart from an env's own)."""
-
-
 def _late(what: str, policy: RolloutPolicy) -> str:
     return f"{what} ran past {policy.episode_timeout_s} s"
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, _TimeoutError):
+    if isinstance(error, DeadlineError):
         return str(error)
     text = f"{type(error).__name__}: {error}"
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
 def _kind(error: BaseException) -> FailureKind:
-    if isinstance(error, _TimeoutError):
+    if isinstance(error, DeadlineError):
         return "timeout"
     if isinstance(error, NonFiniteError) and error.field.split(".")[-1].startswith(("reward", "group_rewards")):
         return "non_finite_reward"
     return "exception"
 
 
-async def _timed(awaitable: Awaitable[T], seconds: float | None, message: str) -> T:
-    """``await awaitable`` within ``seconds``; a timeout raises :class:`_TimeoutError` with ``message`` (an env's
-    own ``TimeoutError`` stays an ordinary exception)."""
-    if seconds is None:
-        return await awaitable
-    limit = asyncio.timeout(seconds)
-    try:
-        async with limit:
-            return await awaitable
-    except TimeoutError as error:
-        if limit.expired():
-            raise _TimeoutError(message) from error
-        raise
-
-
 async def run_episode(
     env: Env,
     completer: TokenCompleter,
     *,
-    env_timeout_s: float | None = None,
+    timeout_s: float | None = None,
     sample_timeout_s: float | None = None,
+    max_turns: int | None = None,
+    env_threads: bool = True,
 ) -> Trajectory:
     """Play one episode of ``env`` with ``completer`` and return its trajectory.
 
-    ``env_timeout_s`` bounds the environment's calls (``initial_observation`` and every ``step``, summed),
-    ``sample_timeout_s`` each completer call; past either, the episode is cancelled at its next ``await`` and a
-    ``TimeoutError`` subclass is raised. No other error handling: :func:`rollout_group` applies the policy.
+    ``timeout_s`` bounds the episode's wall-clock time (environment calls and sampling alike), ``sample_timeout_s``
+    each completer call; past either a ``TimeoutError`` subclass is raised (also when a call returned, but late).
+    ``max_turns`` truncates the episode (see the module docstring). With ``env_threads`` the environment's calls
+    run on a worker thread (see :class:`RolloutPolicy`). No other error handling: :func:`rollout_group` applies
+    the policy.
     """
     loop = asyncio.get_running_loop()
-    budget = env_timeout_s
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    late = f"the episode ran past its {timeout_s:g} s" if timeout_s is not None else ""
+    worker = EnvThread() if env_threads else None
 
-    async def in_env(awaitable: Awaitable[T]) -> T:
-        nonlocal budget
-        if budget is None:
-            return await awaitable
-        if budget <= 0:
-            close = getattr(awaitable, "close", None)
-            if close is not None:
-                close()  # never awaited: close it so Python does not warn
-            raise _TimeoutError(f"the environment used up its {env_timeout_s:g} s")
-        started = loop.time()
-        try:
-            return await _timed(awaitable, budget, f"the environment used up its {env_timeout_s:g} s")
-        finally:
-            budget -= loop.time() - started
+    async def in_env(start: Callable[[], Awaitable[T]]) -> T:
+        if worker is not None:
+            return await worker.call(start, deadline, late)
+        return await until(start(), deadline, late)
 
-    observation, stop = await in_env(env.initial_observation())
-    transitions: list[Transition] = []
-    while True:
-        action = await _timed(completer(observation, stop), sample_timeout_s, f"sampling ran past {sample_timeout_s} s")
-        require_type(action, SampledSequence, "run_episode", "completer()")
-        result = await in_env(env.step(action))
-        require_type(result, StepResult, "run_episode", "env.step()")
-        if "parse_error" not in result.metrics:
-            result = attrs.evolve(result, metrics={**result.metrics, "parse_error": float(result.parse_error)})
-        transitions.append(Transition.from_sample(observation, action, result))
-        if result.done:
-            return Trajectory(transitions=transitions, final_observation=result.next_observation)
-        observation, stop = result.next_observation, result.next_stop
+    try:
+        observation, stop = await in_env(env.initial_observation)
+        transitions: list[Transition] = []
+        while True:
+            sampling = until(completer(observation, stop), deadline, late)
+            action = await within(sampling, sample_timeout_s, f"sampling ran past {sample_timeout_s} s")
+            require_type(action, SampledSequence, "run_episode", "completer()")
+            result = await in_env(functools.partial(env.step, action))
+            require_type(result, StepResult, "run_episode", "env.step()")
+            capped = not result.done and max_turns is not None and len(transitions) + 1 >= max_turns
+            metrics = result.metrics
+            if "parse_error" not in metrics:
+                metrics = {**metrics, "parse_error": float(result.parse_error)}
+            if max_turns is not None and (result.done or capped):
+                metrics = {**metrics, TURN_CAP_METRIC: float(capped)}
+            if metrics is not result.metrics:
+                result = attrs.evolve(result, metrics=metrics)
+            transitions.append(Transition.from_sample(observation, action, result))
+            if result.done or capped:
+                return Trajectory(transitions=transitions, final_observation=result.next_observation)
+            observation, stop = result.next_observation, result.next_stop
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 async def _gather_or_cancel(coroutines: Sequence[Coroutine[object, object, T]]) -> list[T]:
@@ -289,7 +310,12 @@ async def _play_member(
         try:
             async with limiter:
                 trajectory = await run_episode(
-                    env, completer, env_timeout_s=policy.episode_timeout_s, sample_timeout_s=policy.sample_timeout_s
+                    env,
+                    completer,
+                    timeout_s=policy.episode_timeout_s,
+                    sample_timeout_s=policy.sample_timeout_s,
+                    max_turns=policy.max_turns,
+                    env_threads=policy.env_threads,
                 )
             return _Finished(index, trajectory, attempt)
         except Exception as error:
@@ -305,7 +331,7 @@ async def _play_member(
             attempt += 1
             logger.warning("rollout of group %r member %d failed (%s), retrying: %s", group_id, index, kind, detail)
             try:
-                envs = await _timed(builder.make_envs(), policy.episode_timeout_s, _late("make_envs", policy))
+                envs = await within(builder.make_envs(), policy.episode_timeout_s, _late("make_envs", policy))
                 if len(envs) <= index:
                     raise ValidationError(
                         "rollout_group",
@@ -357,7 +383,7 @@ async def _rollout_group(
 ) -> TrajectoryGroup:
     tags = _tags_of(builder)
     try:
-        envs = list(await _timed(builder.make_envs(), policy.episode_timeout_s, _late("make_envs", policy)))
+        envs = list(await within(builder.make_envs(), policy.episode_timeout_s, _late("make_envs", policy)))
     except Exception as error:
         return _failed_group(group_id, (), error, "make_envs", policy, tags)
     outcomes = await _gather_or_cancel(
@@ -369,7 +395,7 @@ async def _rollout_group(
         return TrajectoryGroup(group_id, (), (), (), (), failures=failures, tags=tags)
     try:
         answers = list(
-            await _timed(
+            await within(
                 builder.compute_group_rewards([item.trajectory for item in finished]),
                 policy.episode_timeout_s,
                 _late("compute_group_rewards", policy),

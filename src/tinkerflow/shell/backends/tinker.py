@@ -10,14 +10,34 @@ backend first creates its ``ServiceClient``; tests pass a fake client instead.
 Differences from calling the SDK directly: ``dro`` requires ``loss_fn_config["beta"]`` (Tinker documents no
 default); ``compute_logprobs`` returns a float32 array with NaN where the SDK returns ``None``; custom losses get
 tinkerflow ``Datum`` records rather than ``tinker.types.Datum``.
+
+Time bounds (the SDK alone retries an unreachable service for minutes without a word):
+
+* before the first call that reaches the service, a backend that creates its own ``ServiceClient`` checks the key
+  (a malformed one is a :class:`~tinkerflow.errors.ConfigError` naming ``api_key`` / ``TINKER_API_KEY``) and asks
+  the service's ``/api/v1/healthz``, retrying with backoff (0.5 s, 1 s, 2 s, ... at most 8 s apart, each wait
+  logged) for at most ``connect_timeout_s`` (default 30 s, or ``$TINKERFLOW_CONNECT_TIMEOUT_S``); then it fails
+  with a ``ConfigError`` naming ``base_url``, the URL and the fix. A key the service refuses (401/403) fails at
+  once;
+* every call (each training, sampling and checkpoint call, ``get_info``, ``get_tokenizer``) is bounded by
+  ``call_timeout_s`` (default 900 s, or ``$TINKERFLOW_CALL_TIMEOUT_S``), the SDK's own retries included: past it
+  the call's future fails with :class:`TinkerTimeoutError`; the request itself is abandoned (the SDK cannot cancel
+  it). While a call is pending, a warning every ``progress_every_s`` (30 s) says what it waits for;
+* retries: transient errors (connection errors, timeouts, 408/409/429/5xx) are retried, with exponential backoff,
+  by the SDK itself (its HTTP client, then its own 5-minute loop); tinkerflow adds no second layer, only the bound
+  above. After the SDK gives up, a connection error is a :class:`TinkerServiceError` naming the URL, a refused key
+  a ``ConfigError`` naming ``api_key``; other SDK errors reach the caller unchanged;
+* :meth:`TinkerBackend.close` waits at most ``connect_timeout_s`` for the session to finish.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 import numpy as np
@@ -40,6 +60,23 @@ from tinkerflow.shell.backends.protocol import (
     check_prompt,
     waiting_future,
 )
+from tinkerflow.shell.backends.tinker_bounds import (
+    CALL_TIMEOUT_ENV,
+    CALL_TIMEOUT_S,
+    CONNECT_TIMEOUT_ENV,
+    CONNECT_TIMEOUT_S,
+    PROGRESS_EVERY_S,
+    CallWatch,
+    TinkerServiceError,
+    TinkerTimeoutError,
+    blocking,
+    checked_key,
+    create,
+    resolved_url,
+    seconds_setting,
+    send,
+    wait_for_service,
+)
 from tinkerflow.tokenizers import Tokenizer
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
@@ -48,30 +85,30 @@ if TYPE_CHECKING:
 
     from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 
-__all__ = ["TinkerBackend", "TinkerSamplingClient", "TinkerTrainingClient"]
+__all__ = [
+    "CALL_TIMEOUT_ENV",
+    "CALL_TIMEOUT_S",
+    "CONNECT_TIMEOUT_ENV",
+    "CONNECT_TIMEOUT_S",
+    "PROGRESS_EVERY_S",
+    "TinkerBackend",
+    "TinkerSamplingClient",
+    "TinkerServiceError",
+    "TinkerTimeoutError",
+    "TinkerTrainingClient",
+]
 
-U = TypeVar("U")
-
-
-def _from_sdk(sdk_future: Any, convert: Callable[[Any], U]) -> APIFuture[U]:
-    """An :class:`APIFuture` of ``convert(result)`` for an SDK future (anything with ``.future()`` or ``.result()``)."""
-    future_method = getattr(sdk_future, "future", None)
-    if callable(future_method):
-        inner = future_method()
-        if isinstance(inner, concurrent.futures.Future):
-            return APIFuture(inner).map(convert)
-    result_method = getattr(sdk_future, "result", None)
-    if callable(result_method):
-        return waiting_future(result_method).map(convert)
-    return APIFuture.completed(sdk_future).map(convert)
+logger = logging.getLogger(__name__)
 
 
 class TinkerSamplingClient(SamplingClientBase[ModelInput]):
     """A Tinker ``SamplingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.SamplingClient` protocol
-    (``sample`` and ``compute_logprobs`` come from :class:`~tinkerflow.shell.backends.base.SamplingClientBase`)."""
+    (``sample`` and ``compute_logprobs`` come from :class:`~tinkerflow.shell.backends.base.SamplingClientBase`).
+    Made by :class:`TinkerBackend`, its calls are bounded by the backend's ``call_timeout_s``."""
 
-    def __init__(self, sdk_client: Any) -> None:
+    def __init__(self, sdk_client: Any, watch: CallWatch | None = None) -> None:
         self.sdk = sdk_client
+        self._watch = watch
 
     def _checked_prompt(self, prompt: ModelInput, where: str) -> ModelInput:
         check_prompt(prompt, where)
@@ -80,33 +117,41 @@ class TinkerSamplingClient(SamplingClientBase[ModelInput]):
     def _sample(
         self, prompt: ModelInput, num_samples: int, params: SamplingParams, prompt_logprobs: bool, topk: int
     ) -> APIFuture[SampleResponse]:
-        sdk_future = self.sdk.sample(
-            prompt=interop.model_input_to_tinker(prompt),
-            num_samples=num_samples,
-            sampling_params=interop.sampling_params_to_tinker(params),
-            include_prompt_logprobs=prompt_logprobs,
-            topk_prompt_logprobs=topk,
+        return send(
+            self._watch,
+            "sample",
+            lambda: self.sdk.sample(
+                prompt=interop.model_input_to_tinker(prompt),
+                num_samples=num_samples,
+                sampling_params=interop.sampling_params_to_tinker(params),
+                include_prompt_logprobs=prompt_logprobs,
+                topk_prompt_logprobs=topk,
+            ),
+            interop.sample_response_from_tinker,
         )
-        return _from_sdk(sdk_future, interop.sample_response_from_tinker)
 
     def _compute_logprobs(self, prompt: ModelInput) -> APIFuture[np.ndarray]:
         def convert(values: Sequence[float | None]) -> np.ndarray:
             return np.array([np.nan if value is None else value for value in values], dtype=np.float32)
 
-        return _from_sdk(self.sdk.compute_logprobs(interop.model_input_to_tinker(prompt)), convert)
+        sdk_prompt = interop.model_input_to_tinker(prompt)
+        return send(self._watch, "compute_logprobs", lambda: self.sdk.compute_logprobs(sdk_prompt), convert)
 
     def get_tokenizer(self) -> Tokenizer:
-        return HFTokenizer(self.sdk.get_tokenizer(), self.get_base_model())
+        sdk_tokenizer = blocking(self._watch, "get_tokenizer", self.sdk.get_tokenizer)
+        return HFTokenizer(sdk_tokenizer, self.get_base_model())
 
     def get_base_model(self) -> str:
         return str(self.sdk.get_base_model())
 
 
 class TinkerTrainingClient:
-    """A Tinker ``TrainingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.TrainingClient` protocol."""
+    """A Tinker ``TrainingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.TrainingClient` protocol.
+    Made by :class:`TinkerBackend`, its calls are bounded by the backend's ``call_timeout_s``."""
 
-    def __init__(self, sdk_client: Any) -> None:
+    def __init__(self, sdk_client: Any, watch: CallWatch | None = None) -> None:
         self.sdk = sdk_client
+        self._watch = watch
 
     def forward(
         self, data: Sequence[Datum], loss_fn: LossFnType, loss_fn_config: Mapping[str, float] | None = None
@@ -118,8 +163,8 @@ class TinkerTrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         return self._builtin(self.sdk.forward_backward, data, loss_fn, loss_fn_config, "forward_backward")
 
-    @staticmethod
     def _builtin(
+        self,
         method: Callable[..., Any],
         data: Sequence[Datum],
         loss_fn: LossFnType,
@@ -130,7 +175,9 @@ class TinkerTrainingClient:
         name, _ = check_builtin_loss(data, loss_fn, loss_fn_config, where)
         sdk_data = [interop.datum_to_tinker(datum) for datum in data]
         config = None if loss_fn_config is None else dict(loss_fn_config)
-        return _from_sdk(method(sdk_data, name, config), interop.forward_backward_output_from_tinker)
+        return send(
+            self._watch, where, lambda: method(sdk_data, name, config), interop.forward_backward_output_from_tinker
+        )
 
     def forward_backward_custom(self, data: Sequence[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
         check_custom_loss(data, loss_fn)
@@ -141,8 +188,11 @@ class TinkerTrainingClient:
             return loss, {key: float(value) for key, value in metrics.items()}
 
         sdk_data = [interop.datum_to_tinker(datum) for datum in data]
-        return _from_sdk(
-            self.sdk.forward_backward_custom(sdk_data, sdk_loss), interop.forward_backward_output_from_tinker
+        return send(
+            self._watch,
+            "forward_backward_custom",
+            lambda: self.sdk.forward_backward_custom(sdk_data, sdk_loss),
+            interop.forward_backward_output_from_tinker,
         )
 
     def optim_step(self, adam_params: AdamParams) -> APIFuture[Mapping[str, float]]:
@@ -152,33 +202,52 @@ class TinkerTrainingClient:
             metrics = getattr(response, "metrics", None) or {}
             return {str(key): float(value) for key, value in metrics.items()}
 
-        return _from_sdk(self.sdk.optim_step(interop.adam_params_to_tinker(adam_params)), convert)
+        sdk_params = interop.adam_params_to_tinker(adam_params)
+        return send(self._watch, "optim_step", lambda: self.sdk.optim_step(sdk_params), convert)
 
     def save_state(self, name: str) -> APIFuture[str]:
-        return _from_sdk(self.sdk.save_state(name), _path)
+        return send(self._watch, f"save_state({name!r})", lambda: self.sdk.save_state(name), _path)
 
     def load_state(self, path: str, *, with_optimizer: bool = True) -> APIFuture[None]:
         _check_tinker_path(path, "load_state")
-        with warnings.catch_warnings():
-            # Deprecated in the SDK in favour of ServiceClient.create_training_client_from_state*, which starts a
-            # new run; loading into this client keeps the run (and its position in the request order).
-            warnings.simplefilter("ignore", FutureWarning)
-            method = self.sdk.load_state_with_optimizer if with_optimizer else self.sdk.load_state
-            sdk_future = method(path)
-        return _from_sdk(sdk_future, lambda _response: None)
+
+        def request() -> Any:
+            with warnings.catch_warnings():
+                # Deprecated in the SDK in favour of ServiceClient.create_training_client_from_state*, which starts
+                # a new run; loading into this client keeps the run (and its position in the request order).
+                warnings.simplefilter("ignore", FutureWarning)
+                method = self.sdk.load_state_with_optimizer if with_optimizer else self.sdk.load_state
+                return method(path)
+
+        return send(self._watch, f"load_state({path!r})", request, lambda _response: None)
 
     def save_weights_for_sampler(self, name: str) -> APIFuture[str]:
-        return _from_sdk(self.sdk.save_weights_for_sampler(name), _path)
+        return send(
+            self._watch, f"save_weights_for_sampler({name!r})", lambda: self.sdk.save_weights_for_sampler(name), _path
+        )
 
     def create_sampling_client(self, model_path: str) -> APIFuture[TinkerSamplingClient]:
         _check_tinker_path(model_path, "create_sampling_client")
-        return _from_sdk(self.sdk.create_sampling_client(model_path), TinkerSamplingClient)
+        return send(
+            self._watch,
+            f"create_sampling_client({model_path!r})",
+            lambda: self.sdk.create_sampling_client(model_path),
+            self._sampler,
+        )
 
     def save_weights_and_get_sampling_client(self) -> APIFuture[TinkerSamplingClient]:
-        return _from_sdk(self.sdk.save_weights_and_get_sampling_client(), TinkerSamplingClient)
+        return send(
+            self._watch,
+            "save_weights_and_get_sampling_client",
+            self.sdk.save_weights_and_get_sampling_client,
+            self._sampler,
+        )
+
+    def _sampler(self, sdk_client: Any) -> TinkerSamplingClient:
+        return TinkerSamplingClient(sdk_client, self._watch)
 
     def get_info(self) -> ModelInfo:
-        info = self.sdk.get_info()
+        info = blocking(self._watch, "get_info", self.sdk.get_info)
         model_data = getattr(info, "model_data", None)
         base_model = getattr(model_data, "model_name", None) or getattr(info, "model_name", None) or ""
         return ModelInfo(
@@ -190,7 +259,8 @@ class TinkerTrainingClient:
         )
 
     def get_tokenizer(self) -> Tokenizer:
-        return HFTokenizer(self.sdk.get_tokenizer(), self.get_info().base_model)
+        sdk_tokenizer = blocking(self._watch, "get_tokenizer", self.sdk.get_tokenizer)
+        return HFTokenizer(sdk_tokenizer, self.get_info().base_model)
 
 
 def _path(response: Any) -> str:
@@ -205,38 +275,87 @@ def _check_tinker_path(path: object, where: str) -> None:
 class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
     """The Tinker service (the SDK's ``ServiceClient``) behind the :class:`~tinkerflow.shell.backends.protocol.Backend`
     protocol (``create_lora_training_client`` and ``create_sampling_client`` come from
-    :class:`~tinkerflow.shell.backends.base.BackendBase`).
+    :class:`~tinkerflow.shell.backends.base.BackendBase`). See the module docstring for the time bounds.
 
     Args:
         service_client: an SDK ``ServiceClient`` (or a stand-in with the same methods, for tests); by default one
-            is created on first use from ``api_key`` / ``base_url`` (or ``TINKER_API_KEY`` / ``TINKER_BASE_URL``).
+            is created on first use from ``api_key`` / ``base_url`` (or ``TINKER_API_KEY`` / ``TINKER_BASE_URL``),
+            after the key and the service's reachability are checked.
         api_key: the Tinker API key.
         base_url: the service's URL.
+        connect_timeout_s: most seconds to wait for the service to answer before the first call (``None``:
+            ``$TINKERFLOW_CONNECT_TIMEOUT_S``, else 30).
+        call_timeout_s: most seconds one call may take, the SDK's retries included (``None``:
+            ``$TINKERFLOW_CALL_TIMEOUT_S``, else 900).
+        progress_every_s: seconds between the warnings that say what a pending call waits for.
+
+    Raises:
+        ConfigError: a timeout that is not a positive number (naming the argument or environment variable).
     """
 
     def __init__(
-        self, service_client: object | None = None, *, api_key: str | None = None, base_url: str | None = None
+        self,
+        service_client: object | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        connect_timeout_s: float | None = None,
+        call_timeout_s: float | None = None,
+        progress_every_s: float = PROGRESS_EVERY_S,
     ) -> None:
         # the SDK ServiceClient, or a stand-in with the same methods (tests); typed as the SDK's class
         self._service: tinker.ServiceClient | None = cast("tinker.ServiceClient | None", service_client)
         self._api_key = api_key
         self._base_url = base_url
         self._owns_service = service_client is None
+        self.connect_timeout_s = seconds_setting(connect_timeout_s, "connect_timeout_s", CONNECT_TIMEOUT_S)
+        self.call_timeout_s = seconds_setting(call_timeout_s, "call_timeout_s", CALL_TIMEOUT_S)
+        progress = seconds_setting(progress_every_s, "progress_every_s", PROGRESS_EVERY_S)
+        # the URL named in messages: resolved (importing the SDK) when the backend first connects
+        label = base_url if base_url is not None else "the Tinker service"
+        self._watch = CallWatch(label, self.call_timeout_s, progress)
+        self._connected = not self._owns_service  # a given client is used as it is
+        self._connect_lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        """The service's URL (as given, else ``$TINKER_BASE_URL``, else the Tinker service's); for a given
+        ``service_client`` without ``base_url``, ``"the Tinker service"``."""
+        if self._owns_service:
+            self._watch.base_url = resolved_url(self._base_url)
+        return self._watch.base_url
 
     @property
     def service(self) -> tinker.ServiceClient:
-        """The SDK ``ServiceClient`` (created on first use)."""
+        """The SDK ``ServiceClient`` (created on first use; no request is sent until a client is created)."""
         if self._service is None:
             import tinker
 
             self._service = tinker.ServiceClient(api_key=self._api_key, base_url=self._base_url)
         return self._service
 
+    def _connected_service(self) -> tinker.ServiceClient:
+        """The ``ServiceClient``, after checking (once) the key and that the service answers (module docstring)."""
+        with self._connect_lock:
+            if not self._connected:
+                key = checked_key(self._api_key)
+                wait_for_service(self.base_url, key, self.connect_timeout_s)
+                self._connected = True
+        return self.service
+
     def close(self, status: Literal["success", "errored", "interrupted"] = "success") -> None:
-        """Finish the ``ServiceClient`` session with ``status`` and wait for it, if this backend created it."""
+        """Finish the ``ServiceClient`` session with ``status`` and wait for it (at most ``connect_timeout_s``),
+        if this backend created it."""
         if self._owns_service and self._service is not None:
-            self._service.close(status).result()
-            self._service = None
+            service, self._service = self._service, None
+            try:  # on a daemon thread: the SDK may block in close() itself while a session start is pending
+                waiting_future(lambda: service.close(status).result()).result(timeout=self.connect_timeout_s)
+            except concurrent.futures.TimeoutError:
+                logger.warning(
+                    "the Tinker service at %s did not confirm the end of the session within %g s; going on",
+                    self.base_url,
+                    self.connect_timeout_s,
+                )
 
     def __enter__(self) -> TinkerBackend:
         return self
@@ -254,28 +373,50 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
 
         return load_tokenizer(base_model)
 
+    def _training(self, sdk_client: Any) -> TinkerTrainingClient:
+        return TinkerTrainingClient(sdk_client, self._watch)
+
+    def _sampling(self, sdk_client: Any) -> TinkerSamplingClient:
+        return TinkerSamplingClient(sdk_client, self._watch)
+
     def _create_lora_client(self, base_model: str, spec: LoraSpec) -> APIFuture[TinkerTrainingClient]:
-        sdk_future = self.service.create_lora_training_client(base_model=base_model, **attrs.asdict(spec))
-        return _from_sdk(sdk_future, TinkerTrainingClient)
+        service = self._connected_service()
+        return create(
+            self._watch,
+            f"create_lora_training_client({base_model!r})",
+            lambda: service.create_lora_training_client(base_model=base_model, **attrs.asdict(spec)),
+            self._training,
+        )
 
     def create_training_client_from_state(
         self, path: str, *, with_optimizer: bool = False
     ) -> APIFuture[TinkerTrainingClient]:
         _check_tinker_path(path, "create_training_client_from_state")
+        service = self._connected_service()
         if with_optimizer:
-            sdk_future = self.service.create_training_client_from_state_with_optimizer(path)
+            request: Callable[[], Any] = lambda: service.create_training_client_from_state_with_optimizer(path)  # noqa: E731
         else:
-            sdk_future = self.service.create_training_client_from_state(path)
-        return _from_sdk(sdk_future, TinkerTrainingClient)
+            request = lambda: service.create_training_client_from_state(path)  # noqa: E731
+        return create(self._watch, f"create_training_client_from_state({path!r})", request, self._training)
 
     def _sampling_client_from_path(self, model_path: str) -> APIFuture[TinkerSamplingClient]:
         _check_tinker_path(model_path, "create_sampling_client")
-        sdk_future = self.service.create_sampling_client(model_path=model_path, base_model=None)
-        return _from_sdk(sdk_future, TinkerSamplingClient)
+        service = self._connected_service()
+        return create(
+            self._watch,
+            f"create_sampling_client({model_path!r})",
+            lambda: service.create_sampling_client(model_path=model_path, base_model=None),
+            self._sampling,
+        )
 
     def _sampling_client_from_model(self, base_model: str) -> APIFuture[TinkerSamplingClient]:
-        sdk_future = self.service.create_sampling_client(model_path=None, base_model=base_model)
-        return _from_sdk(sdk_future, TinkerSamplingClient)
+        service = self._connected_service()
+        return create(
+            self._watch,
+            f"create_sampling_client({base_model!r})",
+            lambda: service.create_sampling_client(model_path=None, base_model=base_model),
+            self._sampling,
+        )
 
 
 if TYPE_CHECKING:  # the type checker verifies that the Tinker classes implement the protocols

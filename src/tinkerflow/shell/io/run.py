@@ -8,11 +8,17 @@ this module is that shared part (so exact resume is implemented once):
   default, is not a change), rewrites ``config.json`` with the complete current config, reads ``state.json`` and
   opens the metrics log at the resume step (rows of the killed run after its last checkpoint are dropped; they
   are written again identically);
-* :meth:`Run.training_client` creates a fresh LoRA client or restores the checkpointed one with its optimizer;
+* :meth:`Run.open` also checks, before anything depends on it, that the checkpoint to resume from is whole (the
+  local backend's sha256 per file): if it is corrupt or missing, the run resumes from the previous good one of the
+  history in ``states/`` (or starts over when none is good), and says so;
+* :meth:`Run.training_client` creates a fresh LoRA client or restores the checkpointed one with its optimizer; on
+  the local backend it first removes what killed checkpoint writes left, and a resumed client continues the run
+  id of its checkpoint (one run id per run directory);
 * :meth:`Run.log` appends one metrics row (flushed and fsynced), forwards it to the optional sinks (W&B,
   TensorBoard) and updates the progress bar (:mod:`tinkerflow.shell.io.progress`);
 * :meth:`Run.checkpoint` saves the backend state and, once it is durable, ``state.json`` with the loop's data
-  position and any loop-specific bookkeeping;
+  position and any loop-specific bookkeeping; then applies the retention policy (``keep_last``, ``keep_every``:
+  older checkpoints are deleted, never one a kept state still needs);
 * :meth:`Run.close` closes the progress bar, the log and the sinks; :meth:`Run.write_chart` writes a
   self-contained HTML chart of chosen metrics (:mod:`tinkerflow.shell.io.charts`).
 """
@@ -23,21 +29,34 @@ import json
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import Protocol, TextIO, runtime_checkable
 
 import attrs
 
-from tinkerflow.config import SinkName
+from tinkerflow.config import RunConfig, SinkName
 from tinkerflow.config_fields import config_differences, config_to_dict
-from tinkerflow.errors import TinkerflowError
+from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.serde import structure, to_json
-from tinkerflow.shell.backends.protocol import Backend, TrainingClient
+from tinkerflow.shell.backends.protocol import APIFuture, Backend, TrainingClient
 from tinkerflow.shell.io.charts import metrics_chart_html
 from tinkerflow.shell.io.progress import Progress
-from tinkerflow.shell.io.run_dir import MetricsLog, RunDirError, RunState, atomic_write_text, read_state, write_state
+from tinkerflow.shell.io.run_dir import (
+    MetricsLog,
+    RunDirError,
+    RunState,
+    atomic_write_text,
+    forget_state,
+    read_history,
+    read_state,
+    referenced_paths,
+    retained_steps,
+    write_state,
+)
 from tinkerflow.shell.io.sinks import MetricsSink, MetricValue, close_sinks, make_sinks
 
-__all__ = ["MetricsSink", "Progress", "Run", "check_resumable_config"]
+__all__ = ["CheckpointStore", "MetricsSink", "Progress", "Run", "check_resumable_config"]
+
+LOCAL_SCHEME = "local://"
 
 CONFIG_FILE = "config.json"
 
@@ -68,6 +87,72 @@ def check_resumable_config(config_file: pathlib.Path, config: object) -> None:
         raise RunDirError(f"{where}: holds a run with another config (changed: {listed}); {fix}")
 
 
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """What a backend with checkpoints on this machine (the local one) offers a run directory beyond
+    :class:`~tinkerflow.shell.backends.protocol.Backend`: cleanup, deletion, and resumes that continue a run."""
+
+    @property
+    def checkpoint_dir(self) -> pathlib.Path: ...
+
+    def remove_partial_checkpoints(self) -> list[pathlib.Path]: ...
+
+    def delete_checkpoint(self, path: str) -> bool: ...
+
+    def create_training_client_from_state(
+        self, path: str, *, with_optimizer: bool = False, continue_run: bool = False
+    ) -> APIFuture[TrainingClient]: ...
+
+
+def _checkpoint_problem(run_dir: pathlib.Path, state: RunState) -> str | None:
+    """Why the checkpoints ``state`` needs are not whole (missing, or a file whose sha256 differs), or ``None``:
+    whole, or not checkable here (another backend, or a checkpoint directory that is not where it was)."""
+    root = run_dir / state.checkpoint_root if state.checkpoint_root is not None else None
+    if root is None or not root.is_dir():
+        return None
+    from tinkerflow.shell.backends.local.checkpoint import CheckpointError, LocalPath, verify_checkpoint
+
+    for path in sorted(referenced_paths(state)):
+        if path.startswith(LOCAL_SCHEME):
+            try:
+                verify_checkpoint(LocalPath.parse(path).directory(root), path)
+            except (CheckpointError, ValidationError) as error:
+                return str(error)
+    return None
+
+
+def _resumable_state(run_dir: pathlib.Path, state: RunState) -> tuple[RunState | None, str]:
+    """The latest state whose checkpoints are whole (``state``, else the history's previous ones; ``None``: none
+    is, start over) and the message that says so when it is not ``state``. History entries after the chosen
+    state (a timeline being redone) are forgotten."""
+    candidates = [state, *reversed([old for old in read_history(run_dir) if old.step < state.step])]
+    problems: list[str] = []
+    chosen: RunState | None = None
+    for candidate in candidates:
+        problem = _checkpoint_problem(run_dir, candidate)
+        if problem is None:
+            chosen = candidate
+            break
+        problems.append(f"step {candidate.step}: {problem}")
+    for old in read_history(run_dir):
+        if chosen is None or old.step > chosen.step:
+            forget_state(run_dir, old.step)
+    if not problems:
+        return chosen, ""
+    where = (
+        f"resuming from the previous good checkpoint, step {chosen.step} ({chosen.checkpoint})"
+        if chosen is not None
+        else "no earlier checkpoint is whole: starting over from step 0"
+    )
+    return chosen, f"checkpoint not usable ({'; '.join(problems)}); {where}.\n"
+
+
+def _recorded_root(checkpoint_dir: pathlib.Path, run_dir: pathlib.Path) -> str:
+    """How a state records the checkpoint directory: relative to the run directory when inside it."""
+    root, base = pathlib.Path(checkpoint_dir).resolve(), run_dir.resolve()
+    return root.relative_to(base).as_posix() if root.is_relative_to(base) else str(root)
+
+
 class Run:
     """An opened run directory (see the module docstring). Use :meth:`open`; close with :meth:`close`."""
 
@@ -79,6 +164,9 @@ class Run:
         progress: Progress,
         out: TextIO,
         sinks: Sequence[MetricsSink],
+        *,
+        keep_last: int | None = None,
+        keep_every: int | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.state = state
@@ -87,6 +175,10 @@ class Run:
         self.out = out
         self.sinks = tuple(sinks)
         self.last_checkpoint = state.checkpoint if state is not None else ""
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+        self._store: CheckpointStore | None = None
+        self._root: str | None = None
 
     @classmethod
     def open(
@@ -101,6 +193,9 @@ class Run:
     ) -> Run:
         """Open (creating or resuming) the run in ``run_dir`` with the config record ``config``.
 
+        A resumed run continues from the latest checkpoint whose files are whole (see the module docstring).
+        ``config``'s ``keep_last`` / ``keep_every`` (a :class:`~tinkerflow.config.RunConfig`) are the retention.
+
         Raises:
             RunDirError: ``run_dir`` holds a run whose config differs (naming each changed field), or its
                 resume state is unreadable.
@@ -112,10 +207,29 @@ class Run:
         if state is not None and config_file.exists():
             check_resumable_config(config_file, config)
         atomic_write_text(config_file, to_json(config, indent=2))
+        note = ""
+        if state is not None:
+            state, note = _resumable_state(directory, state)
+        else:  # a fresh start: states of an earlier run here (state.json removed to start over) are no fallback
+            for old in read_history(directory):
+                forget_state(directory, old.step)
         start = state.step if state is not None else 0
         stream = out if out is not None else sys.stdout
         metrics = MetricsLog(directory / "metrics.jsonl", resume_step=start)
-        return cls(directory, state, metrics, Progress(total_steps, start, stream, progress_label), stream, sinks)
+        keep = (config.keep_last, config.keep_every) if isinstance(config, RunConfig) else (None, None)
+        run = cls(
+            directory,
+            state,
+            metrics,
+            Progress(total_steps, start, stream, progress_label),
+            stream,
+            sinks,
+            keep_last=keep[0],
+            keep_every=keep[1],
+        )
+        if note:
+            run.write(note)
+        return run
 
     @classmethod
     def start(
@@ -152,10 +266,28 @@ class Run:
         return self.state is not None
 
     def training_client(self, backend: Backend, base_model: str, *, lora_rank: int, seed: int) -> TrainingClient:
-        """A fresh LoRA training client, or the one restored from the last checkpoint (weights and optimizer)."""
+        """A fresh LoRA training client, or the one restored from the last checkpoint (weights and optimizer).
+
+        With a :class:`CheckpointStore` backend (the local one) partial checkpoints of killed writes are removed
+        first, and a restored client continues its checkpoint's run id; with another backend the retention
+        policy is not applied (and a message says so)."""
+        if isinstance(backend, CheckpointStore):
+            self._store = backend
+            self._root = _recorded_root(backend.checkpoint_dir, self.run_dir)
+            removed = backend.remove_partial_checkpoints()
+            if removed:
+                names = ", ".join(path.name for path in removed)
+                self.write(f"removed {len(removed)} partial checkpoint(s) left by killed writes: {names}\n")
+        elif self.keep_last is not None:
+            self.write("keep_last / keep_every are not applied: this backend's checkpoints are not on this machine.\n")
         if self.state is None:
             return backend.create_lora_training_client(base_model, rank=lora_rank, seed=seed).result()
         self.write(f"resuming at step {self.state.step} from {self.state.checkpoint}\n")
+        if self._store is not None:
+            restored = self._store.create_training_client_from_state(
+                self.state.checkpoint, with_optimizer=True, continue_run=True
+            )
+            return restored.result()
         return backend.create_training_client_from_state(self.state.checkpoint, with_optimizer=True).result()
 
     def write(self, text: str) -> None:
@@ -178,7 +310,8 @@ class Run:
         extra_json: str = "{}",
         sampler_checkpoint: str | None = None,
     ) -> str:
-        """Save the client's state as of ``step`` completed steps, then record it as the resume point."""
+        """Save the client's state as of ``step`` completed steps, record it as the resume point, then delete the
+        checkpoints the retention policy no longer keeps."""
         path = client.save_state(f"step-{step:06d}").result()
         state = RunState(
             step=step,
@@ -186,10 +319,33 @@ class Run:
             data_state_json=data_state_json,
             sampler_checkpoint=sampler_checkpoint,
             extra_json=extra_json,
+            checkpoint_root=self._root if path.startswith(LOCAL_SCHEME) else None,
         )
         write_state(self.run_dir, state)
         self.last_checkpoint = path
+        self._apply_retention(state)
         return path
+
+    def _apply_retention(self, latest: RunState) -> None:
+        """Delete the checkpoints of the states ``keep_last`` / ``keep_every`` no longer keep (each state's entry
+        first, then its checkpoints), sparing any path a kept state needs (``state.json``'s, RL sampler paths of
+        in-flight batches, the KL reference)."""
+        if self.keep_last is None or self._store is None:
+            return
+        history = [state for state in read_history(self.run_dir) if state.step <= latest.step]
+        kept = retained_steps(
+            [state.step for state in history], keep_last=self.keep_last, keep_every=self.keep_every
+        ) | {latest.step}
+        needed = set(referenced_paths(latest)).union(
+            *(referenced_paths(state) for state in history if state.step in kept)
+        )
+        for state in history:
+            if state.step in kept:
+                continue
+            forget_state(self.run_dir, state.step)
+            for path in sorted(referenced_paths(state) - needed):
+                if path.startswith(LOCAL_SCHEME):
+                    self._store.delete_checkpoint(path)
 
     def write_chart(self, keys: Sequence[str], title: str, filename: str) -> pathlib.Path:
         """A self-contained HTML chart of ``keys`` over the steps of the metrics log."""

@@ -6,6 +6,8 @@ Layout of a run directory::
       config.json        the run's config (cattrs JSON), written once, atomically
       pipeline.txt       what the data pipeline is (its description), for people
       state.json         RunState of the last completed checkpoint, written atomically *after* the checkpoint
+      states/            step-NNNNNN.json: the RunState of every checkpoint kept (the history a resume falls
+                         back on when the latest checkpoint is corrupt or missing), each written before state.json
       metrics.jsonl      one JSON object per step, flushed and fsynced per row
       checkpoints/...    backend checkpoints (the backend writes them atomically)
 
@@ -21,8 +23,9 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, TypeVar
 
 import attrs
@@ -36,14 +39,20 @@ __all__ = [
     "RunState",
     "atomic_write_bytes",
     "atomic_write_text",
+    "forget_state",
+    "read_history",
     "read_state",
+    "referenced_paths",
+    "retained_steps",
     "write_state",
 ]
 
 T = TypeVar("T")
 
 STATE_FILE = "state.json"
+STATES_DIR = "states"
 METRICS_FILE = "metrics.jsonl"
+_HISTORY_NAME = re.compile(r"step-([0-9]{6,})\.json")
 
 
 class RunDirError(TinkerflowError):
@@ -93,6 +102,9 @@ class RunState:
         data_state_json: the data pipeline's position after ``step`` steps, as JSON text of its state record.
         sampler_checkpoint: weights for sampling saved at ``step``, when the loop saves them.
         extra_json: loop-specific JSON (e.g. the RL loop's staleness bookkeeping); ``"{}"`` when unused.
+        checkpoint_root: the local backend's checkpoint directory (``local://`` paths resolve under it), relative
+            to the run directory when inside it; lets a resume verify the checkpoint before loading it. ``None``
+            for other backends (and states written before it was recorded).
     """
 
     step: int
@@ -100,11 +112,19 @@ class RunState:
     data_state_json: str = "null"
     sampler_checkpoint: str | None = None
     extra_json: str = "{}"
+    checkpoint_root: str | None = None
+
+
+def _history_file(run_dir: str | os.PathLike[str], step: int) -> pathlib.Path:
+    return pathlib.Path(run_dir) / STATES_DIR / f"step-{step:06d}.json"
 
 
 def write_state(run_dir: str | os.PathLike[str], state: RunState) -> None:
-    """Atomically record ``state`` as the run's resume point. Call it only after the checkpoint is durable."""
-    atomic_write_text(pathlib.Path(run_dir) / STATE_FILE, to_json(state, indent=2))
+    """Atomically record ``state`` as the run's resume point (``state.json``) after adding it to the history
+    (``states/step-NNNNNN.json``). Call it only after the checkpoint is durable."""
+    text = to_json(state, indent=2)
+    atomic_write_text(_history_file(run_dir, state.step), text)
+    atomic_write_text(pathlib.Path(run_dir) / STATE_FILE, text)
 
 
 def read_state(run_dir: str | os.PathLike[str]) -> RunState | None:
@@ -116,6 +136,58 @@ def read_state(run_dir: str | os.PathLike[str]) -> RunState | None:
         return from_json(path.read_bytes(), RunState)
     except TinkerflowError as error:
         raise RunDirError(f"{path}: unreadable resume state ({error}); move it away to start over.") from error
+
+
+def read_history(run_dir: str | os.PathLike[str]) -> list[RunState]:
+    """The recorded states of the run's kept checkpoints, by step (``states/``; an unreadable file is left out:
+    each is written atomically, so one can only be damaged on disk, and it is then no state to resume from)."""
+    folder = pathlib.Path(run_dir) / STATES_DIR
+    states: dict[int, RunState] = {}
+    for file in sorted(folder.glob("step-*.json")) if folder.is_dir() else ():
+        if _HISTORY_NAME.fullmatch(file.name):
+            with contextlib.suppress(TinkerflowError, OSError):
+                state = from_json(file.read_bytes(), RunState)
+                states[state.step] = state
+    return [states[step] for step in sorted(states)]
+
+
+def forget_state(run_dir: str | os.PathLike[str], step: int) -> None:
+    """Remove step ``step``'s state from the history (its checkpoint is being deleted, or was abandoned)."""
+    with contextlib.suppress(FileNotFoundError):
+        _history_file(run_dir, step).unlink()
+
+
+def referenced_paths(state: RunState) -> frozenset[str]:
+    """Every checkpoint path a state needs to be resumed from: its checkpoint, its sampler checkpoint, and every
+    ``scheme://`` string in its ``extra_json`` (the RL loop's sampler paths of in-flight batches, its KL
+    reference)."""
+    found = {state.checkpoint} | ({state.sampler_checkpoint} if state.sampler_checkpoint else set())
+    try:
+        pending: list[object] = [json.loads(state.extra_json)]
+    except json.JSONDecodeError:
+        pending = []
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str) and "://" in value:
+            found.add(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return frozenset(found)
+
+
+def retained_steps(steps: Iterable[int], *, keep_last: int | None, keep_every: int | None) -> frozenset[int]:
+    """The checkpoint steps a retention policy keeps: all of them when ``keep_last`` is ``None``; else the
+    ``keep_last`` latest, and every step that is a multiple of ``keep_every`` (when given). The latest step is
+    always kept (``keep_last >= 1``)."""
+    ordered = sorted(set(steps))
+    if keep_last is None:
+        return frozenset(ordered)
+    kept = set(ordered[-keep_last:]) if keep_last > 0 else set(ordered[-1:])
+    if keep_every:
+        kept.update(step for step in ordered if step % keep_every == 0)
+    return frozenset(kept)
 
 
 class MetricsLog:

@@ -2,7 +2,9 @@
 
 Batch ``n`` is rolled out by a sampler of the weights after ``n - K`` steps, where ``K`` is the staleness (0 in
 ``sync`` mode; ``max_staleness`` in ``async`` mode, so sampling of later batches overlaps training of this one).
-Rollouts run on an asyncio loop on a daemon thread (:class:`EventLoopThread`) while the main thread trains. In
+Rollouts run on an asyncio loop on a daemon thread (:class:`EventLoopThread`) while the main thread trains; each
+episode is bounded by ``episode_timeout_s`` (wall clock, sampling included) and ``max_turns``, and its environment
+calls run on a worker thread where a blocking one can be timed out (:mod:`tinkerflow.shell.rollouts`). In
 async mode the sampler weights of every version are saved and their paths recorded with each checkpoint
 (:meth:`RolloutSampling.needed_paths`), so a resumed run re-launches the batches the killed run had in flight with
 the same weights and the same per-batch sampling seeds.
@@ -95,6 +97,7 @@ class RolloutSampling:
             episode_timeout_s=config.episode_timeout_s,
             on_failure=config.on_failure,
             max_retries=config.max_retries,
+            max_turns=config.max_turns,
         )
 
     def _completer(self, sampler: SamplingClient, seed: int) -> BatchingTokenCompleter:

@@ -12,7 +12,9 @@ The facade that creates clients; the work is done in rooms beside it:
   :meth:`LocalBackend.create_full_training_client`.
 * :mod:`~tinkerflow.shell.backends.local.sampling`: the sampling client (KV-cache decoding, prompt logprobs).
 * :mod:`~tinkerflow.shell.backends.local.checkpoint`: ``local://<run>/weights/<name>`` and
-  ``local://<run>/sampler_weights/<name>``, written atomically in peft's adapter layout.
+  ``local://<run>/sampler_weights/<name>``, written atomically in peft's adapter layout, with a sha256 per file
+  checked at load; :meth:`LocalBackend.remove_partial_checkpoints` and :meth:`LocalBackend.delete_checkpoint`
+  keep the checkpoint directory tidy (a run directory's retention uses them).
 
 Each client (and the backend itself, for client creation) runs its requests on its own worker thread, first in,
 first out.
@@ -32,7 +34,12 @@ from tinkerflow._validate import int_at_least, positive_int
 from tinkerflow.errors import ConfigError
 from tinkerflow.shell.backends.base import BackendBase, LoraOptions, LoraSpec
 from tinkerflow.shell.backends.local.batches import resolve_device
-from tinkerflow.shell.backends.local.checkpoint import LocalPath, read_meta
+from tinkerflow.shell.backends.local.checkpoint import (
+    LocalPath,
+    delete_checkpoint,
+    read_meta,
+    remove_partial_checkpoints,
+)
 from tinkerflow.shell.backends.local.lora import LoraSetup, lora_targets
 from tinkerflow.shell.backends.local.models import (
     EMBEDDED_MODEL,
@@ -148,19 +155,42 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         )
 
     def create_training_client_from_state(
-        self, path: str, *, with_optimizer: bool = False
+        self, path: str, *, with_optimizer: bool = False, continue_run: bool = False
     ) -> APIFuture[LocalTrainingClient]:
+        """A training run that starts from the state saved at ``path`` (and, ``with_optimizer``, its optimizer).
+
+        By default it is a new run (a new run id), as on the Tinker service. ``continue_run=True`` continues the
+        run that saved ``path`` instead: the client writes under that run's id, and a save replaces a checkpoint
+        of the same name (a resumed run writes again what the run it continues wrote after ``path``). A run
+        directory resumes this way, so it keeps one run id across resumes.
+        """
         parsed = LocalPath.parse(path)
 
         def job() -> LocalTrainingClient:
             meta = read_meta(parsed.directory(self.checkpoint_dir), path)
             base = self.base_model(meta.base_model)
             lora = None if meta.lora_rank is None else LoraSetup(meta.lora_rank, meta.target_modules, meta.lora_alpha)
-            client = LocalTrainingClient(self, base, lora=lora, seed=meta.seed or 0)
+            seed = meta.seed or 0
+            client = (
+                _ContinuedRun(self, base, lora=lora, seed=seed, run_id=parsed.run_id)
+                if continue_run
+                else LocalTrainingClient(self, base, lora=lora, seed=seed)
+            )
             client.load_from(parsed, with_optimizer=with_optimizer)
             return client
 
         return self._worker.submit(job)
+
+    def remove_partial_checkpoints(self) -> list[pathlib.Path]:
+        """Remove what killed checkpoint writes left in the checkpoint directory (never a write in progress, of
+        this or another process); the paths removed. See
+        :func:`~tinkerflow.shell.backends.local.checkpoint.remove_partial_checkpoints`."""
+        return remove_partial_checkpoints(self.checkpoint_dir)
+
+    def delete_checkpoint(self, path: str) -> bool:
+        """Delete the checkpoint ``local://<run>/<kind>/<name>`` (whether it existed); a kill midway leaves only a
+        hidden leftover that :meth:`remove_partial_checkpoints` removes."""
+        return delete_checkpoint(self.checkpoint_dir, path)
 
     def _sampling_client_from_path(self, model_path: str) -> APIFuture[LocalSamplingClient]:
         parsed = LocalPath.parse(model_path)
@@ -174,14 +204,35 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         return self._worker.submit(job)
 
 
+class _ContinuedRun(LocalTrainingClient):
+    """A training client continuing the run of a saved state: it writes under that run's id, and its saves
+    replace checkpoints of the same name (see :meth:`LocalBackend.create_training_client_from_state`)."""
+
+    def __init__(
+        self, backend: LocalBackend, base: BaseModel, *, lora: LoraSetup | None, seed: int, run_id: str
+    ) -> None:
+        super().__init__(backend, base, lora=lora, seed=seed)
+        self.run_id = run_id
+
+    def save_state(self, name: str, *, overwrite: bool = True) -> APIFuture[str]:
+        return super().save_state(name, overwrite=overwrite)
+
+    def save_weights_for_sampler(self, name: str, *, overwrite: bool = True) -> APIFuture[str]:
+        return super().save_weights_for_sampler(name, overwrite=overwrite)
+
+    def save_weights_external(self, name: str, *, overwrite: bool = True) -> APIFuture[str]:
+        return super().save_weights_external(name, overwrite=overwrite)
+
+
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise ConfigError("LocalBackend", "base_model", f"expected a model name, got {name!r}.")
 
 
 if TYPE_CHECKING:  # the type checker verifies that the local classes implement the protocols
+    from tinkerflow.shell.io.run import CheckpointStore
 
     def _conforms(
         backend: LocalBackend, training: LocalTrainingClient, sampling: LocalSamplingClient
-    ) -> tuple[Backend, TrainingClient, SamplingClient]:
-        return backend, training, sampling
+    ) -> tuple[Backend, TrainingClient, SamplingClient, CheckpointStore]:
+        return backend, training, sampling, backend
