@@ -393,10 +393,15 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
     ) -> APIFuture[TinkerTrainingClient]:
         _check_tinker_path(path, "create_training_client_from_state")
         service = self._connected_service()
-        if with_optimizer:
-            request: Callable[[], Any] = lambda: service.create_training_client_from_state_with_optimizer(path)  # noqa: E731
-        else:
-            request = lambda: service.create_training_client_from_state(path)  # noqa: E731
+        method = (
+            service.create_training_client_from_state_with_optimizer
+            if with_optimizer
+            else service.create_training_client_from_state
+        )
+
+        def request() -> Any:
+            return method(path)
+
         return create(self._watch, f"create_training_client_from_state({path!r})", request, self._training)
 
     def _sampling_client_from_path(self, model_path: str) -> APIFuture[TinkerSamplingClient]:

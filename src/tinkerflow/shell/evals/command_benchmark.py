@@ -46,13 +46,13 @@ def run_benchmark_command(
     if out is None:
         raise ConfigError("eval", "out", "a benchmark needs --out DIR (its transcripts and resume state go there).")
     options = parse_options(args.option)
-    common = {"limit": args.limit, "seed": args.seed, "group_size": args.group_size}
-    items = get_benchmark(args.benchmark, renderer, **common, **options)  # type: ignore[arg-type]  # checked there
+    limit, seed, group_size = args.limit, args.seed, args.group_size
+    items = get_benchmark(args.benchmark, renderer, limit=limit, seed=seed, group_size=group_size, **options)
     folder = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", args.benchmark)
     result = run_benchmark(
         args.benchmark, items, target.sampler, out_dir=folder, concurrency=args.concurrency, seed=args.seed,
         progress=not args.no_progress, temperature=args.temperature, max_tokens=args.max_tokens,
-        options=benchmark_options(args.benchmark, **common, **options),  # type: ignore[arg-type]  # checked there
+        options=benchmark_options(args.benchmark, limit=limit, seed=seed, group_size=group_size, **options),
     )  # fmt: skip
     if result.resumed:
         print(f"resumed: {result.resumed} items read back from {folder}, {result.ran} run now", file=sys.stderr)

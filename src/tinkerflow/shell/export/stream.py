@@ -110,7 +110,7 @@ def _header(file: pathlib.Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as handle:
-        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 - a safe_open handle is no dict: keys() is how it lists tensors
 
 
 class LazyTensors(Mapping[str, "torch.Tensor"]):
