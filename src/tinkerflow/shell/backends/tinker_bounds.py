@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -46,6 +46,7 @@ __all__ = [
 
 logger = logging.getLogger("tinkerflow.shell.backends.tinker")  # the backend's messages, under its name
 
+T = TypeVar("T")
 U = TypeVar("U")
 
 #: Seconds a backend that creates its own ``ServiceClient`` waits for the service to answer before giving up.
@@ -207,9 +208,9 @@ class CallWatch:
         self._count = 0
         self._thread: threading.Thread | None = None
 
-    def watch(self, what: str, source: concurrent.futures.Future[Any]) -> concurrent.futures.Future[Any]:
+    def watch(self, what: str, source: concurrent.futures.Future[T]) -> concurrent.futures.Future[T]:
         """A future that settles with ``source`` or fails with :class:`TinkerTimeoutError` past the limit."""
-        target: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        target: concurrent.futures.Future[T] = concurrent.futures.Future()
         now = time.monotonic()
         entry = _Pending(what, now, now + self.progress_every_s, now + self.call_timeout_s, target)
         with self._condition:
@@ -221,7 +222,7 @@ class CallWatch:
                 self._thread.start()
             self._condition.notify()
 
-        def done(finished: concurrent.futures.Future[Any]) -> None:
+        def done(finished: concurrent.futures.Future[T]) -> None:
             with self._condition:
                 self._pending.pop(key, None)
             _settle(target, finished, what, self.base_url)
@@ -231,7 +232,8 @@ class CallWatch:
 
     def call(self, what: str, fn: Callable[[], U]) -> U:
         """``fn()`` (a blocking SDK call) on a daemon thread, bounded like any watched call."""
-        return cast("U", self.watch(what, waiting_future(fn).future()).result())
+        source: concurrent.futures.Future[U] = waiting_future(fn).future()
+        return self.watch(what, source).result()
 
     def _run(self) -> None:
         while True:
@@ -268,10 +270,11 @@ class CallWatch:
 
 
 def from_sdk(
-    sdk_future: Any, convert: Callable[[Any], U], watch: CallWatch | None = None, what: str = "a call"
+    sdk_future: object, convert: Callable[[Any], U], watch: CallWatch | None = None, what: str = "a call"
 ) -> APIFuture[U]:
     """An :class:`APIFuture` of ``convert(result)`` for an SDK future (anything with ``.future()`` or ``.result()``),
-    bounded by ``watch`` when given."""
+    bounded by ``watch`` when given. (``convert`` takes ``Any``: the SDK's results are untyped at this boundary, and
+    each converter names the SDK type it reads.)"""
     raw: APIFuture[Any] | None = None
     future_method = getattr(sdk_future, "future", None)
     if callable(future_method):
@@ -286,7 +289,9 @@ def from_sdk(
     return raw.map(convert)
 
 
-def send(watch: CallWatch | None, what: str, request: Callable[[], Any], convert: Callable[[Any], U]) -> APIFuture[U]:
+def send(
+    watch: CallWatch | None, what: str, request: Callable[[], object], convert: Callable[[Any], U]
+) -> APIFuture[U]:
     """Send ``request()`` (an SDK call returning a future) and wrap its future; an SDK error raised at once is
     raised typed (:func:`_typed`)."""
     try:
@@ -299,14 +304,14 @@ def send(watch: CallWatch | None, what: str, request: Callable[[], Any], convert
     return from_sdk(sdk_future, convert, watch, what)
 
 
-def create(watch: CallWatch, what: str, request: Callable[[], Any], convert: Callable[[Any], U]) -> APIFuture[U]:
+def create(watch: CallWatch, what: str, request: Callable[[], object], convert: Callable[[Any], U]) -> APIFuture[U]:
     """A ``ServiceClient`` call that makes a client: sent *and* awaited on a daemon thread, bounded by ``watch``.
 
     The SDK may block in the call itself (the first one of a session waits for the service, retrying for
     minutes, before it returns a future), so the caller's thread never makes it.
     """
 
-    def run() -> Any:
+    def run() -> object:
         sdk_future = request()
         result = getattr(sdk_future, "result", None)
         return result() if callable(result) else sdk_future
