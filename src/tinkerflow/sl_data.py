@@ -22,7 +22,7 @@ from tinkerflow.render import Renderer, build_supervised_example
 from tinkerflow.rows import DataError, SplitRows
 from tinkerflow.supervised import supervised_datum
 
-__all__ = ["SLData", "checked_datums", "shown_prompts", "sl_data", "text_bytes"]
+__all__ = ["SLData", "checked_datum", "checked_datums", "shown_prompts", "sl_data", "sl_data_of", "text_bytes"]
 
 
 @attrs.frozen
@@ -30,7 +30,8 @@ class SLData:
     """Everything the SL loop trains and evaluates on, prepared up front (pure data).
 
     Attributes:
-        train: the training datums.
+        train: the training datums: a tuple, or (rows streamed from a file) a sequence that renders each datum
+            when it is read, so the data is never held in memory.
         test: the held-out datums.
         test_bytes: UTF-8 bytes of the held-out trained text (the denominator of bits per byte).
         prompts: held-out prompts (a conversation without its last assistant message) and that message's text.
@@ -38,7 +39,7 @@ class SLData:
         test_conversations: the held-out conversations of ``test``, in order (the ``evals`` with ``data: null``).
     """
 
-    train: tuple[Datum, ...]
+    train: Sequence[Datum]
     test: tuple[Datum, ...]
     test_bytes: int
     prompts: tuple[tuple[Conversation, str], ...]
@@ -46,36 +47,45 @@ class SLData:
     test_conversations: tuple[Conversation, ...] = ()
 
 
+def checked_datum(row: SourcedRow[Conversation], renderer: Renderer, config: SLConfig) -> Datum:
+    """``row`` rendered to a datum (``config.train_on``, ``config.reduction``).
+
+    Raises:
+        DataError: the row renders to more than ``config.max_length`` tokens, or has no token to train on (no
+            weight > 0: e.g. no assistant message), naming the row.
+        TinkerflowError: the renderer refuses the conversation.
+    """
+    example = build_supervised_example(renderer, row.value, config.train_on)
+    if example.model_input.length > config.max_length:
+        raise DataError(
+            row.where,
+            "messages",
+            f"renders to {example.model_input.length} tokens, more than max_length={config.max_length}.",
+            "raise max_length, shorten the row, or set bad_rows=skip.",
+        )
+    datum = supervised_datum(example.model_input, example.weights_T, reduction=config.reduction)
+    if datum.weights_T is None or not bool((datum.weights_T > 0).any()):
+        raise DataError(
+            row.where,
+            "messages",
+            f"has nothing to train on: no token carries weight under train_on={config.train_on!r} (e.g. the "
+            "row has no assistant message).",
+            "add the assistant reply, choose another train_on, or set bad_rows=skip to leave such rows out.",
+        )
+    return datum
+
+
 def checked_datums(
     rows: Sequence[SourcedRow[Conversation]], renderer: Renderer, config: SLConfig
 ) -> tuple[list[Datum], list[Conversation], int]:
-    """Each row rendered to a datum (``config.train_on``, ``config.reduction``); a row that cannot be rendered, is
-    longer than ``config.max_length`` or has no token to train on (no weight > 0: e.g. no assistant message) raises
-    (``bad_rows="raise"``, a :class:`~tinkerflow.rows.DataError` naming the row) or is counted. Returns the datums,
-    the conversations kept and the number of bad rows."""
+    """Each row rendered by :func:`checked_datum`; a row it refuses raises (``bad_rows="raise"``) or is counted.
+    Returns the datums, the conversations kept and the number of bad rows."""
     datums: list[Datum] = []
     kept: list[Conversation] = []
     skipped = 0
     for row in rows:
         try:
-            example = build_supervised_example(renderer, row.value, config.train_on)
-            if example.model_input.length > config.max_length:
-                raise DataError(
-                    row.where,
-                    "messages",
-                    f"renders to {example.model_input.length} tokens, more than max_length={config.max_length}.",
-                    "raise max_length, shorten the row, or set bad_rows=skip.",
-                )
-            datum = supervised_datum(example.model_input, example.weights_T, reduction=config.reduction)
-            if datum.weights_T is None or not bool((datum.weights_T > 0).any()):
-                raise DataError(
-                    row.where,
-                    "messages",
-                    f"has nothing to train on: no token carries weight under train_on={config.train_on!r} (e.g. the "
-                    "row has no assistant message).",
-                    "add the assistant reply, choose another train_on, or set bad_rows=skip to leave such rows out.",
-                )
-            datums.append(datum)
+            datums.append(checked_datum(row, renderer, config))
             kept.append(row.value)
         except TinkerflowError:
             if config.bad_rows == "raise":
@@ -112,11 +122,28 @@ def sl_data(rows: SplitRows[Conversation], renderer: Renderer, config: SLConfig)
             bad or had nothing to train on): before any training work.
     """
     train, _, bad_train = checked_datums(rows.train, renderer, config)
-    test, test_kept, bad_test = checked_datums(rows.test, renderer, config)
-    if not train:
-        skipped = rows.skipped + bad_train
+    return sl_data_of(train, rows.test, renderer, config, skipped=rows.skipped + bad_train, source=rows.train_source)
+
+
+def sl_data_of(
+    train: Sequence[Datum],
+    test_rows: Sequence[SourcedRow[Conversation]],
+    renderer: Renderer,
+    config: SLConfig,
+    *,
+    skipped: int,
+    source: str,
+) -> SLData:
+    """:class:`SLData` of training datums already checked (a tuple, or a sequence that renders them when read:
+    the streamed rows of a file) and the held-out rows; ``skipped`` counts the bad rows so far.
+
+    Raises:
+        DataError: a bad held-out row under ``bad_rows="raise"``, or no training datum at all.
+    """
+    test, test_kept, bad_test = checked_datums(test_rows, renderer, config)
+    if not len(train):
         raise DataError(
-            rows.train_source,
+            source,
             "rows",
             f"no usable training conversation: {skipped} bad rows were skipped (unreadable, longer than "
             "max_length, or with no token to train on).",
@@ -128,10 +155,10 @@ def sl_data(rows: SplitRows[Conversation], renderer: Renderer, config: SLConfig)
         if datum.weights_T is not None
     )
     return SLData(
-        train=tuple(train),
+        train=train if not isinstance(train, list) else tuple(train),
         test=tuple(test),
         test_bytes=test_bytes,
         prompts=shown_prompts(test_kept, config.num_samples_shown),
-        skipped_rows=rows.skipped + bad_train + bad_test,
+        skipped_rows=skipped + bad_test,
         test_conversations=tuple(test_kept),
     )

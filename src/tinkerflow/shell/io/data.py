@@ -73,6 +73,8 @@ class HFDataset(Protocol):
     def column_names(self) -> list[str]: ...
     def select_columns(self, column_names: list[str]) -> HFDataset: ...
     def __iter__(self) -> Iterator[Mapping[str, object]]: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> Mapping[str, object]: ...
 
 
 @attrs.frozen
@@ -105,7 +107,8 @@ def jsonl_rows(path: str | pathlib.Path, parse_line: Callable[[bytes, str], T]) 
     with open(file, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
-                yield f"{file}:{number}", functools.partial(parse_line, line, f"{file}:{number}")
+                text = line[:-1] if line.endswith(b"\n") else line  # without its newline: errors name its columns
+                yield f"{file}:{number}", functools.partial(parse_line, text, f"{file}:{number}")
 
 
 def _parse_given(row: object, where: str, format: RowFormat[T]) -> T:

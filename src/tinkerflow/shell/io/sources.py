@@ -17,13 +17,14 @@ import numpy as np
 
 from tinkerflow.errors import ConfigError, ValidationError
 
-__all__ = ["JsonlSource"]
+__all__ = ["JsonlSource", "index_lines"]
 
 _BLOCK = 1 << 24
 
 
-def _index_lines(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start byte, end byte, 1-based line number) of every non-blank line of a file."""
+def index_lines(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start byte, end byte, 1-based line number) of every non-blank line of a file (a line of only ASCII
+    whitespace is blank, as ``bytes.strip`` says). The end excludes the newline."""
     size = path.stat().st_size
     if size == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -37,7 +38,9 @@ def _index_lines(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
             numbers = np.arange(1, len(starts) + 1, dtype=np.int64)
             lengths = ends - starts
             keep = lengths > 0
-            for line in np.flatnonzero(keep & (lengths <= 8)):  # short lines may be blank: look at them
+            first = data[np.minimum(starts, size - 1)]
+            maybe_blank = (first == 32) | ((first >= 9) & (first <= 13))  # a blank line starts with whitespace
+            for line in np.flatnonzero(keep & maybe_blank):
                 if not bytes(data[starts[line] : ends[line]]).strip():
                     keep[line] = False
         finally:
@@ -74,7 +77,7 @@ class JsonlSource:
         if self._index is None:
             if not self._path.is_file():
                 raise ConfigError("JsonlSource", "path", f"{self._path} is not a readable file.")
-            self._index = _index_lines(self._path)
+            self._index = index_lines(self._path)
         return self._index
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ that checkpoint (they are written again, identically).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO, TypeAlias
@@ -40,8 +41,9 @@ from tinkerflow.shell.evals.inline import InlineEvals
 from tinkerflow.shell.io.data import chat_format, load_split
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.sinks import MetricsSink
+from tinkerflow.shell.io.streaming import scan_split, streamed
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, epoch_batches, resume_batches, run_steps
-from tinkerflow.sl_data import SLData, sl_data
+from tinkerflow.sl_data import SLData, checked_datum, sl_data, sl_data_of
 from tinkerflow.supervised import recommended_lr, token_nll_totals
 from tinkerflow.training import ForwardBackwardOutput
 
@@ -81,17 +83,27 @@ def prepare_sl_data(
     from ``test_rows``, else ``config.test_data``, else the ``hf_test_split`` of an HF ``train_data``, else a
     seeded ``test_fraction`` split of the training conversations.
 
+    A file source is streamed (:mod:`tinkerflow.shell.io.streaming`): every row is checked once, then the
+    training datums are read and rendered when a batch needs them, never held in memory; the batches are the
+    same as if they were.
+
     Rows given in code are not in the run's ``config.json``: set ``train_data`` to a label that names them (e.g.
     ``"<memory>"``) and pass the same rows again to resume.
     """
-    rows = load_split(config, chat_format(config.hf_messages_field), train_rows=train_rows, test_rows=test_rows)
-    return sl_data(rows, renderer, config)
+    format = chat_format(config.hf_messages_field)
+    if train_rows is not None:
+        return sl_data(load_split(config, format, train_rows=train_rows, test_rows=test_rows), renderer, config)
+    check = functools.partial(checked_datum, renderer=renderer, config=config)
+    split = scan_split(config, format, check, test_rows=test_rows)
+    return sl_data_of(
+        streamed(split, check), split.test, renderer, config, skipped=split.skipped, source=config.train_data
+    )
 
 
 def train_pipeline(data: SLData, config: SLConfig) -> Pipeline[tuple[Datum, ...]]:
     """The training batches: a fresh seeded shuffle per epoch, ``batch_size`` datums per batch (the last batch of
     an epoch may be smaller; no datum is dropped)."""
-    return epoch_batches(list(data.train), config, item_type=Datum, name="train datums")
+    return epoch_batches(data.train, config, item_type=Datum, name="train datums")
 
 
 def run_sl(

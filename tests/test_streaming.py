@@ -1,0 +1,179 @@
+"""Streamed datasets (tinkerflow.shell.io.streaming): a file's rows are checked once and read again when a batch
+needs them. The streamed data must be the in-memory loader's exactly (items, order, held-out rows, counts, the
+error raised), so the batches and the resume positions are too; and it must not hold the rows."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import tracemalloc
+
+import attrs
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.byte_renderer import ByteRenderer
+
+from tinkerflow.config import SLConfig
+from tinkerflow.errors import TinkerflowError
+from tinkerflow.pipeline import PipelineState
+from tinkerflow.rows import DataError
+from tinkerflow.shell.io.data import chat_format, load_split
+from tinkerflow.shell.io.streaming import JsonlRows, StreamedRows
+from tinkerflow.shell.recipes.sl import prepare_sl_data, train_pipeline
+from tinkerflow.sl_data import SLData, sl_data
+
+# Row kinds: a good conversation, an unreadable line, a row the loop cannot use (too long, or nothing to train
+# on), and a blank line (not a row at all).
+GOOD, UNREADABLE, TOO_LONG, NO_ASSISTANT, BLANK = range(5)
+
+
+def _line(kind: int, i: int) -> str:
+    if kind == UNREADABLE:
+        return ['{"messages": [', '{"messages": [{"role": "robot", "content": "x"}]}', "[1, 2]"][i % 3]
+    if kind == BLANK:
+        return ["", "   ", "\t \t          "][i % 3]
+    messages: list[dict[str, str]] = [{"role": "user", "content": f"question {i}?"}]
+    if kind == TOO_LONG:
+        messages.append({"role": "assistant", "content": "x" * 200})
+    elif kind == GOOD:
+        messages.append({"role": "assistant", "content": "yes" if i % 2 else f"no {i}"})
+    return json.dumps({"messages": messages})
+
+
+def _write(path: pathlib.Path, kinds: list[int]) -> pathlib.Path:
+    path.write_text("".join(_line(kind, i) + "\n" for i, kind in enumerate(kinds)))
+    return path
+
+
+def _config(tmp_path: pathlib.Path, **fields: object) -> SLConfig:
+    base: dict[str, object] = {
+        "train_data": str(tmp_path / "train.jsonl"),
+        "run_dir": str(tmp_path / "run"),
+        "learning_rate": 1.0,
+        "max_length": 64,
+        "num_samples_shown": 2,
+    }
+    base.update(fields)
+    return SLConfig(**base)  # type: ignore[arg-type]
+
+
+def _in_memory(config: SLConfig, renderer: ByteRenderer) -> SLData:
+    return sl_data(load_split(config, chat_format()), renderer, config)
+
+
+def _outcome(make: object) -> tuple[str, object]:
+    try:
+        data = make()  # type: ignore[operator]  # a thunk
+    except TinkerflowError as error:
+        return "error", (type(error).__name__, str(error))
+    assert isinstance(data, SLData)
+    return "data", attrs.evolve(data, train=tuple(data.train))
+
+
+row_kinds = st.lists(st.sampled_from([GOOD] * 6 + [UNREADABLE, TOO_LONG, NO_ASSISTANT, BLANK]), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kinds=row_kinds,
+    test_kinds=st.none() | st.lists(st.sampled_from([GOOD, GOOD, UNREADABLE, TOO_LONG]), min_size=1, max_size=6),
+    fraction=st.sampled_from([0.0, 0.2, 0.5]),
+    policy=st.sampled_from(["raise", "skip"]),
+    seed=st.integers(0, 3),
+)
+def test_streamed_data_is_the_in_memory_data(
+    tmp_path: pathlib.Path,
+    kinds: list[int],
+    test_kinds: list[int] | None,
+    fraction: float,
+    policy: str,
+    seed: int,
+) -> None:
+    """Same training datums in the same order, same held-out rows, counts and prompts; or the same error."""
+    train = _write(tmp_path / "train.jsonl", kinds)
+    test = None if test_kinds is None else str(_write(tmp_path / "test.jsonl", test_kinds))
+    config = _config(
+        tmp_path, train_data=str(train), test_data=test, test_fraction=fraction, bad_rows=policy, seed=seed
+    )
+    renderer = ByteRenderer()
+    streamed = _outcome(lambda: prepare_sl_data(config, renderer))
+    assert streamed == _outcome(lambda: _in_memory(config, renderer))
+    if streamed[0] == "data":
+        assert isinstance(prepare_sl_data(config, renderer).train, StreamedRows)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    count=st.integers(1, 40),
+    batch_size=st.integers(1, 7),
+    epochs=st.integers(1, 3),
+    seed=st.integers(0, 5),
+    stop=st.integers(0, 30),
+)
+def test_streamed_batches_and_resume_equal_in_memory(
+    tmp_path: pathlib.Path, count: int, batch_size: int, epochs: int, seed: int, stop: int
+) -> None:
+    """The pipeline over streamed datums yields the in-memory batches; a position saved mid-run restores to the
+    same remaining batches."""
+    _write(tmp_path / "train.jsonl", [GOOD] * count)
+    config = _config(tmp_path, batch_size=batch_size, epochs=epochs, seed=seed, test_fraction=0.0)
+    renderer = ByteRenderer()
+    streamed, memory = prepare_sl_data(config, renderer), _in_memory(config, renderer)
+    expected = list(train_pipeline(memory, config).iterate())
+    assert list(train_pipeline(streamed, config).iterate()) == expected
+    iterator = train_pipeline(streamed, config).iterate()
+    head = [next(iterator) for _ in range(min(stop, len(expected)))]
+    state = PipelineState(**attrs.asdict(iterator.state()))
+    assert head + list(train_pipeline(streamed, config).iterate(state)) == expected
+
+
+def test_streamed_rows_hold_no_row(tmp_path: pathlib.Path) -> None:
+    """What stays in memory after the check is a few bytes per row (positions and the line index), not rows:
+    the in-memory loader keeps about 1.4 KB per conversation."""
+    rows = 20_000
+    _write(tmp_path / "train.jsonl", [GOOD] * rows)
+    config = _config(tmp_path, test_fraction=0.0)
+    renderer = ByteRenderer()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        data = prepare_sl_data(config, renderer)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert len(data.train) == rows
+    assert held / rows < 64, f"{held / rows:.0f} bytes per row stay in memory"
+    assert data.train[rows - 1] == data.train[-1]
+    assert [datum.length for datum in data.train[3:6]] == [data.train[i].length for i in range(3, 6)]
+
+
+def test_a_row_changed_on_disk_is_named(tmp_path: pathlib.Path) -> None:
+    path = _write(tmp_path / "train.jsonl", [GOOD] * 5)
+    config = _config(tmp_path, test_fraction=0.0)
+    data = prepare_sl_data(config, ByteRenderer())
+    lines = path.read_text().splitlines()
+    lines[2] = _line(UNREADABLE, 1).ljust(len(lines[2]))  # the same length: the line index still fits
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="data changed on disk") as caught:
+        _ = data.train[2]
+    assert caught.value.where == f"{path}:3"
+    with pytest.raises(IndexError):
+        _ = data.train[5]
+
+
+def test_jsonl_rows_skip_blank_lines_like_the_reader(tmp_path: pathlib.Path) -> None:
+    """Lines of only whitespace (however long, CRLF endings included) are not rows; row names are file:line."""
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\r\n' + b" " * 40 + b"\n\n\t\r\n" + b'  {"b": 2}\n' + b"\x0b\x0c\n" + b'{"c": 3}')
+    rows = JsonlRows(path, lambda line, where: (json.loads(line), where))
+    assert len(rows) == 3
+    assert [rows.parse(i) for i in range(3)] == [
+        ({"a": 1}, f"{path}:1"),
+        ({"b": 2}, f"{path}:5"),
+        ({"c": 3}, f"{path}:7"),
+    ]
+    assert np.array_equal(StreamedRows(rows, np.array([2, 0]), lambda row: row.where).positions, [2, 0])
+    assert list(StreamedRows(rows, np.array([2, 0]), lambda row: row.where)) == [f"{path}:7", f"{path}:1"]
