@@ -18,9 +18,13 @@ from tests.byte_renderer import ByteRenderer
 from tinkerflow.config import SLConfig
 from tinkerflow.errors import TinkerflowError
 from tinkerflow.pipeline import PipelineState
+from tinkerflow.preference.config import DPOConfig
+from tinkerflow.preference.dpo_data import DPOData, dpo_data
 from tinkerflow.rows import DataError
-from tinkerflow.shell.io.data import chat_format, load_split
-from tinkerflow.shell.io.streaming import JsonlRows, StreamedRows
+from tinkerflow.shell.io.data import chat_format, load_split, preference_format
+from tinkerflow.shell.io.streaming import JsonlRows, StreamedPairs, StreamedRows
+from tinkerflow.shell.recipes.dpo import prepare_dpo_data
+from tinkerflow.shell.recipes.dpo_reference import interleaved
 from tinkerflow.shell.recipes.sl import prepare_sl_data, train_pipeline
 from tinkerflow.sl_data import SLData, sl_data
 
@@ -177,3 +181,71 @@ def test_jsonl_rows_skip_blank_lines_like_the_reader(tmp_path: pathlib.Path) -> 
     ]
     assert np.array_equal(StreamedRows(rows, np.array([2, 0]), lambda row: row.where).positions, [2, 0])
     assert list(StreamedRows(rows, np.array([2, 0]), lambda row: row.where)) == [f"{path}:7", f"{path}:1"]
+
+
+# -- DPO: comparisons ----------------------------------------------------------------------------------------------
+
+PAIR_GOOD, PAIR_UNREADABLE, PAIR_TIE, PAIR_SAME, PAIR_LONG = range(5)
+
+
+def _pair_line(kind: int, i: int) -> str:
+    if kind == PAIR_UNREADABLE:
+        return [
+            '{"prompt": ',
+            '{"prompt": "q", "chosen": "y"}',
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "x": 1}',
+        ][i % 3]
+    if kind == PAIR_TIE:
+        return json.dumps({"prompt": f"q{i}?", "completion_a": "yes", "completion_b": "no", "label": "tie"})
+    if kind == PAIR_SAME:
+        return json.dumps({"prompt": f"q{i}?", "chosen": "same", "rejected": "same"})
+    if kind == PAIR_LONG:
+        return json.dumps({"prompt": f"q{i}?", "chosen": "yes " * 40, "rejected": "no"})
+    return json.dumps({"prompt": f"q{i}?", "chosen": "yes!" if i % 2 else f"sure {i}", "rejected": "no"})
+
+
+def _dpo_outcome(make: object) -> tuple[str, object]:
+    try:
+        data = make()  # type: ignore[operator]  # a thunk
+    except TinkerflowError as error:
+        return "error", (type(error).__name__, str(error))
+    assert isinstance(data, DPOData)
+    train = data.train
+    pairs = (tuple(train.chosen), tuple(train.rejected), tuple(train.indices), tuple(train.interleaved()))
+    return "data", (pairs, data.test, data.skipped_rows, data.dropped_ties)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kinds=st.lists(st.sampled_from([PAIR_GOOD] * 5 + [PAIR_UNREADABLE, PAIR_TIE, PAIR_SAME, PAIR_LONG]), max_size=25),
+    fraction=st.sampled_from([0.0, 0.3]),
+    policy=st.sampled_from(["raise", "skip"]),
+    ties=st.sampled_from(["raise", "drop"]),
+    seed=st.integers(0, 3),
+)
+def test_streamed_comparisons_are_the_in_memory_ones(
+    tmp_path: pathlib.Path, kinds: list[int], fraction: float, policy: str, ties: str, seed: int
+) -> None:
+    """Same pairs (chosen, rejected, ranks), held-out pairs, bad-row and tie counts; or the same error."""
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(_pair_line(kind, i) + "\n" for i, kind in enumerate(kinds)))
+    config = DPOConfig(
+        train_data=str(path),
+        run_dir=str(tmp_path / "run"),
+        max_length=48,
+        test_fraction=fraction,
+        bad_rows=policy,  # type: ignore[arg-type]
+        ties=ties,  # type: ignore[arg-type]
+        seed=seed,
+    )
+    renderer = ByteRenderer()
+    streamed = _dpo_outcome(lambda: prepare_dpo_data(config, renderer))
+    in_memory = _dpo_outcome(lambda: dpo_data(load_split(config, preference_format(config.layout)), renderer, config))
+    assert streamed == in_memory
+    if streamed[0] == "data":
+        data = prepare_dpo_data(config, renderer)
+        assert isinstance(data.train, StreamedPairs)
+        batch = list(range(len(data.train)))[::-1]
+        assert interleaved(data.train, batch) == [
+            datum for i in batch for datum in (data.train.chosen[i], data.train.rejected[i])
+        ]

@@ -9,6 +9,7 @@ bad row: comparisons are never cut.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import attrs
 
@@ -21,7 +22,30 @@ from tinkerflow.preference.records import LabeledComparison, TieError, no_prefer
 from tinkerflow.render import Renderer
 from tinkerflow.rows import DataError, SplitRows
 
-__all__ = ["DPOData", "checked_pairs", "dpo_data", "too_long"]
+__all__ = [
+    "DPOData",
+    "Pairs",
+    "checked_pair",
+    "checked_pairs",
+    "dpo_data",
+    "dpo_data_of",
+    "pair_precheck",
+    "too_long",
+]
+
+
+class Pairs(Protocol):
+    """Chosen and rejected datums per comparison: a :class:`~tinkerflow.preference.pairs.DPOPairs`, or pairs read
+    from their file when used (``tinkerflow.shell.io.streaming``)."""
+
+    @property
+    def chosen(self) -> Sequence[Datum]: ...
+    @property
+    def rejected(self) -> Sequence[Datum]: ...
+    @property
+    def indices(self) -> Sequence[int]: ...
+    def __len__(self) -> int: ...
+    def interleaved(self) -> Sequence[Datum]: ...
 
 
 @attrs.frozen
@@ -30,12 +54,13 @@ class DPOData:
 
     Attributes:
         train / test: chosen and rejected datums per comparison; ``indices`` are positions in the source's
-            readable rows (ties and bad rows leave gaps).
+            readable rows (ties and bad rows leave gaps). Training pairs streamed from a file are rendered when
+            they are read.
         skipped_rows: bad rows skipped under ``bad_rows="skip"`` (unreadable, unrenderable, too long).
         dropped_ties: tied comparisons left out under ``ties="drop"``.
     """
 
-    train: DPOPairs
+    train: Pairs
     test: DPOPairs
     skipped_rows: int = 0
     dropped_ties: int = 0
@@ -54,33 +79,65 @@ def too_long(pair: tuple[Datum, Datum], where: str, max_length: int) -> None:
         )
 
 
-def checked_pairs(
-    rows: Sequence[SourcedRow[LabeledComparison]], renderer: Renderer, config: DPOConfig
-) -> tuple[DPOPairs, int, int]:
-    """Ties handled, pairs that express no preference (an empty completion, two identical ones: rows given in code
-    as records) made bad rows, comparisons rendered (one batched call; a failure is retried row by row to name the
-    row), lengths checked. Returns the pairs, bad rows skipped and ties dropped."""
-    kept: list[tuple[int, SourcedRow[LabeledComparison]]] = []
-    ties = 0
-    bad = 0
-    for position, row in enumerate(rows):
-        if not row.value.is_tie:
-            problem = no_preference(row.value.comparison)
-            if problem is None:
-                kept.append((position, row))
-            elif config.bad_rows == "raise":
-                raise DataError(row.where, *problem)
-            else:
-                bad += 1
-        elif config.ties == "raise":
+def pair_precheck(row: SourcedRow[LabeledComparison], config: DPOConfig) -> bool:
+    """The first check of a comparison: ``False`` for a tie left out (``ties="drop"``), else ``True``.
+
+    Raises:
+        TieError: a tie with ``ties="raise"``, naming the row (no bad-row policy skips it).
+        DataError: a pair that expresses no preference (an empty completion, two identical ones: rows given in code
+            as records), naming the row.
+    """
+    if row.value.is_tie:
+        if config.ties == "raise":
             raise TieError(
                 row.where,
                 "label",
                 "is 'tie': a tied comparison has no chosen and rejected completion.",
                 "set ties=drop to leave ties out (they are counted), or relabel the row.",
             )
-        else:
-            ties += 1
+        return False
+    problem = no_preference(row.value.comparison)
+    if problem is not None:
+        raise DataError(row.where, *problem)
+    return True
+
+
+def checked_pair(row: SourcedRow[LabeledComparison], renderer: Renderer, config: DPOConfig) -> tuple[Datum, Datum]:
+    """The second check of a comparison: its chosen and rejected datums, no side longer than ``max_length``.
+
+    Raises:
+        DataError: the row cannot be weighted as ``train_on`` says, or a side is too long, naming the row.
+        RenderError: the renderer cannot write a message.
+    """
+    try:
+        pair = comparison_datums(row.value, renderer, train_on=config.train_on)
+    except ValidationError as error:
+        raise DataError(row.where, error.field, f"{error.problem} (in {error.where})", error.fix) from error
+    too_long(pair, row.where, config.max_length)
+    return pair
+
+
+def checked_pairs(
+    rows: Sequence[SourcedRow[LabeledComparison]], renderer: Renderer, config: DPOConfig
+) -> tuple[DPOPairs, int, int]:
+    """:func:`pair_precheck` of every row (ties handled, pairs without a preference made bad rows), then the kept
+    comparisons rendered (one batched call; a failure is retried row by row with :func:`checked_pair` to name the
+    row) and their lengths checked. Returns the pairs, bad rows skipped and ties dropped."""
+    kept: list[tuple[int, SourcedRow[LabeledComparison]]] = []
+    ties = 0
+    bad = 0
+    for position, row in enumerate(rows):
+        try:
+            if pair_precheck(row, config):
+                kept.append((position, row))
+            else:
+                ties += 1
+        except TieError:
+            raise
+        except TinkerflowError:
+            if config.bad_rows == "raise":
+                raise
+            bad += 1
     rendered: list[tuple[Datum, Datum]] | None = None
     if kept:
         try:
@@ -95,12 +152,9 @@ def checked_pairs(
         try:
             if rendered is not None:
                 pair = rendered[number]
+                too_long(pair, row.where, config.max_length)
             else:
-                try:
-                    pair = comparison_datums(row.value, renderer, train_on=config.train_on)
-                except ValidationError as error:
-                    raise DataError(row.where, error.field, f"{error.problem} (in {error.where})", error.fix) from error
-            too_long(pair, row.where, config.max_length)
+                pair = checked_pair(row, renderer, config)
         except TinkerflowError:
             if config.bad_rows == "raise":
                 raise
@@ -120,11 +174,28 @@ def dpo_data(rows: SplitRows[LabeledComparison], renderer: Renderer, config: DPO
         DataError: a row that cannot be rendered or is too long (``bad_rows="raise"``), or no training pair at all.
     """
     train, bad_train, ties_train = checked_pairs(rows.train, renderer, config)
-    test, bad_test, ties_test = checked_pairs(rows.test, renderer, config)
-    if len(train) == 0:
-        raise DataError(
-            rows.train_source, "rows", "no usable training comparison.", "check the data, bad_rows and ties settings."
-        )
-    return DPOData(
-        train=train, test=test, skipped_rows=rows.skipped + bad_train + bad_test, dropped_ties=ties_train + ties_test
+    return dpo_data_of(
+        train, rows.test, renderer, config, skipped=rows.skipped + bad_train, ties=ties_train, source=rows.train_source
     )
+
+
+def dpo_data_of(
+    train: Pairs,
+    test_rows: Sequence[SourcedRow[LabeledComparison]],
+    renderer: Renderer,
+    config: DPOConfig,
+    *,
+    skipped: int,
+    ties: int,
+    source: str,
+) -> DPOData:
+    """:class:`DPOData` of training pairs already checked and the held-out rows; ``skipped`` and ``ties`` count
+    the bad rows and the dropped ties so far.
+
+    Raises:
+        TieError / DataError: a bad held-out row (as in :func:`dpo_data`), or no training pair at all.
+    """
+    test, bad_test, ties_test = checked_pairs(test_rows, renderer, config)
+    if len(train) == 0:
+        raise DataError(source, "rows", "no usable training comparison.", "check the data, bad_rows and ties settings.")
+    return DPOData(train=train, test=test, skipped_rows=skipped + bad_test, dropped_ties=ties + ties_test)

@@ -3,8 +3,8 @@
 A file source (JSONL, ``hf:``, ``hf-disk:``) is read twice, never held:
 
 1. :func:`scan_split` checks every row once, in file order, under the config's bad-row policy (parse it, then
-   ``check`` it: render it, measure it), keeping two booleans per row; then it splits the rows exactly as the
-   in-memory loader does (:func:`tinkerflow.shell.io.data.load_split`: ``test_data``, the ``hf_test_split``, or
+   run the recipe's checks: render it, measure it), keeping one status byte per row; then it splits the rows as
+   the in-memory loader does (:func:`tinkerflow.shell.io.data.load_split`: ``test_data``, the ``hf_test_split``, or
    the seeded ``test_fraction`` split of the readable rows). What it keeps is the positions of the good training
    rows (8 bytes each), the line index of a JSONL file (24 bytes a line) and the held-out rows, which evaluation
    reads every time anyway. Errors are the in-memory loader's, in its order.
@@ -19,11 +19,12 @@ it: a row that no longer parses is a :class:`~tinkerflow.rows.DataError` saying 
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Generic, Protocol, TextIO, TypeVar, overload
+from typing import Generic, Protocol, TextIO, TypeVar, cast, overload
 
 import attrs
 import numpy as np
@@ -38,9 +39,11 @@ from tinkerflow.shell.io.sources import index_lines
 from tinkerflow.supervised import split_indices
 
 __all__ = [
+    "Check",
     "HFRows",
     "IndexedRows",
     "JsonlRows",
+    "StreamedPairs",
     "StreamedRows",
     "StreamedSplit",
     "open_rows",
@@ -54,6 +57,8 @@ D = TypeVar("D")
 
 #: Rows at least this many get a progress bar while they are checked.
 PROGRESS_MIN_ROWS = 20_000
+#: Pairs :class:`StreamedPairs` keeps made (a batch's chosen and rejected sides are read one after the other).
+PAIR_CACHE = 256
 
 
 class IndexedRows(Protocol[T_co]):
@@ -203,22 +208,32 @@ class StreamedRows(Sequence[D]):
         return f"StreamedRows({self._rows.source!r}, {len(self)} items)"
 
 
+#: What the check of one row found (one byte per row): usable, unreadable, left out without being bad (a tie
+#: dropped under ``ties="drop"``), or failed at check stage ``s`` (``FAILED + s``: a bad row; ``FATAL + s``: an
+#: error no bad-row policy skips).
+USABLE, UNREADABLE, LEFT_OUT, FAILED, FATAL = 0, 1, 2, 8, 64
+
+
 @attrs.frozen
 class StreamedSplit(Generic[T]):
     """What :func:`scan_split` found.
 
     Attributes:
         rows: the training source by position.
-        train: positions (file order) of the training rows that parse and pass the check.
+        train: positions (file order) of the training rows that parse and pass every check.
+        ranks: each kept row's index among the split's readable training rows (rows left out leave gaps).
         test: the held-out rows, parsed (not yet checked: the caller checks them like in-memory ones).
         skipped: rows skipped under ``bad_rows="skip"``: unreadable rows of every source, and training rows that
-            failed the check.
+            failed a check.
+        left_out: training rows a check left out without calling them bad (see :func:`scan_split`).
     """
 
     rows: IndexedRows[T]
     train: np.ndarray
+    ranks: np.ndarray
     test: list[SourcedRow[T]]
     skipped: int
+    left_out: int = 0
 
 
 def _progress(total: int, label: str, stream: TextIO | None) -> tqdm[object]:
@@ -246,29 +261,32 @@ def _held_out(
     return None
 
 
-def scan_split(
-    config: DataConfig,
-    format: RowFormat[T],
-    check: Callable[[SourcedRow[T]], object],
-    *,
-    test_rows: Sequence[object] | None = None,
-    progress: TextIO | None = None,
-) -> StreamedSplit[T]:
-    """Check every row of ``config.train_data`` once and split off the held-out rows (see the module docstring).
+#: One check of a row: returns whether the row is kept (``False``: left out, not bad) or raises for a bad row.
+Check = Callable[[SourcedRow[T]], bool]
 
-    ``check(row)`` raises a :class:`~tinkerflow.errors.TinkerflowError` for a row the loop cannot use. Held-out
-    rows are ``test_rows`` (given in code), else ``config.test_data``, else the ``hf_test_split`` of an HF
-    ``train_data``, else a seeded ``test_fraction`` split of the readable training rows. With
-    ``bad_rows="raise"`` the error raised is the one the in-memory path raises: the first unreadable row of the
-    training source, then of the held-out source, then the first training row that fails ``check``.
-    """
-    rows = open_rows(config, format, config.train_data, config.hf_split, "train", "train_data")
-    count = len(rows)
-    readable = np.zeros(count, dtype=bool)
-    good = np.zeros(count, dtype=bool)
-    pending: tuple[int, TinkerflowError] | None = None
-    with _progress(count, config.train_data, progress) as bar:
-        for index in range(count):
+
+def _status(row: SourcedRow[T], checks: Sequence[Check[T]], fatal: tuple[type[Exception], ...]) -> int:
+    for stage, check in enumerate(checks):
+        try:
+            if not check(row):
+                return LEFT_OUT
+        except fatal:
+            return FATAL + stage
+        except TinkerflowError:
+            return FAILED + stage
+    return USABLE
+
+
+def _scan(
+    rows: IndexedRows[T],
+    checks: Sequence[Check[T]],
+    fatal: tuple[type[Exception], ...],
+    config: DataConfig,
+    progress: TextIO | None,
+) -> np.ndarray:
+    status = np.full(len(rows), UNREADABLE, dtype=np.uint8)
+    with _progress(len(rows), config.train_data, progress) as bar:
+        for index in range(len(rows)):
             if index % 1024 == 1023:
                 bar.update(1024)
             try:
@@ -277,34 +295,153 @@ def scan_split(
                 if config.bad_rows == "raise":
                     raise
                 continue
-            readable[index] = True
-            if pending is not None:
-                continue  # an error is due; only unreadable rows could come before it
-            try:
-                check(SourcedRow(rows.where(index), value))
-                good[index] = True
-            except TinkerflowError as error:
-                if config.bad_rows == "raise":
-                    pending = (index, error)
+            status[index] = _status(SourcedRow(rows.where(index), value), checks, fatal)
+    return status
+
+
+def scan_split(
+    config: DataConfig,
+    format: RowFormat[T],
+    checks: Sequence[Check[T]],
+    *,
+    fatal: tuple[type[Exception], ...] = (),
+    test_rows: Sequence[object] | None = None,
+    progress: TextIO | None = None,
+) -> StreamedSplit[T]:
+    """Check every row of ``config.train_data`` once and split off the held-out rows (see the module docstring).
+
+    Each of ``checks`` returns ``True`` to keep a row, ``False`` to leave it out (counted in ``left_out``), or
+    raises a :class:`~tinkerflow.errors.TinkerflowError` for a bad row (raised, or skipped and counted, as
+    ``config.bad_rows`` says; an error of a ``fatal`` class is raised under either policy). Held-out rows are
+    ``test_rows`` (given in code), else ``config.test_data``, else the ``hf_test_split`` of an HF ``train_data``,
+    else a seeded ``test_fraction`` split of the readable training rows.
+
+    The error raised is the one the in-memory path raises (which checks in stages, each over every row): the
+    first unreadable row of the training source, then of the held-out source; then, stage by stage, the first
+    training row that fails it. Errors of held-out rows are the caller's, when it checks ``test``.
+    """
+    rows = open_rows(config, format, config.train_data, config.hf_split, "train", "train_data")
+    status = _scan(rows, checks, fatal, config, progress)
     held_out = _held_out(config, format, test_rows)
-    readable_positions = np.flatnonzero(readable)
+    readable = np.flatnonzero(status != UNREADABLE)
     if held_out is None:
-        train_index, test_index = split_indices(len(readable_positions), config.test_fraction, config.seed)
-        train = readable_positions[train_index]
-        test = [SourcedRow(rows.where(int(p)), rows.parse(int(p))) for p in readable_positions[test_index]]
+        train_index, test_index = split_indices(len(readable), config.test_fraction, config.seed)
+        train = readable[train_index]
+        test = [SourcedRow(rows.where(int(p)), rows.parse(int(p))) for p in readable[test_index]]
         held_out_skipped = 0
     else:
-        train, (test, held_out_skipped) = readable_positions, held_out
-    if pending is not None:
-        failed, due = pending
-        if bool(np.isin(failed, train)):
-            raise due
-        for position in train[train > failed]:  # the failing row is held out: check the training rows first
-            check(SourcedRow(rows.where(int(position)), rows.parse(int(position))))
-            good[position] = True
-    kept = train[good[train]]
-    skipped = int(count - len(readable_positions)) + held_out_skipped + int(len(train) - len(kept))
-    return StreamedSplit(rows=rows, train=kept, test=test, skipped=skipped)
+        train, (test, held_out_skipped) = readable, held_out
+    train_status = status[train]
+    for stage in range(len(checks)):
+        due = (train_status == FATAL + stage) | ((train_status == FAILED + stage) & (config.bad_rows == "raise"))
+        if due.any():
+            position = int(train[np.argmax(due)])
+            _status_error(SourcedRow(rows.where(position), rows.parse(position)), checks)
+    kept = np.flatnonzero(train_status == USABLE)
+    failed = int(((train_status >= FAILED) & (train_status < FATAL)).sum())
+    skipped = int(len(rows) - len(readable)) + held_out_skipped + failed
+    left_out = int((train_status == LEFT_OUT).sum())
+    return StreamedSplit(rows=rows, train=train[kept], ranks=kept, test=test, skipped=skipped, left_out=left_out)
+
+
+def _status_error(row: SourcedRow[T], checks: Sequence[Check[T]]) -> None:
+    """Run the checks of a row that failed one again, to raise its error."""
+    for check in checks:
+        if not check(row):
+            return
+    raise DataError(
+        row.where,
+        "row",
+        "failed its check when the data was scanned but passes now: the data changed on disk.",
+        "do not edit a data file while a run reads it.",
+    )
+
+
+class _Side(Sequence[D]):
+    """One side of :class:`StreamedPairs` (0: chosen, 1: rejected), or both interleaved (``None``)."""
+
+    __slots__ = ("_pairs", "_side")
+
+    def __init__(self, pairs: StreamedPairs[D], side: int | None) -> None:
+        self._pairs, self._side = pairs, side
+
+    def __len__(self) -> int:
+        return len(self._pairs) * (2 if self._side is None else 1)
+
+    def _item(self, index: int) -> D:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        index %= len(self)
+        if self._side is None:
+            return self._pairs.pair(index // 2)[index % 2]
+        return self._pairs.pair(index)[self._side]
+
+    @overload
+    def __getitem__(self, index: int) -> D: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[D]: ...
+    def __getitem__(self, index: int | slice) -> D | list[D]:
+        if isinstance(index, slice):
+            return [self._item(i) for i in range(*index.indices(len(self)))]
+        return self._item(index)
+
+
+class StreamedPairs(Generic[D]):
+    """Comparisons read from their file when used: ``chosen[i]`` and ``rejected[i]`` are the two items of pair
+    ``i`` (made once for both: the last :data:`PAIR_CACHE` pairs read are kept), ``indices`` the rows' ranks
+    among the readable training rows (as :class:`~tinkerflow.preference.pairs.DPOPairs` has them)."""
+
+    def __init__(self, pairs: StreamedRows[tuple[D, D]], ranks: np.ndarray) -> None:
+        self._pairs = pairs
+        self._ranks = np.asarray(ranks, dtype=np.int64)
+        self._cache: collections.OrderedDict[int, tuple[D, D]] = collections.OrderedDict()
+        self.chosen: Sequence[D] = _Side(self, 0)
+        self.rejected: Sequence[D] = _Side(self, 1)
+
+    @property
+    def indices(self) -> Sequence[int]:
+        return _Ranks(self._ranks)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def pair(self, index: int) -> tuple[D, D]:
+        """Pair ``index``: (chosen, rejected)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
+        value = self._pairs[index]
+        self._cache[index] = value
+        if len(self._cache) > PAIR_CACHE:
+            self._cache.popitem(last=False)
+        return value
+
+    def interleaved(self) -> Sequence[D]:
+        """``(chosen_0, rejected_0, chosen_1, ...)``: a sequence that reads a pair when one of its sides is read."""
+        return _Side(self, None)
+
+    def __repr__(self) -> str:
+        return f"StreamedPairs({self._pairs.rows.source!r}, {len(self)} pairs)"
+
+
+class _Ranks(Sequence[int]):
+    __slots__ = ("_ranks",)
+
+    def __init__(self, ranks: np.ndarray) -> None:
+        self._ranks = ranks
+
+    def __len__(self) -> int:
+        return len(self._ranks)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return cast("list[int]", self._ranks[index].tolist())
+        return int(self._ranks[index])
 
 
 def streamed(split: StreamedSplit[T], make: Callable[[SourcedRow[T]], D]) -> StreamedRows[D]:

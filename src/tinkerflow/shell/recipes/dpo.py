@@ -31,9 +31,9 @@ import numpy as np
 from tinkerflow.datum import Datum
 from tinkerflow.pipeline import Pipeline, PipelineIterator
 from tinkerflow.preference.config import DPOConfig
-from tinkerflow.preference.dpo_data import DPOData, dpo_data
+from tinkerflow.preference.dpo_data import DPOData, checked_pair, dpo_data, dpo_data_of, pair_precheck
 from tinkerflow.preference.evaluation import DPOEval, eval_from_row, evaluate_pairs, policy_eval, weight_sums
-from tinkerflow.preference.records import LabeledComparison
+from tinkerflow.preference.records import LabeledComparison, TieError
 from tinkerflow.render import Renderer
 from tinkerflow.serde import to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, TrainingClient
@@ -43,6 +43,7 @@ from tinkerflow.shell.io.data import load_split, preference_format
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.io.sinks import MetricsSink
+from tinkerflow.shell.io.streaming import Check, StreamedPairs, scan_split, streamed
 from tinkerflow.shell.loop import Finish, StepPlan, epoch_batches, resume_batches, run_steps
 from tinkerflow.shell.recipes.dpo_loss import dpo_loss_fn
 from tinkerflow.shell.recipes.dpo_reference import REFERENCE_FILE, Reference, interleaved, load_or_compute_reference
@@ -101,21 +102,34 @@ def prepare_dpo_data(
     Training comparisons come from ``train_rows`` when given (records or row dicts; bad rows are named
     ``<memory>[i]``), else from ``config.train_data`` (JSONL, ``hf:``, ``hf-disk:``). Held-out ones come from
     ``test_rows``, else ``config.test_data``, else the ``hf_test_split`` of an HF ``train_data``, else a seeded
-    ``test_fraction`` split of the training rows (taken before ties are dropped).
+    ``test_fraction`` split of the training rows (taken before ties are dropped). A file source is streamed
+    (:mod:`tinkerflow.shell.io.streaming`): each comparison is checked once, then rendered again when a batch
+    (or the reference pass) reads it; the pairs are the same as if they were held in memory.
 
     Raises:
         PreferenceFormatError: a row that is not a comparison (``bad_rows="raise"``), naming ``file:line``.
         TieError: a tie with ``ties="raise"``, naming the row.
         DataError: a row that cannot be rendered or is too long (``bad_rows="raise"``), or no training pair at all.
     """
-    rows = load_split(config, preference_format(config.layout), train_rows=train_rows, test_rows=test_rows)
-    return dpo_data(rows, renderer, config)
+    format = preference_format(config.layout)
+    if train_rows is not None:
+        return dpo_data(load_split(config, format, train_rows=train_rows, test_rows=test_rows), renderer, config)
+    make = functools.partial(checked_pair, renderer=renderer, config=config)
+    checks: list[Check[LabeledComparison]] = [
+        functools.partial(pair_precheck, config=config),
+        lambda row: bool(make(row)),
+    ]
+    split = scan_split(config, format, checks, fatal=(TieError,), test_rows=test_rows)
+    train = StreamedPairs(streamed(split, make), split.ranks)
+    return dpo_data_of(
+        train, split.test, renderer, config, skipped=split.skipped, ties=split.left_out, source=config.train_data
+    )
 
 
 def dpo_train_pipeline(data: DPOData, config: DPOConfig) -> Pipeline[tuple[int, ...]]:
     """The training batches as tuples of pair indices: a fresh seeded shuffle per epoch, ``batch_size`` pairs per
     batch (the last batch of an epoch may be smaller; no pair is dropped, none is split)."""
-    return epoch_batches(list(range(len(data.train))), config, item_type=int, name="train pairs")
+    return epoch_batches(range(len(data.train)), config, item_type=int, name="train pairs")
 
 
 def run_dpo(

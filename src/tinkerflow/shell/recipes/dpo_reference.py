@@ -9,6 +9,7 @@ visit are scored; a fingerprint of the data, the reference and the visited pairs
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -24,9 +25,8 @@ from tinkerflow.datum import Datum
 from tinkerflow.pipeline import Pipeline
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.preference.dpo import sequence_logprobs
-from tinkerflow.preference.dpo_data import DPOData
+from tinkerflow.preference.dpo_data import DPOData, Pairs
 from tinkerflow.preference.evaluation import datum_weights
-from tinkerflow.preference.pairs import DPOPairs
 from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import RunDirError, atomic_write_text
@@ -36,25 +36,36 @@ __all__ = ["REFERENCE_FILE", "Reference", "interleaved", "load_or_compute_refere
 
 #: Reference sequence logprobs of the pairs the run visits, written before the first checkpoint.
 REFERENCE_FILE: Final = "reference_logprobs.json"
+#: Groups of training pairs whose reference requests may be queued before the oldest is awaited.
+IN_FLIGHT: Final = 8
 
 
-def interleaved(pairs: DPOPairs, indices: Sequence[int]) -> list[Datum]:
+def interleaved(pairs: Pairs, indices: Sequence[int]) -> list[Datum]:
     """The datums of pairs ``indices``, interleaved ``(chosen_0, rejected_0, chosen_1, ...)``."""
     return [datum for index in indices for datum in (pairs.chosen[index], pairs.rejected[index])]
 
 
 @attrs.frozen
 class Reference:
-    """Reference sequence logprobs: per visited training pair (by index) and per held-out pair."""
+    """Reference sequence logprobs of the training pairs (by index; NaN for a pair the run never visits) and of
+    the held-out pairs."""
 
-    train: dict[int, tuple[float, float]]
+    train_chosen: np.ndarray
+    train_rejected: np.ndarray
     test_chosen: np.ndarray
     test_rejected: np.ndarray
 
     def batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """The reference values of the training pairs ``indices``: (chosen, rejected)."""
-        values = np.array([self.train[index] for index in indices], dtype=np.float64).reshape(len(indices), 2)
-        return values[:, 0], values[:, 1]
+        where = np.asarray(indices, dtype=np.int64)
+        chosen, rejected = self.train_chosen[where], self.train_rejected[where]
+        if np.isnan(chosen).any() or np.isnan(rejected).any():
+            raise RunDirError(f"no reference logprobs for the training pairs {where.tolist()}; start a new run_dir.")
+        return chosen, rejected
+
+    def visited(self) -> np.ndarray:
+        """The indices of the training pairs that have reference values."""
+        return np.flatnonzero(~np.isnan(self.train_chosen))
 
 
 def _fingerprint(data: DPOData, config: DPOConfig, visited: Sequence[int]) -> str:
@@ -70,13 +81,13 @@ def _fingerprint(data: DPOData, config: DPOConfig, visited: Sequence[int]) -> st
     return digest.hexdigest()
 
 
-def _visited(pipeline: Pipeline[tuple[int, ...]], total: int) -> list[tuple[int, ...]]:
+def _visited(pipeline: Pipeline[tuple[int, ...]], total: int, pairs: int) -> list[tuple[int, ...]]:
     """The batches of pairs first seen in each batch of the run, in order (empty batches left out)."""
-    seen: set[int] = set()
+    seen = np.zeros(pairs, dtype=bool)
     groups: list[tuple[int, ...]] = []
     for batch in itertools.islice(pipeline.iterate(), total):
-        fresh = tuple(index for index in batch if index not in seen)
-        seen.update(fresh)
+        fresh = tuple(index for index in batch if not seen[index])
+        seen[list(fresh)] = True
         if fresh:
             groups.append(fresh)
     return groups
@@ -111,44 +122,62 @@ def _compute_reference(
     config: DPOConfig,
     groups: Sequence[tuple[int, ...]],
 ) -> Reference:
-    """Queue every reference request first (test pairs, then each group of training pairs), then wait."""
-    test_datums = list(data.test.interleaved())
-    batches = [(group, interleaved(data.train, group)) for group in groups]
-    thunks: list[Callable[[], tuple[np.ndarray, np.ndarray]]]
+    """Queue the reference requests in order (test pairs, then each group of training pairs) and wait for them
+    :data:`IN_FLIGHT` groups behind, so the backend always has work while at most that many groups' datums (read
+    from the file when the data is streamed) are held."""
     if config.reference_model is None:  # the fresh client's weights, before any step: forward passes
-        thunks = [
-            client.forward(datums, "cross_entropy").map(functools.partial(_pair_logprobs, datums=datums)).result
-            for datums in ([test_datums] if test_datums else []) + [datums for _, datums in batches]
-        ]
+
+        def queue(datums: list[Datum]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+            future = client.forward(datums, "cross_entropy")
+            return future.map(functools.partial(_pair_logprobs, datums=datums)).result
+
     else:
         sampler = backend.create_sampling_client(base_model=config.reference_model).result()
-        thunks = [
-            _sampler_pair_logprobs(sampler, datums)
-            for datums in ([test_datums] if test_datums else []) + [datums for _, datums in batches]
-        ]
-    test_c, test_r = thunks.pop(0)() if test_datums else (np.zeros(0), np.zeros(0))
-    train: dict[int, tuple[float, float]] = {}
-    for (group, _), thunk in zip(batches, thunks, strict=True):
+
+        def queue(datums: list[Datum]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+            return _sampler_pair_logprobs(sampler, datums)
+
+    test_datums = list(data.test.interleaved())
+    test_thunk = queue(test_datums) if test_datums else None
+    train_c = np.full(len(data.train), np.nan)
+    train_r = np.full(len(data.train), np.nan)
+    in_flight: collections.deque[tuple[tuple[int, ...], Callable[[], tuple[np.ndarray, np.ndarray]]]]
+    in_flight = collections.deque()
+
+    def finish_one() -> None:
+        group, thunk = in_flight.popleft()
         chosen, rejected = thunk()
-        for index, value_c, value_r in zip(group, chosen.tolist(), rejected.tolist(), strict=True):
-            train[index] = (value_c, value_r)
-    return Reference(train=train, test_chosen=test_c, test_rejected=test_r)
+        train_c[list(group)], train_r[list(group)] = chosen, rejected
+
+    test_c, test_r = (np.zeros(0), np.zeros(0))
+    for group in groups:
+        in_flight.append((group, queue(interleaved(data.train, group))))
+        if test_thunk is not None:
+            test_c, test_r = test_thunk()
+            test_thunk = None
+        if len(in_flight) > IN_FLIGHT:
+            finish_one()
+    if test_thunk is not None:
+        test_c, test_r = test_thunk()
+    while in_flight:
+        finish_one()
+    return Reference(train_chosen=train_c, train_rejected=train_r, test_chosen=test_c, test_rejected=test_r)
 
 
 def _write_reference(path: pathlib.Path, reference: Reference, fingerprint: str) -> None:
-    indices = sorted(reference.train)
+    indices = reference.visited()
     document = {
         "fingerprint": fingerprint,
-        "train_indices": indices,
-        "train_chosen": [reference.train[index][0] for index in indices],
-        "train_rejected": [reference.train[index][1] for index in indices],
+        "train_indices": indices.tolist(),
+        "train_chosen": reference.train_chosen[indices].tolist(),
+        "train_rejected": reference.train_rejected[indices].tolist(),
         "test_chosen": reference.test_chosen.tolist(),
         "test_rejected": reference.test_rejected.tolist(),
     }
     atomic_write_text(path, json.dumps(document) + "\n")
 
 
-def _read_reference(path: pathlib.Path, fingerprint: str) -> Reference | None:
+def _read_reference(path: pathlib.Path, fingerprint: str, pairs: int) -> Reference | None:
     """The stored reference, or ``None`` if it is missing or belongs to other data."""
     if not path.exists():
         return None
@@ -156,18 +185,17 @@ def _read_reference(path: pathlib.Path, fingerprint: str) -> Reference | None:
         document = json.loads(path.read_text(encoding="utf-8"))
         if document["fingerprint"] != fingerprint:
             return None
-        train = {
-            int(index): (float(chosen), float(rejected))
-            for index, chosen, rejected in zip(
-                document["train_indices"], document["train_chosen"], document["train_rejected"], strict=True
-            )
-        }
+        indices = np.asarray(document["train_indices"], dtype=np.int64)
+        train_c, train_r = np.full(pairs, np.nan), np.full(pairs, np.nan)
+        train_c[indices] = np.asarray(document["train_chosen"], dtype=np.float64)
+        train_r[indices] = np.asarray(document["train_rejected"], dtype=np.float64)
         return Reference(
-            train=train,
+            train_chosen=train_c,
+            train_rejected=train_r,
             test_chosen=np.asarray(document["test_chosen"], dtype=np.float64),
             test_rejected=np.asarray(document["test_rejected"], dtype=np.float64),
         )
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, IndexError) as error:
         raise RunDirError(f"{path}: unreadable reference logprobs ({error}); start a new run_dir.") from error
 
 
@@ -181,11 +209,11 @@ def load_or_compute_reference(
     total: int,
 ) -> Reference:
     """Load the run's stored reference logprobs (resume), or compute and store them (fresh run)."""
-    groups = _visited(pipeline, total)
+    groups = _visited(pipeline, total, len(data.train))
     fingerprint = _fingerprint(data, config, [index for group in groups for index in group])
     path = run.run_dir / REFERENCE_FILE
     if run.resumed:
-        stored = _read_reference(path, fingerprint)
+        stored = _read_reference(path, fingerprint, len(data.train))
         if stored is not None:
             return stored
         if config.reference_model is None:

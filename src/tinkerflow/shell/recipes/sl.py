@@ -93,10 +93,10 @@ def prepare_sl_data(
     format = chat_format(config.hf_messages_field)
     if train_rows is not None:
         return sl_data(load_split(config, format, train_rows=train_rows, test_rows=test_rows), renderer, config)
-    check = functools.partial(checked_datum, renderer=renderer, config=config)
-    split = scan_split(config, format, check, test_rows=test_rows)
+    make = functools.partial(checked_datum, renderer=renderer, config=config)
+    split = scan_split(config, format, [lambda row: bool(make(row))], test_rows=test_rows)
     return sl_data_of(
-        streamed(split, check), split.test, renderer, config, skipped=split.skipped, source=config.train_data
+        streamed(split, make), split.test, renderer, config, skipped=split.skipped, source=config.train_data
     )
 
 
