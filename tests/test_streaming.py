@@ -15,18 +15,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.byte_renderer import ByteRenderer
 
+from tinkerflow.chat_format import ChatFormatError
 from tinkerflow.config import SLConfig
-from tinkerflow.errors import TinkerflowError
+from tinkerflow.errors import ConfigError, TinkerflowError
 from tinkerflow.pipeline import PipelineState
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.preference.dpo_data import DPOData, dpo_data
+from tinkerflow.rl.config import RLConfig
+from tinkerflow.rl.envs import ListRLDataset, math_boxed
+from tinkerflow.rl.envs.math_boxed import MathProblem
 from tinkerflow.rows import DataError
 from tinkerflow.shell.io.data import chat_format, load_split, preference_format
 from tinkerflow.shell.io.streaming import JsonlRows, StreamedPairs, StreamedRows
 from tinkerflow.shell.recipes.dpo import prepare_dpo_data
 from tinkerflow.shell.recipes.dpo_reference import interleaved
+from tinkerflow.shell.recipes.rl import environment_datasets
 from tinkerflow.shell.recipes.sl import prepare_sl_data, train_pipeline
 from tinkerflow.sl_data import SLData, sl_data
+from tinkerflow.supervised import split_indices
 
 # Row kinds: a good conversation, an unreadable line, a row the loop cannot use (too long, or nothing to train
 # on), and a blank line (not a row at all).
@@ -249,3 +255,106 @@ def test_streamed_comparisons_are_the_in_memory_ones(
         assert interleaved(data.train, batch) == [
             datum for i in batch for datum in (data.train.chosen[i], data.train.rejected[i])
         ]
+
+
+# -- RL: problems ----------------------------------------------------------------------------------------------------
+
+
+def _problem(builder: object) -> MathProblem:
+    problem = builder.make_env.args[1]  # type: ignore[attr-defined]  # ProblemGroupBuilder(make_env=partial(...))
+    assert isinstance(problem, MathProblem)
+    return problem
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+def test_problem_rows_refuse_any_unknown_key(key: str) -> None:
+    row = {"problem": "1+1?", "answer": "2", key: "x"}
+    if key in ("problem", "answer", "id"):
+        assert math_boxed.problem_from_json(row, "p.jsonl:1") == MathProblem("1+1?", "2")
+        return
+    with pytest.raises(ChatFormatError) as caught:
+        math_boxed.problem_from_json(row, "p.jsonl:1")
+    assert (caught.value.where, caught.value.field) == ("p.jsonl:1", key)
+
+
+def test_problem_rows_name_the_field_and_the_fix() -> None:
+    with pytest.raises(ChatFormatError, match="did you mean 'answer'") as caught:
+        math_boxed.problem_from_json({"problem": "1+1?", "anwser": "2"}, "p.jsonl:3")
+    assert caught.value.field == "anwser"
+    for row, field in (
+        ({"problem": "1+1?"}, "answer"),
+        ({"problem": "", "answer": "2"}, "problem"),
+        ({"problem": "q", "answer": 2}, "answer"),
+        ({"problem": "q", "answer": "so \\boxed{}"}, "answer"),
+        (["q", "2"], "row"),
+    ):
+        with pytest.raises(ChatFormatError) as caught:
+            math_boxed.problem_from_json(row, "p.jsonl:3")
+        assert caught.value.field == field
+    solution = {"question": "q", "solution": "so \\boxed{\\frac{1}{2}}."}
+    parsed = math_boxed.problem_from_json(solution, "w", question_key="question", answer_key="solution")
+    assert parsed == MathProblem("q", "\\frac{1}{2}")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    good=st.lists(st.booleans(), min_size=1, max_size=25),
+    groups=st.integers(1, 4),
+    steps=st.integers(1, 12),
+    fraction=st.sampled_from([0.0, 0.25]),
+    seed=st.integers(0, 3),
+)
+def test_streamed_problems_batch_like_the_in_memory_list(
+    tmp_path: pathlib.Path, good: list[bool], groups: int, steps: int, fraction: float, seed: int
+) -> None:
+    """Batch ``i`` holds the problems a ListRLDataset over the parsed good rows holds; held-out problems too."""
+    path = tmp_path / "problems.jsonl"
+    rows = [
+        {"problem": f"{i} + 1?", "answer": str(i + 1)} if ok else {"problem": "q", "answr": "1"}
+        for i, ok in enumerate(good)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = RLConfig(
+        env="math_boxed",
+        env_args={"data": str(path), "bad_rows": "skip", "test_fraction": fraction, "fewshot": False},
+        groups_per_batch=groups,
+        steps=steps,
+        seed=seed,
+        eval_groups=2,
+    )
+    problems = [MathProblem(str(row["problem"]), str(row["answer"])) for row in rows if "answer" in row]
+    if not problems:
+        with pytest.raises(ConfigError, match="no usable problem"):
+            environment_datasets(config, ByteRenderer())
+        return
+    train, test = environment_datasets(config, ByteRenderer())
+    train_index, test_index = split_indices(len(problems), fraction, seed)
+    kept = [problems[i] for i in train_index]
+    per_epoch = -(-len(kept) // groups)
+    expected = ListRLDataset(kept, groups, seed, epochs=max(1, -(-steps // per_epoch)))
+    assert len(train) == len(expected) >= steps
+    for index in range(len(train)):
+        assert [_problem(b) for b in train.get_batch(index)] == list(expected.get_batch(index))
+    if test_index.size:
+        assert test is not None
+        assert [_problem(b) for b in test.get_batch(0)] == list(
+            ListRLDataset([problems[i] for i in test_index], 2, seed + 7919).get_batch(0)
+        )
+    else:
+        assert test is None
+
+
+def test_env_args_of_the_data_are_checked(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"problem": "q", "answer": "1"}) + "\n")
+    for args, field in (
+        ({"data": str(tmp_path / "missing.jsonl")}, "path"),
+        ({"data": str(path), "bad_rows": "ignore"}, "env_args['bad_rows']"),
+        ({"data": str(path), "test_fraction": "half"}, "env_args['test_fraction']"),
+        ({"data": 3}, "env_args['data']"),
+        ({"data": str(path), "colour": "red"}, "env_args"),
+    ):
+        with pytest.raises(TinkerflowError) as caught:
+            environment_datasets(RLConfig(env="math_boxed", env_args=args), ByteRenderer())
+        assert caught.value.field == field, args

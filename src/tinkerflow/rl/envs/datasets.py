@@ -10,7 +10,7 @@ gets exactly the builders the first run got:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
 
 import numpy as np
 
@@ -66,7 +66,10 @@ class ListRLDataset:
         shuffle: bool = True,
     ) -> None:
         where = "ListRLDataset"
-        self.builders: tuple[EnvGroupBuilder, ...] = tuple(builders)
+        # a list is copied; another sequence (a tuple, or builders made when read from a file) is kept as it is
+        self.builders: Sequence[EnvGroupBuilder] = (
+            tuple(builders) if isinstance(builders, MutableSequence) or not isinstance(builders, Sequence) else builders
+        )
         if not self.builders:
             raise ConfigError(where, "builders", "is empty.", "give at least one environment-group builder.")
         self.batch_size = positive_int(batch_size, where, "batch_size")

@@ -24,8 +24,9 @@ from typing import Final
 
 import attrs
 
-from tinkerflow._validate import require_type
+from tinkerflow._validate import check_text, require_type
 from tinkerflow.chat import Message
+from tinkerflow.chat_format import ChatFormatError, check_keys, decode_json_line
 from tinkerflow.errors import ValidationError
 from tinkerflow.render import Renderer
 from tinkerflow.rl.envs.base import ProblemBuilder, ProblemEnv, ProblemOptions
@@ -34,6 +35,7 @@ from tinkerflow.rl.envs.datasets import ListRLDataset
 __all__ = [
     "BOXED_INSTRUCTION",
     "MATH_PROBLEMS",
+    "OTHER_PROBLEM_KEYS",
     "TAG",
     "MathProblem",
     "answers_match",
@@ -45,6 +47,8 @@ __all__ = [
     "make_env",
     "normalize_answer",
     "numeric_value",
+    "parse_problem_line",
+    "problem_from_json",
     "problems_from_rows",
 ]
 
@@ -226,6 +230,48 @@ def dataset(
     options = ProblemOptions(fewshot=fewshot, format_coef=format_coef, max_tokens=max_tokens)
     builders = [builder(renderer, problem, group_size, options) for problem in problems]
     return ListRLDataset(builders, batch_size, seed, epochs=epochs)
+
+
+#: Keys a math problem row may have besides its question and answer keys.
+OTHER_PROBLEM_KEYS: Final = frozenset({"id"})
+
+
+def problem_from_json(
+    row: object, where: str, *, question_key: str = "problem", answer_key: str = "answer"
+) -> MathProblem:
+    r"""One data row (a JSON object) -> :class:`MathProblem`, strictly: the question under ``question_key``, the
+    answer under ``answer_key`` (a bare answer, or a solution whose last ``\boxed{}`` is the answer), and no key
+    but those and ``id``.
+
+    Raises:
+        ChatFormatError: the row is not an object, has an unknown key (the closest known keys are the fix), or
+            lacks a usable question or answer; ``where`` names the row, the field names the key.
+    """
+    if not isinstance(row, Mapping):
+        raise ChatFormatError(where, "row", f"must be a JSON object, got {type(row).__name__}.")
+    check_keys(row, {question_key, answer_key, *OTHER_PROBLEM_KEYS}, where, "", "a math problem row")
+    values: dict[str, str] = {}
+    for key in (question_key, answer_key):
+        value = row.get(key)
+        if not isinstance(value, str) or not value.strip():
+            got = "missing" if value is None else f"{type(value).__name__} {value!r}"[:60]
+            raise ChatFormatError(
+                where, key, f"must be a non-empty string, got {got}.", "set question_key / answer_key in env_args."
+            )
+        values[key] = check_text(value, where, key)
+    answer = values[answer_key]
+    boxed = extract_boxed(answer) if "\\boxed" in answer else answer
+    if boxed is None or not boxed.strip():
+        raise ChatFormatError(where, answer_key, "holds a \\boxed{} with no answer in it.", "fix or drop the row.")
+    return MathProblem(values[question_key], boxed.strip())
+
+
+def parse_problem_line(
+    line: bytes | str, where: str, *, question_key: str = "problem", answer_key: str = "answer"
+) -> MathProblem:
+    """One JSONL line -> :class:`MathProblem` (:func:`problem_from_json`); invalid UTF-8 or JSON is a
+    :class:`~tinkerflow.chat_format.ChatFormatError`."""
+    return problem_from_json(decode_json_line(line, where), where, question_key=question_key, answer_key=answer_key)
 
 
 def problems_from_rows(

@@ -76,6 +76,7 @@ class JsonlRows(Generic[T]):
     :func:`tinkerflow.shell.io.data.jsonl_rows`); a line is read with ``os.pread`` when it is parsed."""
 
     def __init__(self, path: str | os.PathLike[str], parse_line: Callable[[bytes, str], T]) -> None:
+        self._fd: int | None = None
         self._path = pathlib.Path(path)
         if not self._path.is_file():
             raise DataError(
@@ -83,7 +84,6 @@ class JsonlRows(Generic[T]):
             )
         self._starts, self._ends, self._numbers = index_lines(self._path)
         self._parse_line = parse_line
-        self._fd: int | None = None
 
     @property
     def source(self) -> str:

@@ -37,6 +37,7 @@ from tinkerflow.rl import envs
 from tinkerflow.rl.advantages import AdvantageConfig, compute_advantages
 from tinkerflow.rl.assembly import RLBatch, assemble_batch
 from tinkerflow.rl.config import RLConfig
+from tinkerflow.rl.envs.base import ProblemOptions
 from tinkerflow.rl.kl import kl_penalty, reference_prompts
 from tinkerflow.rl.loss_inputs import CISPOLoss, DROLoss, ImportanceSamplingLoss, LossConfig, PPOLoss, loss_datums
 from tinkerflow.rl.metrics import rollout_metrics
@@ -49,6 +50,7 @@ from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.io.sinks import MetricsSink
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, run_steps
+from tinkerflow.shell.recipes import rl_data
 from tinkerflow.shell.recipes.rl_sampling import RolloutSampling
 from tinkerflow.training import ForwardBackwardOutput
 
@@ -90,6 +92,9 @@ def environment_datasets(config: RLConfig, renderer: Renderer) -> tuple[RLDatase
                 renderer, batch_size=max(config.eval_groups, 1), n_batches=1, seed=config.seed + 7919, **common
             )
             return train, test
+        if config.env == "math_boxed" and "data" in config.env_args:
+            options = {key: value for key, value in kwargs.items() if key not in rl_data.DATA_KEYS}
+            return rl_data.problem_datasets(config, renderer, ProblemOptions(**options))  # type: ignore[arg-type]  # ProblemOptions checks the values
         if config.env == "math_boxed":
             math_factory: Callable[..., RLDataset] = envs.math_boxed.dataset
             return math_factory(
