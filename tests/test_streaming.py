@@ -26,7 +26,7 @@ from tinkerflow.rl.envs import ListRLDataset, math_boxed
 from tinkerflow.rl.envs.math_boxed import MathProblem
 from tinkerflow.rows import DataError
 from tinkerflow.shell.io.data import chat_format, load_split, preference_format
-from tinkerflow.shell.io.streaming import JsonlRows, StreamedPairs, StreamedRows
+from tinkerflow.shell.io.streaming import JsonlRows, StreamedPairs, StreamedRows, one_by_one
 from tinkerflow.shell.recipes.dpo import prepare_dpo_data
 from tinkerflow.shell.recipes.dpo_reference import interleaved
 from tinkerflow.shell.recipes.rl import environment_datasets
@@ -185,8 +185,8 @@ def test_jsonl_rows_skip_blank_lines_like_the_reader(tmp_path: pathlib.Path) -> 
         ({"b": 2}, f"{path}:5"),
         ({"c": 3}, f"{path}:7"),
     ]
-    assert np.array_equal(StreamedRows(rows, np.array([2, 0]), lambda row: row.where).positions, [2, 0])
-    assert list(StreamedRows(rows, np.array([2, 0]), lambda row: row.where)) == [f"{path}:7", f"{path}:1"]
+    assert np.array_equal(StreamedRows(rows, np.array([2, 0]), one_by_one(lambda row: row.where)).positions, [2, 0])
+    assert list(StreamedRows(rows, np.array([2, 0]), one_by_one(lambda row: row.where))) == [f"{path}:7", f"{path}:1"]
 
 
 # -- DPO: comparisons ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = [
     "checked_pairs",
     "dpo_data",
     "dpo_data_of",
+    "pair_outcomes",
     "pair_precheck",
     "too_long",
 ]
@@ -117,12 +118,38 @@ def checked_pair(row: SourcedRow[LabeledComparison], renderer: Renderer, config:
     return pair
 
 
+def pair_outcomes(
+    rows: Sequence[SourcedRow[LabeledComparison]], renderer: Renderer, config: DPOConfig
+) -> list[tuple[Datum, Datum] | TinkerflowError]:
+    """:func:`checked_pair` of each comparison (none a tie), the error in its place where it raises; rendered in
+    one batched call (:func:`~tinkerflow.preference.pairs.dpo_pairs`), and one by one, to tell which fails, when
+    that call raises."""
+    rendered: list[tuple[Datum, Datum]] | None = None
+    if len(rows) > 1:
+        try:
+            batch = dpo_pairs([row.value for row in rows], renderer, ties="raise", train_on=config.train_on)
+            rendered = list(zip(batch.chosen, batch.rejected, strict=True))
+        except TinkerflowError:
+            rendered = None
+    outcomes: list[tuple[Datum, Datum] | TinkerflowError] = []
+    for index, row in enumerate(rows):
+        try:
+            if rendered is None:
+                outcomes.append(checked_pair(row, renderer, config))
+            else:
+                too_long(rendered[index], row.where, config.max_length)
+                outcomes.append(rendered[index])
+        except TinkerflowError as error:
+            outcomes.append(error)
+    return outcomes
+
+
 def checked_pairs(
     rows: Sequence[SourcedRow[LabeledComparison]], renderer: Renderer, config: DPOConfig
 ) -> tuple[DPOPairs, int, int]:
     """:func:`pair_precheck` of every row (ties handled, pairs without a preference made bad rows), then the kept
-    comparisons rendered (one batched call; a failure is retried row by row with :func:`checked_pair` to name the
-    row) and their lengths checked. Returns the pairs, bad rows skipped and ties dropped."""
+    comparisons rendered and their lengths checked (:func:`pair_outcomes`). Returns the pairs, bad rows skipped and
+    ties dropped."""
     kept: list[tuple[int, SourcedRow[LabeledComparison]]] = []
     ties = 0
     bad = 0
@@ -138,30 +165,17 @@ def checked_pairs(
             if config.bad_rows == "raise":
                 raise
             bad += 1
-    rendered: list[tuple[Datum, Datum]] | None = None
-    if kept:
-        try:
-            batch = dpo_pairs([row.value for _, row in kept], renderer, ties="raise", train_on=config.train_on)
-            rendered = list(zip(batch.chosen, batch.rejected, strict=True))
-        except TinkerflowError:
-            rendered = None  # some row fails: render one by one below, to name it (or skip it)
     chosen: list[Datum] = []
     rejected: list[Datum] = []
     indices: list[int] = []
-    for number, (position, row) in enumerate(kept):
-        try:
-            if rendered is not None:
-                pair = rendered[number]
-                too_long(pair, row.where, config.max_length)
-            else:
-                pair = checked_pair(row, renderer, config)
-        except TinkerflowError:
+    for (position, _), outcome in zip(kept, pair_outcomes([row for _, row in kept], renderer, config), strict=True):
+        if isinstance(outcome, TinkerflowError):
             if config.bad_rows == "raise":
-                raise
+                raise outcome
             bad += 1
             continue
-        chosen.append(pair[0])
-        rejected.append(pair[1])
+        chosen.append(outcome[0])
+        rejected.append(outcome[1])
         indices.append(position)
     return DPOPairs(chosen=chosen, rejected=rejected, indices=indices), bad, ties
 

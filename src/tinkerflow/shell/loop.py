@@ -27,7 +27,7 @@ from typing import TypeAlias, TypeVar
 import attrs
 
 from tinkerflow.config import DataConfig
-from tinkerflow.pipeline import Pipeline, PipelineIterator, PipelineState
+from tinkerflow.pipeline import Pipeline, PipelineIterator, PipelineState, Source
 from tinkerflow.serde import from_json
 from tinkerflow.shell.backends.protocol import TrainingClient
 from tinkerflow.shell.io.run import Run
@@ -127,10 +127,12 @@ def resume_batches(run: Run, pipeline: Pipeline[T]) -> PipelineIterator[T]:
 
 def epoch_batches(items: Sequence[T], config: DataConfig, *, item_type: object, name: str) -> Pipeline[tuple[T, ...]]:
     """The training batches of ``items``: a fresh seeded shuffle (``config.seed``) per epoch, ``config.epochs``
-    epochs, ``config.batch_size`` items per batch (the last batch of an epoch may be smaller; none is dropped)."""
-    return (
-        Pipeline.from_source(items, item_type=item_type, name=name)
-        .shuffle(seed=config.seed)
-        .repeat(config.epochs)
-        .batch(config.batch_size)
+    epochs, ``config.batch_size`` items per batch (the last batch of an epoch may be smaller; none is dropped).
+    ``items`` that are a pipeline :class:`~tinkerflow.pipeline.Source` (rows streamed from a file) are read in
+    chunks through it; ``item_type`` and ``name`` describe a plain sequence."""
+    source = (
+        Pipeline.from_source(items)
+        if isinstance(items, Source)
+        else Pipeline.from_source(items, item_type=item_type, name=name)
     )
+    return source.shuffle(seed=config.seed).repeat(config.epochs).batch(config.batch_size)

@@ -31,7 +31,7 @@ import numpy as np
 from tinkerflow.datum import Datum
 from tinkerflow.pipeline import Pipeline, PipelineIterator
 from tinkerflow.preference.config import DPOConfig
-from tinkerflow.preference.dpo_data import DPOData, checked_pair, dpo_data, dpo_data_of, pair_precheck
+from tinkerflow.preference.dpo_data import DPOData, dpo_data, dpo_data_of, pair_outcomes, pair_precheck
 from tinkerflow.preference.evaluation import DPOEval, eval_from_row, evaluate_pairs, policy_eval, weight_sums
 from tinkerflow.preference.records import LabeledComparison, TieError
 from tinkerflow.render import Renderer
@@ -42,8 +42,9 @@ from tinkerflow.shell.io.charts import metrics_chart_html
 from tinkerflow.shell.io.data import load_split, preference_format
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
+from tinkerflow.shell.io.scan import Check, passes, per_row, scan_split, streamed
 from tinkerflow.shell.io.sinks import MetricsSink
-from tinkerflow.shell.io.streaming import Check, StreamedPairs, scan_split, streamed
+from tinkerflow.shell.io.streaming import StreamedPairs
 from tinkerflow.shell.loop import Finish, StepPlan, epoch_batches, resume_batches, run_steps
 from tinkerflow.shell.recipes.dpo_loss import dpo_loss_fn
 from tinkerflow.shell.recipes.dpo_reference import REFERENCE_FILE, Reference, interleaved, load_or_compute_reference
@@ -114,13 +115,13 @@ def prepare_dpo_data(
     format = preference_format(config.layout)
     if train_rows is not None:
         return dpo_data(load_split(config, format, train_rows=train_rows, test_rows=test_rows), renderer, config)
-    make = functools.partial(checked_pair, renderer=renderer, config=config)
+    make_many = functools.partial(pair_outcomes, renderer=renderer, config=config)
     checks: list[Check[LabeledComparison]] = [
-        functools.partial(pair_precheck, config=config),
-        lambda row: bool(make(row)),
+        per_row(functools.partial(pair_precheck, config=config)),
+        passes(make_many),
     ]
     split = scan_split(config, format, checks, fatal=(TieError,), test_rows=test_rows)
-    train = StreamedPairs(streamed(split, make), split.ranks)
+    train = StreamedPairs(streamed(split, make_many, item_type=tuple, name="train pairs"), split.ranks)
     return dpo_data_of(
         train, split.test, renderer, config, skipped=split.skipped, ties=split.left_out, source=config.train_data
     )

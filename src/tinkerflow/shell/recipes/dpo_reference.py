@@ -30,6 +30,7 @@ from tinkerflow.preference.evaluation import datum_weights
 from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import RunDirError, atomic_write_text
+from tinkerflow.shell.io.streaming import StreamedPairs
 from tinkerflow.training import ForwardBackwardOutput
 
 __all__ = ["REFERENCE_FILE", "Reference", "interleaved", "load_or_compute_reference"]
@@ -41,7 +42,10 @@ IN_FLIGHT: Final = 8
 
 
 def interleaved(pairs: Pairs, indices: Sequence[int]) -> list[Datum]:
-    """The datums of pairs ``indices``, interleaved ``(chosen_0, rejected_0, chosen_1, ...)``."""
+    """The datums of pairs ``indices``, interleaved ``(chosen_0, rejected_0, chosen_1, ...)`` (streamed pairs are
+    read in one call)."""
+    if isinstance(pairs, StreamedPairs):
+        return [datum for pair in pairs.prefetch(indices) for datum in pair]
     return [datum for index in indices for datum in (pairs.chosen[index], pairs.rejected[index])]
 
 

@@ -31,7 +31,8 @@ from tinkerflow.rl.envs import ListRLDataset, math_boxed
 from tinkerflow.rl.envs.base import ProblemOptions
 from tinkerflow.rl.types import EnvGroupBuilder, RLDataset
 from tinkerflow.shell.io.data import RowFormat
-from tinkerflow.shell.io.streaming import scan_split, streamed
+from tinkerflow.shell.io.scan import scan_split, streamed
+from tinkerflow.shell.io.streaming import one_by_one
 
 __all__ = ["DATA_KEYS", "problem_datasets", "problem_format"]
 
@@ -121,7 +122,8 @@ def problem_datasets(
     )
     per_epoch = -(-len(split.train) // config.groups_per_batch)
     epochs = max(1, -(-config.steps // per_epoch))
-    train = ListRLDataset(streamed(split, make), config.groups_per_batch, config.seed, epochs=epochs)
+    builders = streamed(split, one_by_one(make), item_type=EnvGroupBuilder, name="problems")
+    train = ListRLDataset(builders, config.groups_per_batch, config.seed, epochs=epochs)
     held_out = [math_boxed.builder(renderer, row.value, config.group_size, options) for row in split.test]
     test = ListRLDataset(held_out, max(config.eval_groups, 1), config.seed + 7919) if held_out else None
     return train, test

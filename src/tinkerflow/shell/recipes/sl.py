@@ -40,10 +40,10 @@ from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClien
 from tinkerflow.shell.evals.inline import InlineEvals
 from tinkerflow.shell.io.data import chat_format, load_split
 from tinkerflow.shell.io.run import Run
+from tinkerflow.shell.io.scan import passes, scan_split, streamed
 from tinkerflow.shell.io.sinks import MetricsSink
-from tinkerflow.shell.io.streaming import scan_split, streamed
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, epoch_batches, resume_batches, run_steps
-from tinkerflow.sl_data import SLData, checked_datum, sl_data, sl_data_of
+from tinkerflow.sl_data import SLData, datum_outcomes, sl_data, sl_data_of
 from tinkerflow.supervised import recommended_lr, token_nll_totals
 from tinkerflow.training import ForwardBackwardOutput
 
@@ -93,11 +93,10 @@ def prepare_sl_data(
     format = chat_format(config.hf_messages_field)
     if train_rows is not None:
         return sl_data(load_split(config, format, train_rows=train_rows, test_rows=test_rows), renderer, config)
-    make = functools.partial(checked_datum, renderer=renderer, config=config)
-    split = scan_split(config, format, [lambda row: bool(make(row))], test_rows=test_rows)
-    return sl_data_of(
-        streamed(split, make), split.test, renderer, config, skipped=split.skipped, source=config.train_data
-    )
+    make_many = functools.partial(datum_outcomes, renderer=renderer, config=config)
+    split = scan_split(config, format, [passes(make_many)], test_rows=test_rows)
+    train = streamed(split, make_many, item_type=Datum, name="train datums")
+    return sl_data_of(train, split.test, renderer, config, skipped=split.skipped, source=config.train_data)
 
 
 def train_pipeline(data: SLData, config: SLConfig) -> Pipeline[tuple[Datum, ...]]:
