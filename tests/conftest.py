@@ -15,6 +15,10 @@ from hypothesis import HealthCheck, settings
 
 pytest.register_assert_rewrite("tests.helpers", "tests.tiny_model")
 
+# The hostile suite's counts by boundary, printed at the end of a run (registered here so that the xdist
+# controller of the default run loads it too).
+pytest_plugins = ("tests.hostile.counting",)
+
 settings.register_profile(
     "ci",
     derandomize=True,

@@ -63,7 +63,7 @@ from tinkerflow.shell.recipes.sl import run_sl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT: Final = pathlib.Path(__file__).resolve().parent.parent
+ROOT: Final = pathlib.Path(__file__).resolve().parents[2]
 CPU: Final = torch.device("cpu")
 
 
@@ -117,6 +117,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return _write(tmp_path_factory.mktemp("pristine") / "run" / "weights" / "a")
 
 
+@pytest.mark.hostile("checkpoints")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     name=st.sampled_from([ADAPTER_FILE, OPTIMIZER_FILE, "adapter_config.json"]),
@@ -140,6 +141,20 @@ def test_any_flipped_byte_is_caught_naming_the_file(
                 read_weights(directory, read_meta(directory, "x"), CPU)
 
 
+@pytest.mark.hostile("checkpoints")
+@pytest.mark.parametrize("name", [ADAPTER_FILE, OPTIMIZER_FILE, "adapter_config.json"])
+@pytest.mark.parametrize("keep", [0, 1, 100])
+def test_a_truncated_file_is_caught_naming_the_file(
+    pristine: pathlib.Path, tmp_path: pathlib.Path, name: str, keep: int
+) -> None:
+    directory = tmp_path / "a"
+    shutil.copytree(pristine, directory)
+    (directory / name).write_bytes((directory / name).read_bytes()[:keep])
+    with pytest.raises(CheckpointError, match=rf"{name}: corrupt \(sha256"):
+        verify_checkpoint(directory, "local://run/weights/a")
+
+
+@pytest.mark.hostile("checkpoints")
 def test_a_missing_file_is_named(tmp_path: pathlib.Path) -> None:
     directory = _write(tmp_path / "run" / "weights" / "a")
     (directory / OPTIMIZER_FILE).unlink()
@@ -156,6 +171,7 @@ def test_a_checkpoint_written_before_hashes_loads_unchecked(tmp_path: pathlib.Pa
     assert set(read_tensors(directory / OPTIMIZER_FILE, CPU)) == {"layers.0.q_proj.lora_A.weight.exp_avg"}
 
 
+@pytest.mark.hostile("checkpoints")
 def test_an_unhashed_damaged_safetensors_file_is_a_checkpoint_error(tmp_path: pathlib.Path) -> None:
     file = tmp_path / "lone.safetensors"
     file.write_bytes(b"\xff" * 64)  # no checkpoint.json beside it: nothing to check, and not safetensors
@@ -163,6 +179,7 @@ def test_an_unhashed_damaged_safetensors_file_is_a_checkpoint_error(tmp_path: pa
         read_tensors(file, CPU)
 
 
+@pytest.mark.hostile("checkpoints")
 @pytest.mark.parametrize(
     "recorded",
     [
@@ -197,6 +214,7 @@ with atomic_directory(pathlib.Path(sys.argv[1])) as temp:
 """
 
 
+@pytest.mark.hostile("checkpoints")
 def test_the_leftover_of_a_kill_9_is_removed_and_a_live_write_in_another_process_is_not(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -257,6 +275,7 @@ def test_a_cleaner_that_catches_a_write_before_its_lock_makes_it_start_again(
     assert _hidden(tmp_path) == []
 
 
+@pytest.mark.hostile("checkpoints")
 def test_a_checkpoint_set_aside_by_a_killed_overwrite_is_restored_or_removed(tmp_path: pathlib.Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -272,6 +291,7 @@ def test_a_checkpoint_set_aside_by_a_killed_overwrite_is_restored_or_removed(tmp
     assert sorted(path.name for path in weights.iterdir()) == [f".b.old-{os.getpid()}", "a", "b"]
 
 
+@pytest.mark.hostile("checkpoints")
 def test_delete_checkpoint_never_leaves_a_half_checkpoint_under_its_name(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,6 +384,7 @@ def _saved_steps(total: int, save_every: int) -> list[int]:
     return sorted({*range(save_every, total + 1, save_every), total} if save_every else {total})
 
 
+@pytest.mark.hostile("checkpoints")
 @settings(max_examples=30, deadline=None)
 @given(
     keep=st.one_of(
@@ -401,6 +422,7 @@ def test_retention_keeps_exactly_the_policy_and_whatever_a_kept_state_needs(
         assert _hidden(run_dir / "checkpoints") == []
 
 
+@pytest.mark.hostile("checkpoints")
 def test_a_corrupt_sampler_checkpoint_a_state_needs_makes_the_resume_fall_back(tmp_path: pathlib.Path) -> None:
     config = SLConfig(train_data="a.jsonl", save_every=2)
     with pytest.raises(KilledError):
@@ -484,7 +506,7 @@ sys.path.insert(0, sys.argv[2])
 import torch
 torch.set_num_threads(1)
 import tinkerflow.shell.backends.local.checkpoint as checkpoint_module
-from tests.test_checkpoint_trust import _config, _sl
+from tests.hostile.test_checkpoint_trust import _config, _sl
 real_write_meta = checkpoint_module.write_meta
 
 def write_meta(directory, meta):
@@ -497,6 +519,7 @@ _sl(_config(pathlib.Path(sys.argv[1]), "killed"))
 """
 
 
+@pytest.mark.hostile("checkpoints")
 def test_kill_9_in_a_checkpoint_write_then_two_resumes_keep_one_run_id_and_end_exactly(
     tmp_path: pathlib.Path, reference: Reference
 ) -> None:
@@ -523,7 +546,10 @@ def test_kill_9_in_a_checkpoint_write_then_two_resumes_keep_one_run_id_and_end_e
     _assert_like_reference(run_dir, reference)
 
 
-@pytest.mark.parametrize("damage", ["a flipped byte in the adapter", "the checkpoint deleted", "every one corrupt"])
+@pytest.mark.hostile("checkpoints")
+@pytest.mark.parametrize(
+    "damage", ["a flipped byte in the adapter", "the adapter truncated", "the checkpoint deleted", "every one corrupt"]
+)
 def test_a_corrupt_or_missing_latest_checkpoint_falls_back_to_the_previous_good_one(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, reference: Reference, damage: str
 ) -> None:
@@ -535,7 +561,11 @@ def test_a_corrupt_or_missing_latest_checkpoint_falls_back_to_the_previous_good_
         shutil.rmtree(latest)
     else:
         for step in (3, 6, 9) if damage == "every one corrupt" else (9,):
-            _flip(_weights_dir(run_dir, step) / ADAPTER_FILE)
+            adapter = _weights_dir(run_dir, step) / ADAPTER_FILE
+            if damage == "the adapter truncated":  # a write cut short, as a full disk leaves it
+                adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+            else:
+                _flip(adapter)
         state = read_state(run_dir)
         assert state is not None
         with pytest.raises(CheckpointError, match=f"{ADAPTER_FILE}: corrupt"):  # a load checks it too
@@ -557,6 +587,7 @@ def test_a_corrupt_or_missing_latest_checkpoint_falls_back_to_the_previous_good_
     assert [state.step for state in read_history(run_dir)] == [3, 6, 9, 12]
 
 
+@pytest.mark.hostile("checkpoints")
 def test_retention_on_the_local_backend_across_a_kill(tmp_path: pathlib.Path, reference: Reference) -> None:
     config = _config(tmp_path, "kept", keep_last=2, keep_every=6)
     with pytest.raises(KilledError):

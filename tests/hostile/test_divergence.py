@@ -22,6 +22,7 @@ def _datum() -> Datum:
     return Datum(ModelInput.from_tokens(tokens[:-1]), target_tokens_T=tokens[1:], weights_T=np.ones(10, np.float32))
 
 
+@pytest.mark.hostile("backends")
 @pytest.mark.parametrize("custom", [False, True])
 def test_divergence_names_the_learning_rate(tmp_path: pathlib.Path, custom: bool) -> None:
     backend = LocalBackend(checkpoint_dir=tmp_path)
@@ -40,6 +41,7 @@ def test_divergence_names_the_learning_rate(tmp_path: pathlib.Path, custom: bool
     assert "lower the learning rate" in message
 
 
+@pytest.mark.hostile("backends")
 def test_a_diverged_forward_without_steps_names_the_outputs(tmp_path: pathlib.Path) -> None:
     import torch
 

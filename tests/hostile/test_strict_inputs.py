@@ -193,6 +193,7 @@ CHAT_LINES: list[tuple[str, str, str]] = [
 ]
 
 
+@pytest.mark.hostile("rows")
 @pytest.mark.parametrize(("line", "field"), [case[1:] for case in CHAT_LINES], ids=[case[0] for case in CHAT_LINES])
 def test_bad_chat_line(line: str, field: str) -> None:
     error = _raises_exactly(lambda: parse_chat_line(line, "d.jsonl:3"), ChatFormatError, field)
@@ -200,6 +201,7 @@ def test_bad_chat_line(line: str, field: str) -> None:
     assert error.where == "d.jsonl:3"
 
 
+@pytest.mark.hostile("rows")
 def test_an_unknown_key_names_the_closest_known_key() -> None:
     error = _raises_exactly(lambda: parse_chat_line(CHAT_LINES[0][1], "d.jsonl:1"), ChatFormatError, CHAT_LINES[0][2])
     assert "did you mean 'content'?" in str(error)
@@ -208,6 +210,7 @@ def test_an_unknown_key_names_the_closest_known_key() -> None:
     assert "customized" in str(weight)
 
 
+@pytest.mark.hostile("rows")
 def test_invalid_utf8_line() -> None:
     _raises_exactly(lambda: parse_chat_line(b'{"messages": "\xff"}', "d.jsonl:9"), ChatFormatError, "line")
 
@@ -234,6 +237,7 @@ MEMORY_ROWS: list[tuple[str, dict[str, object], str]] = [
 ]
 
 
+@pytest.mark.hostile("rows")
 @pytest.mark.parametrize(("row", "field"), [case[1:] for case in MEMORY_ROWS], ids=[case[0] for case in MEMORY_ROWS])
 def test_bad_memory_chat_row(row: dict[str, object], field: str) -> None:
     error = _raises_exactly(lambda: parse_chat_rows([row]), ChatFormatError, field)
@@ -244,6 +248,7 @@ def test_bad_memory_chat_row(row: dict[str, object], field: str) -> None:
 _identifiers = st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
 
 
+@pytest.mark.hostile("rows")
 @given(st.sampled_from(sorted(MESSAGE_KEYS - {"role"})), st.data())
 def test_any_unknown_message_key_is_refused_with_a_suggestion(known: str, data: st.DataObject) -> None:
     """A known key with one character dropped (a typo) is refused and the known key suggested; any other unknown
@@ -297,6 +302,7 @@ NOTHING_TO_TRAIN: list[tuple[str, dict[str, object]]] = [
 ]
 
 
+@pytest.mark.hostile("rows")
 @pytest.mark.parametrize("row", [case[1] for case in NOTHING_TO_TRAIN], ids=[case[0] for case in NOTHING_TO_TRAIN])
 def test_a_row_with_nothing_to_train_on_follows_the_bad_row_policy(
     tmp_path: pathlib.Path, row: dict[str, object]
@@ -313,6 +319,7 @@ def test_a_row_with_nothing_to_train_on_follows_the_bad_row_policy(
     assert all(datum.weights_T is not None and datum.weights_T.sum() > 0 for datum in data.train)
 
 
+@pytest.mark.hostile("rows")
 def test_held_out_rows_with_nothing_to_train_on_are_bad_rows_too(tmp_path: pathlib.Path) -> None:
     renderer = ByteRenderer()
     test_rows = [GOOD, NOTHING_TO_TRAIN[0][1]]
@@ -324,6 +331,7 @@ def test_held_out_rows_with_nothing_to_train_on_are_bad_rows_too(tmp_path: pathl
     assert error.where == "<memory:test>[1]"
 
 
+@pytest.mark.hostile("rows")
 def test_a_dataset_with_no_trainable_token_fails_before_any_work(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "nothing.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for _, row in NOTHING_TO_TRAIN))
@@ -390,6 +398,7 @@ PREFERENCE_ROWS: list[tuple[str, dict[str, object], str]] = [
 ]
 
 
+@pytest.mark.hostile("rows")
 @pytest.mark.parametrize(
     ("row", "field"), [case[1:] for case in PREFERENCE_ROWS], ids=[case[0] for case in PREFERENCE_ROWS]
 )
@@ -399,6 +408,7 @@ def test_bad_preference_row(row: dict[str, object], field: str) -> None:
     assert error.where == "p.jsonl:2"
 
 
+@pytest.mark.hostile("rows")
 def test_preference_typos_name_the_closest_key() -> None:
     error = _raises_exactly(
         lambda: labeled_comparison_from_json({"prompt": "q", "chosen": "a", "rejectd": "b"}),
@@ -413,12 +423,14 @@ def test_preference_typos_name_the_closest_key() -> None:
     assert "'promt' -> 'prompt'" in lost.fix
 
 
+@pytest.mark.hostile("rows")
 def test_preference_deep_line_and_label_a_on_chosen() -> None:
     _raises_exactly(lambda: parse_preference_line(_deep(100_000), "p.jsonl:1"), PreferenceFormatError, "line")
     labeled = labeled_comparison_from_json({"prompt": "q", "chosen": "a", "rejected": "b", "label": "A"})
     assert labeled.label == "a"  # a label agreeing with the keys is redundant, not wrong
 
 
+@pytest.mark.hostile("rows")
 @given(st.sampled_from(sorted(LAYOUT_KEYS)), _identifiers)
 def test_any_unknown_preference_key_is_refused(layout: str, key: str) -> None:
     rows = {
@@ -527,6 +539,7 @@ RECORDS: list[Case] = [
 ]
 
 
+@pytest.mark.hostile("records")
 @pytest.mark.parametrize(("build", "kind", "field"), [case[1:] for case in RECORDS], ids=[case[0] for case in RECORDS])
 def test_bad_record(build: Callable[[], object], kind: type[Exception], field: str) -> None:
     _raises_exactly(build, kind, field)
@@ -539,6 +552,7 @@ def test_logprob_rounding_headroom_is_kept_as_given() -> None:
     assert datum.logprobs_T[1] == within
 
 
+@pytest.mark.hostile("records")
 @given(
     st.lists(st.floats(-30.0, 0.0, width=32), min_size=1, max_size=16),
     st.floats(2.0**-10, 1e6, width=32),  # every value > LOGPROB_TOLERANCE, exact in float32
@@ -608,6 +622,7 @@ CONFIG_JSON: list[tuple[str, type, dict[str, object], str]] = [
 _BASES: dict[type, dict[str, object]] = {SLConfig: SL_BASE, DPOConfig: DPO_BASE, RLConfig: RL_BASE}
 
 
+@pytest.mark.hostile("configs")
 @pytest.mark.parametrize(
     ("cls", "fields", "field"), [case[1:] for case in CONFIG_JSON], ids=[case[0] for case in CONFIG_JSON]
 )
@@ -620,6 +635,7 @@ def test_bad_config_json(cls: type, fields: dict[str, object], field: str) -> No
     assert error.where == cls.__name__
 
 
+@pytest.mark.hostile("configs")
 def test_the_brief_example_message() -> None:
     with pytest.raises(ConfigError, match=r"^SLConfig\.batch_size: must be an int, got 2\.5\."):
         structure({"train_data": "d.jsonl", "batch_size": 2.5}, SLConfig)
@@ -632,6 +648,7 @@ def test_whole_floats_and_ints_for_floats_are_not_coercions() -> None:
     assert type(config.learning_rate) is float
 
 
+@pytest.mark.hostile("records")
 def test_a_bad_record_value_is_a_record_data_error() -> None:
     text = '{"model_input": {"chunks": [{"type": "tokens", "tokens_T": [1]}]}, "target_tokens_T": [true]}'
     error = _raises_exactly(lambda: structure(json.loads(text), Datum), RecordDataError, "target_tokens_T")
@@ -639,6 +656,7 @@ def test_a_bad_record_value_is_a_record_data_error() -> None:
     assert not isinstance(error, ConfigError)
 
 
+@pytest.mark.hostile("configs")
 @given(st.sampled_from(["batch_size", "max_length", "epochs", "save_every", "seed", "lora_rank"]), st.data())
 def test_no_int_field_takes_a_bool_or_a_fraction(field: str, data: st.DataObject) -> None:
     value = data.draw(
@@ -671,6 +689,7 @@ OVERRIDES: list[tuple[str, type, str, str]] = [
 ]
 
 
+@pytest.mark.hostile("cli")
 @pytest.mark.parametrize(
     ("cls", "override", "field"), [case[1:] for case in OVERRIDES], ids=[case[0] for case in OVERRIDES]
 )
@@ -693,6 +712,7 @@ CLI_CASES: list[tuple[str, dict[str, object], list[str], str]] = [
 ]
 
 
+@pytest.mark.hostile("cli")
 @pytest.mark.parametrize(
     ("fields", "overrides", "message"), [case[1:] for case in CLI_CASES], ids=[case[0] for case in CLI_CASES]
 )
@@ -722,6 +742,7 @@ def _labeled(a: str, b: str, label: str = "a") -> LabeledComparison:
     return LabeledComparison(comparison=comparison, label=label)  # type: ignore[arg-type]
 
 
+@pytest.mark.hostile("rows")
 @pytest.mark.parametrize(
     ("bad", "field"),
     [

@@ -109,6 +109,7 @@ async def instant(observation: ModelInput, stop: StopCondition) -> SampledSequen
 # -- rollouts -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.hostile("environments")
 @pytest.mark.parametrize("env_threads", [True, False])
 def test_an_episode_that_never_ends_times_out(env_threads: bool) -> None:
     policy = RolloutPolicy(episode_timeout_s=0.4, on_failure="drop", env_threads=env_threads)
@@ -118,6 +119,7 @@ def test_an_episode_that_never_ends_times_out(env_threads: bool) -> None:
     assert [(f.index, f.kind, f.message) for f in group.failures] == [(0, "timeout", "the episode ran past its 0.4 s")]
 
 
+@pytest.mark.hostile("environments")
 @pytest.mark.parametrize("where", ["step", "initial_observation"])
 def test_a_blocking_environment_is_stopped_within_the_timeout(where: str) -> None:
     def blocking() -> Env:
@@ -131,6 +133,7 @@ def test_a_blocking_environment_is_stopped_within_the_timeout(where: str) -> Non
     assert [(f.index, f.kind) for f in group.failures] == [(0, "timeout")]
 
 
+@pytest.mark.hostile("environments")
 def test_a_blocking_environment_on_the_rollout_loop_is_never_a_success() -> None:
     # without worker threads the call cannot be interrupted, but returning past the deadline is a timeout
     builder = Builder([lambda: Env1(block_s=0.6), lambda: Env1()])
@@ -182,6 +185,7 @@ def test_context_variables_an_environment_sets_reach_its_episode(env_threads: bo
     assert sorted(seen) == [0, 1, 2, 3]
 
 
+@pytest.mark.hostile("environments")
 def test_a_run_with_on_failure_drop_goes_on_past_a_blocking_member() -> None:
     # the next groups of the batch are rolled out normally: the abandoned thread holds no slot
     builders = [Builder([lambda: Env1(block_s=10.0), Env1]), Builder([Env1, Env1])]
@@ -239,6 +243,7 @@ BAD_POLICIES: list[tuple[dict[str, object], str]] = [
 ]
 
 
+@pytest.mark.hostile("configs")
 @pytest.mark.parametrize(("changes", "field"), BAD_POLICIES, ids=[f"{f}={c[f]!r}" for c, f in BAD_POLICIES])
 def test_rollout_policy_refuses_bad_bounds(changes: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -295,6 +300,7 @@ def _rl_run(tmp_path: pathlib.Path, name: str, **changes: object) -> list[dict[s
     return MetricsLog.read(tmp_path / name / "metrics.jsonl")
 
 
+@pytest.mark.hostile("environments")
 def test_an_rl_run_with_a_blocking_and_a_never_ending_environment_finishes(tmp_path: pathlib.Path) -> None:
     rows = _rl_run(tmp_path, "bounded", episode_timeout_s=1.0)
     assert len(rows) == 2
@@ -304,6 +310,7 @@ def test_an_rl_run_with_a_blocking_and_a_never_ending_environment_finishes(tmp_p
         assert float(row["sampling_s"]) < 1.0 + SLACK_S  # type: ignore[arg-type]
 
 
+@pytest.mark.hostile("environments")
 def test_an_rl_run_with_max_turns_truncates_the_never_ending_environment(tmp_path: pathlib.Path) -> None:
     rows = _rl_run(tmp_path, "capped", episode_timeout_s=1.0, max_turns=3)
     for row in rows:
@@ -344,6 +351,7 @@ BAD_CONFIGS: list[tuple[dict[str, object], type[Exception], str]] = [
 ]
 
 
+@pytest.mark.hostile("configs")
 @pytest.mark.parametrize(
     ("changes", "error", "field"), BAD_CONFIGS, ids=[f"{f}:{list(c.values())}" for c, _, f in BAD_CONFIGS]
 )
@@ -354,6 +362,7 @@ def test_rl_config_refuses_settings_that_cannot_work(changes: dict[str, object],
     assert (caught.value.where, caught.value.field) == ("RLConfig", field)
 
 
+@pytest.mark.hostile("configs")
 def test_rl_config_group_size_and_staleness_messages_say_why() -> None:
     with pytest.raises(ConfigError, match="nothing is learned"):
         RLConfig(group_size=1)
@@ -364,6 +373,7 @@ def test_rl_config_group_size_and_staleness_messages_say_why() -> None:
     assert RLConfig(max_turns=5).max_turns == 5
 
 
+@pytest.mark.hostile("configs")
 @given(field=st.sampled_from(INT_FIELDS), value=st.one_of(st.booleans(), st.floats(allow_nan=True)))
 def test_rl_config_never_coerces_an_int_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -458,6 +468,7 @@ def stub_factory() -> Iterator[Callable[[str, str], Stub]]:
         stub.stop()
 
 
+@pytest.mark.hostile("backends")
 def test_an_unreachable_service_fails_within_the_connect_timeout(caplog: pytest.LogCaptureFixture) -> None:
     import tinker.lib.base_url  # noqa: F401  # imported before the clock starts: the bound is on waiting
 
@@ -475,6 +486,7 @@ def test_an_unreachable_service_fails_within_the_connect_timeout(caplog: pytest.
     assert any(f"waiting for the Tinker service at {url}" in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.hostile("backends")
 def test_the_connect_bound_holds(stub_factory: Callable[[str, str], Stub]) -> None:
     import tinker.lib.base_url  # noqa: F401
 
@@ -487,6 +499,7 @@ def test_the_connect_bound_holds(stub_factory: Callable[[str, str], Stub]) -> No
         assert caught.value.field == "base_url"
 
 
+@pytest.mark.hostile("backends")
 @pytest.mark.parametrize("url", ["localhost:8000", "127.0.0.1", "ftp://127.0.0.1:1", "http://", "http://[::1"])
 def test_a_url_no_retry_can_reach_fails_at_once(url: str) -> None:
     backend = TinkerBackend(base_url=url, api_key="tml-test", connect_timeout_s=30.0)
@@ -498,6 +511,7 @@ def test_a_url_no_retry_can_reach_fails_at_once(url: str) -> None:
     assert "http://host:port" in caught.value.fix
 
 
+@pytest.mark.hostile("backends")
 def test_a_refused_key_fails_at_once(stub_factory: Callable[[str, str], Stub]) -> None:
     stub = stub_factory("401", "401")
     backend = TinkerBackend(base_url=stub.url, api_key="tml-wrong", connect_timeout_s=10.0)
@@ -509,6 +523,7 @@ def test_a_refused_key_fails_at_once(stub_factory: Callable[[str, str], Stub]) -
     assert stub.requests == ["/api/v1/healthz"]
 
 
+@pytest.mark.hostile("backends")
 def test_a_key_refused_by_the_sdk_calls_is_a_config_error(stub_factory: Callable[[str, str], Stub]) -> None:
     stub = stub_factory("ok", "401")  # the health check passes, every SDK request is refused
     backend = TinkerBackend(base_url=stub.url, api_key="tml-wrong", connect_timeout_s=5.0, call_timeout_s=20.0)
@@ -519,6 +534,7 @@ def test_a_key_refused_by_the_sdk_calls_is_a_config_error(stub_factory: Callable
     backend.close("errored")
 
 
+@pytest.mark.hostile("backends")
 def test_a_call_that_never_answers_times_out_and_says_what_it_waits_for(
     stub_factory: Callable[[str, str], Stub], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -554,6 +570,7 @@ def healthy_stub() -> Iterator[Stub]:
     stub.stop()
 
 
+@pytest.mark.hostile("backends")
 @pytest.mark.parametrize(("field", "key"), KEY_CASES, ids=[f"{f}={k!r}" for f, k in KEY_CASES])
 def test_a_malformed_key_is_a_config_error_before_any_request(
     field: str, key: object, healthy_stub: Stub, monkeypatch: pytest.MonkeyPatch
@@ -572,6 +589,7 @@ def test_a_malformed_key_is_a_config_error_before_any_request(
     assert healthy_stub.requests == []  # refused before anything is sent
 
 
+@pytest.mark.hostile("backends")
 def test_no_key_at_all_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from tinkerflow.shell.backends import tinker_bounds as module
 
@@ -589,6 +607,7 @@ BAD_TIMEOUTS: list[tuple[str, object]] = [
 ]  # fmt: skip
 
 
+@pytest.mark.hostile("backends")
 @pytest.mark.parametrize(("field", "value"), BAD_TIMEOUTS, ids=[f"{f}={v!r}" for f, v in BAD_TIMEOUTS])
 def test_bad_timeouts_are_config_errors(field: str, value: object) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -596,6 +615,7 @@ def test_bad_timeouts_are_config_errors(field: str, value: object) -> None:
     assert (caught.value.where, caught.value.field) == ("TinkerBackend", field)
 
 
+@pytest.mark.hostile("backends")
 @pytest.mark.parametrize("text", ["abc", "0", "-2", "nan", "inf"])
 def test_bad_timeout_environment_variables_are_config_errors(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONNECT_TIMEOUT_ENV, text)
@@ -645,6 +665,7 @@ class FakeService:
         return done
 
 
+@pytest.mark.hostile("backends")
 def test_every_client_call_is_bounded_and_a_late_answer_is_dropped() -> None:
     from tinkerflow.training import AdamParams
 
@@ -667,6 +688,7 @@ def _request() -> Any:
     return httpx.Request("POST", "http://127.0.0.1:1/api/v1/create_model")
 
 
+@pytest.mark.hostile("backends")
 @pytest.mark.parametrize(
     ("sdk_error", "typed", "field"),
     [
@@ -708,6 +730,7 @@ def test_the_happy_path_against_tinkerflow_serve(tmp_path: pathlib.Path, caplog:
     assert not [r for r in caplog.records if r.name.startswith("tinkerflow.shell.backends.tinker")]
 
 
+@pytest.mark.hostile("cli")
 def test_the_cli_fails_within_the_bound_against_an_unreachable_service(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
