@@ -239,7 +239,6 @@ _CONFIGS: dict[str, Callable[..., RunConfig]] = {
         ({"keep_last": 2, "keep_every": 2.0}, "keep_every"),
         ({"keep_last": 2, "keep_every": "5"}, "keep_every"),
         ({"keep_every": 5}, "keep_every"),  # no effect without keep_last
-        ({"keep_last": 2, "backend": "tinker"}, "keep_last"),  # the service's checkpoints are not deleted
     ],
 )
 def test_bad_retention_settings_are_refused_naming_the_field(

@@ -126,7 +126,8 @@ class RunConfig:
         eval_every: evaluate on held-out data every this many steps (0: only before and after training).
         save_every: checkpoint (state for resume + weights for sampling) every this many steps (0: only at the end).
         keep_last: keep only this many latest checkpoints (``None``: keep all); older ones are deleted once the
-            new ``state.json`` is durable, except a checkpoint a kept one still needs. Local backend only.
+            new ``state.json`` is durable, except a checkpoint a kept one still needs (on the local backend and on
+            the Tinker service alike).
         keep_every: with ``keep_last``, also keep every checkpoint whose step is a multiple of this.
         run_dir: where config, metrics, checkpoints and charts go; an existing run there is resumed.
         log_to: extra metrics sinks: ``wandb`` (respects ``WANDB_MODE``, ``WANDB_PROJECT``) and/or ``tensorboard``
@@ -177,13 +178,6 @@ class RunConfig:
                 "keep_every",
                 "has no effect without keep_last (every checkpoint is kept).",
                 "set keep_last too, or remove keep_every.",
-            )
-        if self.keep_last is not None and self.backend != "local":
-            raise ConfigError(
-                where,
-                "keep_last",
-                f"applies to the local backend only (checkpoints on the {self.backend} service are not deleted).",
-                "remove keep_last and keep_every, or use backend=local.",
             )
 
 

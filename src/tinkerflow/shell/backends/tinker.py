@@ -28,6 +28,10 @@ Time bounds (the SDK alone retries an unreachable service for minutes without a 
   above. After the SDK gives up, a connection error is a :class:`TinkerServiceError` naming the URL, a refused key
   a ``ConfigError`` naming ``api_key``; other SDK errors reach the caller unchanged;
 * :meth:`TinkerBackend.close` waits at most ``connect_timeout_s`` for the session to finish.
+
+Checkpoints: :meth:`TinkerBackend.delete_checkpoint` and :meth:`TinkerBackend.list_checkpoints` go through the
+SDK's ``RestClient`` (``DELETE`` / ``GET /api/v1/training_runs/<run>/checkpoints[/<kind>/<name>]``), bounded like
+every call; a run directory's retention (``keep_last``) uses them.
 """
 
 from __future__ import annotations
@@ -71,8 +75,12 @@ from tinkerflow.shell.backends.tinker_bounds import (
     TinkerTimeoutError,
     blocking,
     checked_key,
+    checkpoint_path,
     create,
+    delete_checkpoint,
+    list_checkpoints,
     resolved_url,
+    rest_client_for,
     seconds_setting,
     send,
     wait_for_service,
@@ -288,6 +296,8 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
         call_timeout_s: most seconds one call may take, the SDK's retries included (``None``:
             ``$TINKERFLOW_CALL_TIMEOUT_S``, else 900).
         progress_every_s: seconds between the warnings that say what a pending call waits for.
+        rest_client: an SDK ``RestClient`` (or a stand-in) for :meth:`delete_checkpoint` / :meth:`list_checkpoints`;
+            by default one is made on first use (from ``api_key`` / ``base_url``, or from ``service_client``).
 
     Raises:
         ConfigError: a timeout that is not a positive number (naming the argument or environment variable).
@@ -302,6 +312,7 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
         connect_timeout_s: float | None = None,
         call_timeout_s: float | None = None,
         progress_every_s: float = PROGRESS_EVERY_S,
+        rest_client: object | None = None,
     ) -> None:
         # the SDK ServiceClient, or a stand-in with the same methods (tests); typed as the SDK's class
         self._service: tinker.ServiceClient | None = cast("tinker.ServiceClient | None", service_client)
@@ -316,6 +327,7 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
         self._watch = CallWatch(label, self.call_timeout_s, progress)
         self._connected = not self._owns_service  # a given client is used as it is
         self._connect_lock = threading.Lock()
+        self._rest: Any = rest_client  # the SDK RestClient (untyped at this boundary, like the SDK's results)
 
     @property
     def base_url(self) -> str:
@@ -342,6 +354,35 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
                 wait_for_service(self.base_url, key, self.connect_timeout_s)
                 self._connected = True
         return self.service
+
+    def _rest_client(self) -> Any:
+        """The SDK ``RestClient``: given, else made once (after the connection checks, when this backend owns the
+        service), bounded like a call (its construction asks the service)."""
+        if self._rest is None:
+            if self._owns_service:
+                self._connected_service()
+            self._rest = rest_client_for(self._watch, self._service if not self._owns_service else None,
+                                         self._base_url, self._api_key)  # fmt: skip
+        return self._rest
+
+    def delete_checkpoint(self, path: str) -> bool:
+        """Delete the checkpoint ``tinker://<run>/<kind>/<name>`` on the service; whether it was there (the
+        service answered 404: ``False``). Bounded by ``call_timeout_s``.
+
+        Raises:
+            ValidationError: ``path`` is no such path.
+            TinkerTimeoutError: no answer within ``call_timeout_s``.
+            TinkerServiceError: the service is gone, or refused the deletion (naming the HTTP status).
+        """
+        checked = checkpoint_path(path, "delete_checkpoint")
+        return delete_checkpoint(self._rest_client(), self._watch, checked)
+
+    def list_checkpoints(self, run_id: str) -> list[str]:
+        """The ``tinker://`` paths of the training run ``run_id``'s checkpoints, sorted (none for a run the service
+        does not know). Bounded by ``call_timeout_s``; errors as :meth:`delete_checkpoint`'s."""
+        if not isinstance(run_id, str) or not run_id or "/" in run_id:
+            raise ValidationError("list_checkpoints", "run_id", f"{run_id!r} is not a training run id.")
+        return list_checkpoints(self._rest_client(), self._watch, run_id)
 
     def close(self, status: Literal["success", "errored", "interrupted"] = "success") -> None:
         """Finish the ``ServiceClient`` session with ``status`` and wait for it (at most ``connect_timeout_s``),

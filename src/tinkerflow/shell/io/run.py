@@ -13,12 +13,20 @@ this module is that shared part (so exact resume is implemented once):
   history in ``states/`` (or starts over when none is good), and says so;
 * :meth:`Run.training_client` creates a fresh LoRA client or restores the checkpointed one with its optimizer; on
   the local backend it first removes what killed checkpoint writes left, and a resumed client continues the run
-  id of its checkpoint (one run id per run directory);
+  id of its checkpoint (one run id per run directory); with a retention policy it also removes the run's orphans
+  (see below);
 * :meth:`Run.log` appends one metrics row (flushed and fsynced), forwards it to the optional sinks (W&B,
   TensorBoard) and updates the progress bar (:mod:`tinkerflow.shell.io.progress`);
 * :meth:`Run.checkpoint` saves the backend state and, once it is durable, ``state.json`` with the loop's data
   position and any loop-specific bookkeeping; then applies the retention policy (``keep_last``, ``keep_every``:
   older checkpoints are deleted, never one a kept state still needs);
+* retention needs a backend that deletes checkpoints: the local one (:class:`CheckpointStore`) or the Tinker
+  service (:class:`CheckpointService`). It owns only what the loops name under the run's own run id
+  (:func:`~tinkerflow.shell.io.run_dir.loop_owned`), never ``final``, ``reference`` or a user's name. A kill
+  during retention or between a save and its state leaves orphans: checkpoints no state references, under the
+  run ids recorded in ``states/run-ids.json`` before anything is saved under them. The start removes them (saying
+  so), each checkpoint those below its step. Each removal is one atomic delete, found again from what is on disk,
+  so a kill during the cleanup leaves orphans the next start removes;
 * :meth:`Run.close` closes the progress bar, the log and the sinks; :meth:`Run.write_chart` writes a
   self-contained HTML chart of chosen metrics (:mod:`tinkerflow.shell.io.charts`).
 """
@@ -28,7 +36,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TextIO, runtime_checkable
 
 import attrs
@@ -45,18 +53,23 @@ from tinkerflow.shell.io.run_dir import (
     RunDirError,
     RunState,
     atomic_write_text,
+    checkpoint_parts,
     forget_state,
+    loop_owned,
     read_history,
     read_state,
+    record_run_id,
+    recorded_run_ids,
     referenced_paths,
     retained_steps,
     write_state,
 )
 from tinkerflow.shell.io.sinks import MetricsSink, MetricValue, close_sinks, make_sinks
 
-__all__ = ["CheckpointStore", "MetricsSink", "Progress", "Run", "check_resumable_config"]
+__all__ = ["CheckpointService", "CheckpointStore", "MetricsSink", "Progress", "Run", "check_resumable_config"]
 
 LOCAL_SCHEME = "local://"
+TINKER_SCHEME = "tinker://"
 
 CONFIG_FILE = "config.json"
 
@@ -102,6 +115,55 @@ class CheckpointStore(Protocol):
     def create_training_client_from_state(
         self, path: str, *, with_optimizer: bool = False, continue_run: bool = False
     ) -> APIFuture[TrainingClient]: ...
+
+
+@runtime_checkable
+class CheckpointService(Protocol):
+    """What a backend whose checkpoints live on a service (``tinker://``; ``TinkerBackend``) offers for retention."""
+
+    def delete_checkpoint(self, path: str) -> bool: ...
+
+    def list_checkpoints(self, run_id: str) -> list[str]: ...
+
+
+@attrs.frozen
+class _Deleter:
+    """Where retention deletes: the paths of one scheme, listed per run id and deleted one by one (atomically)."""
+
+    scheme: str
+    delete: Callable[[str], bool]
+    listing: Callable[[str], list[str]]
+
+    @classmethod
+    def of(cls, backend: object) -> _Deleter | None:
+        if isinstance(backend, CheckpointStore):
+            root = backend.checkpoint_dir
+            return cls(LOCAL_SCHEME, backend.delete_checkpoint, lambda run_id: _local_checkpoints(root, run_id))
+        if isinstance(backend, CheckpointService):
+            return cls(TINKER_SCHEME, backend.delete_checkpoint, backend.list_checkpoints)
+        return None
+
+    def run_id(self, path: str) -> str | None:
+        parts = checkpoint_parts(path)
+        return parts[1] if parts is not None and parts[0] == self.scheme else None
+
+
+def _local_checkpoints(root: pathlib.Path, run_id: str) -> list[str]:
+    """The ``local://`` paths of the state and sampler checkpoints under ``root/<run_id>`` (hidden leftovers of
+    writes and deletions are :meth:`CheckpointStore.remove_partial_checkpoints`' business)."""
+    found: list[str] = []
+    for kind in ("weights", "sampler_weights"):
+        folder = root / run_id / kind
+        if folder.is_dir():
+            names = (entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+            found.extend(f"{LOCAL_SCHEME}{run_id}/{kind}/{name}" for name in sorted(names))
+    return found
+
+
+def _run_id_of(client: TrainingClient) -> str | None:
+    """The run id a fresh client writes under (its ``get_info().model_id``; ``None`` when it cannot say)."""
+    get_info = getattr(client, "get_info", None)  # test doubles of the loops may not implement it
+    return str(get_info().model_id) if callable(get_info) else None
 
 
 def _checkpoint_problem(run_dir: pathlib.Path, state: RunState) -> str | None:
@@ -179,6 +241,7 @@ class Run:
         self.keep_every = keep_every
         self._store: CheckpointStore | None = None
         self._root: str | None = None
+        self._deleter: _Deleter | None = None
 
     @classmethod
     def open(
@@ -269,8 +332,9 @@ class Run:
         """A fresh LoRA training client, or the one restored from the last checkpoint (weights and optimizer).
 
         With a :class:`CheckpointStore` backend (the local one) partial checkpoints of killed writes are removed
-        first, and a restored client continues its checkpoint's run id; with another backend the retention
-        policy is not applied (and a message says so)."""
+        first, and a restored client continues its checkpoint's run id. With a retention policy and a backend that
+        can delete (a :class:`CheckpointStore` or :class:`CheckpointService`), the run's orphans are removed (see
+        the module docstring); with another backend the policy is not applied (and a message says so)."""
         if isinstance(backend, CheckpointStore):
             self._store = backend
             self._root = _recorded_root(backend.checkpoint_dir, self.run_dir)
@@ -278,17 +342,63 @@ class Run:
             if removed:
                 names = ", ".join(path.name for path in removed)
                 self.write(f"removed {len(removed)} partial checkpoint(s) left by killed writes: {names}\n")
-        elif self.keep_last is not None:
-            self.write("keep_last / keep_every are not applied: this backend's checkpoints are not on this machine.\n")
+        if self.keep_last is not None:
+            self._deleter = _Deleter.of(backend)
+            if self._deleter is None:
+                self.write("keep_last / keep_every are not applied: this backend cannot delete its checkpoints.\n")
+            else:
+                self._remove_orphans()
         if self.state is None:
-            return backend.create_lora_training_client(base_model, rank=lora_rank, seed=seed).result()
-        self.write(f"resuming at step {self.state.step} from {self.state.checkpoint}\n")
-        if self._store is not None:
-            restored = self._store.create_training_client_from_state(
-                self.state.checkpoint, with_optimizer=True, continue_run=True
+            client = backend.create_lora_training_client(base_model, rank=lora_rank, seed=seed).result()
+        else:
+            self.write(f"resuming at step {self.state.step} from {self.state.checkpoint}\n")
+            client = (
+                self._store.create_training_client_from_state(
+                    self.state.checkpoint, with_optimizer=True, continue_run=True
+                ).result()
+                if self._store is not None
+                else backend.create_training_client_from_state(self.state.checkpoint, with_optimizer=True).result()
             )
-            return restored.result()
-        return backend.create_training_client_from_state(self.state.checkpoint, with_optimizer=True).result()
+        run_id = _run_id_of(client) if self._deleter is not None else None
+        if run_id is not None:  # before anything is saved under it: its orphans are found at the next start
+            record_run_id(self.run_dir, run_id)
+        return client
+
+    def _protected(self) -> frozenset[str]:
+        """Every path a state on disk references (``state.json``, the history) or the resumed state needs."""
+        states = [*read_history(self.run_dir), *([self.state] if self.state is not None else [])]
+        on_disk = read_state(self.run_dir)
+        states.extend([on_disk] if on_disk is not None else [])
+        return frozenset().union(*(referenced_paths(state) for state in states))
+
+    def _remove_orphans(self) -> None:
+        """Remove the loop-owned checkpoints under the run's run ids (recorded, or of a state's own checkpoint: never
+        the run id of a path a state merely references) that no state references, and say which."""
+        assert self._deleter is not None
+        states = [*read_history(self.run_dir), *([self.state] if self.state is not None else [])]
+        run_ids = {self._deleter.run_id(state.checkpoint) for state in states}  # what the run saved itself
+        run_ids.update(recorded_run_ids(self.run_dir))
+        removed = self._sweep(sorted(run_id for run_id in run_ids if run_id), self._protected(), below=None)
+        if removed:
+            names = ", ".join("/".join(path.split("/")[-2:]) for path in removed)
+            self.write(
+                f"removed {len(removed)} checkpoint(s) no state references (left by an interrupted run or an "
+                f"interrupted retention): {names}\n"
+            )
+
+    def _sweep(self, run_ids: Sequence[str], protected: frozenset[str], *, below: int | None) -> list[str]:
+        """Delete the loop-owned checkpoints of ``run_ids`` that are not ``protected`` (and, with ``below``, whose
+        step is lower); the paths deleted."""
+        assert self._deleter is not None
+        removed: list[str] = []
+        for run_id in run_ids:
+            for path in self._deleter.listing(run_id):
+                step = loop_owned(path)
+                if step is None or path in protected or (below is not None and step >= below):
+                    continue
+                if self._deleter.run_id(path) == run_id and self._deleter.delete(path):
+                    removed.append(path)
+        return removed
 
     def write(self, text: str) -> None:
         """Write a message to the run's stream (clearing and redrawing the progress bar around it)."""
@@ -329,8 +439,10 @@ class Run:
     def _apply_retention(self, latest: RunState) -> None:
         """Delete the checkpoints of the states ``keep_last`` / ``keep_every`` no longer keep (each state's entry
         first, then its checkpoints), sparing any path a kept state needs (``state.json``'s, RL sampler paths of
-        in-flight batches, the KL reference)."""
-        if self.keep_last is None or self._store is None:
+        in-flight batches, the KL reference); then the loop-owned checkpoints of the run below ``latest.step`` that
+        no kept state references (RL sampler weights no checkpoint recorded, orphans of a kill)."""
+        deleter = self._deleter
+        if self.keep_last is None or deleter is None:
             return
         history = [state for state in read_history(self.run_dir) if state.step <= latest.step]
         kept = retained_steps(
@@ -344,8 +456,11 @@ class Run:
                 continue
             forget_state(self.run_dir, state.step)
             for path in sorted(referenced_paths(state) - needed):
-                if path.startswith(LOCAL_SCHEME):
-                    self._store.delete_checkpoint(path)
+                if deleter.run_id(path) is not None:
+                    deleter.delete(path)
+        run_id = deleter.run_id(latest.checkpoint)
+        if run_id is not None:
+            self._sweep([run_id], frozenset(needed), below=latest.step)
 
     def write_chart(self, keys: Sequence[str], title: str, filename: str) -> pathlib.Path:
         """A self-contained HTML chart of ``keys`` over the steps of the metrics log."""

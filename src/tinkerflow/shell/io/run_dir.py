@@ -7,7 +7,9 @@ Layout of a run directory::
       pipeline.txt       what the data pipeline is (its description), for people
       state.json         RunState of the last completed checkpoint, written atomically *after* the checkpoint
       states/            step-NNNNNN.json: the RunState of every checkpoint kept (the history a resume falls
-                         back on when the latest checkpoint is corrupt or missing), each written before state.json
+                         back on when the latest checkpoint is corrupt or missing), each written before state.json;
+                         run-ids.json: the run ids the run writes checkpoints under (with a retention policy, a
+                         start removes there the loop's checkpoints no state references)
       metrics.jsonl      one JSON object per step, flushed and fsynced per row
       checkpoints/...    backend checkpoints (the backend writes them atomically)
 
@@ -39,9 +41,13 @@ __all__ = [
     "RunState",
     "atomic_write_bytes",
     "atomic_write_text",
+    "checkpoint_parts",
     "forget_state",
+    "loop_owned",
     "read_history",
     "read_state",
+    "record_run_id",
+    "recorded_run_ids",
     "referenced_paths",
     "retained_steps",
     "write_state",
@@ -52,7 +58,13 @@ T = TypeVar("T")
 STATE_FILE = "state.json"
 STATES_DIR = "states"
 METRICS_FILE = "metrics.jsonl"
+RUN_IDS_FILE = "run-ids.json"
 _HISTORY_NAME = re.compile(r"step-([0-9]{6,})\.json")
+_CHECKPOINT_PATH = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<run>[^/]+)/(?P<kind>[a-z_]+)/(?P<name>[^/]+)")
+#: The checkpoints the loops name, which retention owns: training states ``weights/step-NNNNNN`` (Run.checkpoint)
+#: and the RL loop's sampler weights of in-flight batches ``sampler_weights/sampler-NNNNNN``; NNNNNN is the number
+#: of steps done when they were saved. ``final``, ``reference`` and any name a user chose are never retention's.
+_LOOP_OWNED = {"weights": re.compile(r"step-([0-9]{6,})"), "sampler_weights": re.compile(r"sampler-([0-9]{6,})")}
 
 
 class RunDirError(TinkerflowError):
@@ -175,6 +187,41 @@ def referenced_paths(state: RunState) -> frozenset[str]:
         elif isinstance(value, list):
             pending.extend(value)
     return frozenset(found)
+
+
+def checkpoint_parts(path: str) -> tuple[str, str, str, str] | None:
+    """``(scheme, run id, kind, name)`` of a checkpoint path ``scheme://<run id>/<kind>/<name>`` (``local://`` or
+    ``tinker://``), or ``None`` for anything else."""
+    match = _CHECKPOINT_PATH.fullmatch(path)
+    return None if match is None else (match["scheme"], match["run"], match["kind"], match["name"])
+
+
+def loop_owned(path: str) -> int | None:
+    """The step number of a checkpoint the loops name and retention owns (``.../weights/step-NNNNNN``, the RL
+    loop's ``.../sampler_weights/sampler-NNNNNN``), or ``None`` for any other path (``final``, ``reference``, a
+    user's name): retention never deletes those."""
+    parts = checkpoint_parts(path)
+    pattern = _LOOP_OWNED.get(parts[2]) if parts is not None else None
+    match = pattern.fullmatch(parts[3]) if pattern is not None and parts is not None else None
+    return int(match[1]) if match is not None else None
+
+
+def record_run_id(run_dir: str | os.PathLike[str], run_id: str) -> None:
+    """Add ``run_id`` to the run ids the run directory writes checkpoints under (``states/run-ids.json``, rewritten
+    atomically; call it before anything is saved under ``run_id``)."""
+    known = recorded_run_ids(run_dir)
+    if run_id not in known:
+        text = json.dumps(sorted({*known, run_id}), indent=2) + "\n"
+        atomic_write_text(pathlib.Path(run_dir) / STATES_DIR / RUN_IDS_FILE, text)
+
+
+def recorded_run_ids(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The run ids :func:`record_run_id` recorded, sorted (none for an unreadable record)."""
+    try:
+        data = json.loads((pathlib.Path(run_dir) / STATES_DIR / RUN_IDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return sorted({item for item in data if isinstance(item, str) and item}) if isinstance(data, list) else []
 
 
 def retained_steps(steps: Iterable[int], *, keep_last: int | None, keep_every: int | None) -> frozenset[int]:
