@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 import tracemalloc
+from collections.abc import Sequence
 
 import attrs
 import numpy as np
@@ -358,3 +359,25 @@ def test_env_args_of_the_data_are_checked(tmp_path: pathlib.Path) -> None:
         with pytest.raises(TinkerflowError) as caught:
             environment_datasets(RLConfig(env="math_boxed", env_args=args), ByteRenderer())
         assert caught.value.field == field, args
+
+
+def test_streamed_pairs_are_read_in_chunks(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iterating a side (or both interleaved) reads the pairs a chunk at a time, not one call per pair."""
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(_pair_line(PAIR_GOOD, i) + "\n" for i in range(40)))
+    config = DPOConfig(train_data=str(path), run_dir=str(tmp_path / "run"), max_length=48, test_fraction=0.0)
+    data = prepare_dpo_data(config, ByteRenderer())
+    assert isinstance(data.train, StreamedPairs)
+    calls: list[int] = []
+    original = StreamedRows.read
+
+    def counted(self: StreamedRows[object], indices: Sequence[int]) -> list[object]:
+        calls.append(len(indices))
+        return original(self, indices)
+
+    monkeypatch.setattr(StreamedRows, "read", counted)
+    both = list(data.train.interleaved())
+    assert calls == [40]
+    assert both[0::2] == list(data.train.chosen)
+    assert both[1::2] == list(data.train.rejected)
+    assert len(both) == 80

@@ -282,6 +282,15 @@ class _Side(Sequence[D]):
             return [self._item(i) for i in range(*index.indices(len(self)))]
         return self._item(index)
 
+    def __iter__(self) -> Iterator[D]:
+        pairs = len(self._pairs)
+        for start in range(0, pairs, ITER_CHUNK):
+            for pair in self._pairs.prefetch(range(start, min(pairs, start + ITER_CHUNK))):
+                if self._side is None:
+                    yield from pair
+                else:
+                    yield pair[self._side]
+
 
 class StreamedPairs(Generic[D]):
     """Comparisons read from their file when used: ``chosen[i]`` and ``rejected[i]`` are the two items of pair
