@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
 import attrs
@@ -22,6 +23,7 @@ from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, ShapeError, TinkerflowError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
 from tinkerflow.render import Renderer, TrainOn, build_supervised_example
+from tinkerflow.render.lineup import LINEUP, lineup_model
 from tinkerflow.render.packing import BatchPacker, PackedBatch, packed_batches
 
 __all__ = [
@@ -209,27 +211,20 @@ DEFAULT_LR_TABLE: Final[tuple[LRFamily, ...]] = (
     LRFamily(name="smollm", match="smollm", exponent=0.781),
 )
 
-KNOWN_HIDDEN_SIZES: Final[Mapping[str, int]] = {
-    "meta-llama/Llama-3.2-1B": 2048,
-    "meta-llama/Llama-3.2-3B": 3072,
-    "meta-llama/Llama-3.1-8B": 4096,
-    "meta-llama/Llama-3.1-8B-Instruct": 4096,
-    "meta-llama/Llama-3.1-70B": 8192,
-    "meta-llama/Llama-3.3-70B-Instruct": 8192,
-    "Qwen/Qwen3-235B-A22B-Instruct-2507": 4096,
-    "Qwen/Qwen3-30B-A3B-Instruct-2507": 2048,
-    "Qwen/Qwen3-30B-A3B": 2048,
-    "Qwen/Qwen3-30B-A3B-Base": 2048,
-    "Qwen/Qwen3-32B": 5120,
-    "Qwen/Qwen3-8B": 4096,
-    "Qwen/Qwen3-8B-Base": 4096,
-    "Qwen/Qwen3-4B-Instruct-2507": 2560,
-    "Qwen/Qwen3-VL-235B-A22B-Instruct": 4096,
-    "Qwen/Qwen3-VL-30B-A3B-Instruct": 2048,
-    "HuggingFaceTB/SmolLM2-135M-Instruct": 576,
-    "HuggingFaceTB/SmolLM2-360M-Instruct": 960,
-    "HuggingFaceTB/SmolLM2-1.7B-Instruct": 2048,
-}
+KNOWN_HIDDEN_SIZES: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        # the lineup models of the calibrated families (the sizes tinker-cookbook 0.6.1's get_lr uses; the other
+        # lineup models have no learning-rate rule, their sizes are in tinkerflow.render.lineup), then SmolLM2
+        **{
+            model.name: model.hidden_size
+            for model in LINEUP
+            if any(family.match in model.name.lower() for family in DEFAULT_LR_TABLE)
+        },
+        "HuggingFaceTB/SmolLM2-135M-Instruct": 576,
+        "HuggingFaceTB/SmolLM2-360M-Instruct": 960,
+        "HuggingFaceTB/SmolLM2-1.7B-Instruct": 2048,
+    }
+)
 
 
 def recommended_lr(
@@ -253,11 +248,16 @@ def recommended_lr(
     family = next((entry for entry in table if entry.match in lowered), None)
     if family is None:
         known = ", ".join(entry.name for entry in table)
+        what = (
+            "a model of the lineup whose learning rate tinker-cookbook 0.6.1 has not calibrated"
+            if lineup_model(base_name) is not None
+            else "no learning-rate rule is calibrated for it"
+        )
         raise ConfigError(
             "recommended_lr",
             "model_name",
-            f"no learning-rate rule for {model_name!r} (families: {known}).",
-            "pass table=(*DEFAULT_LR_TABLE, LRFamily(name, match, exponent)) or set the learning rate explicitly.",
+            f"{model_name!r}: {what} (calibrated families: {known}).",
+            "set the learning rate explicitly, or pass table=(*DEFAULT_LR_TABLE, LRFamily(name, match, exponent)).",
         )
     size = hidden_size if hidden_size is not None else hidden_sizes.get(base_name)
     if size is None:

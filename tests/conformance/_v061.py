@@ -1,0 +1,158 @@
+"""The differential check of the renderers added for tinker-cookbook 0.6.1's newer families (test-only).
+
+``check_family`` renders hypothesis-generated conversations with a tinkerflow renderer (built from
+``tinkerflow.render.families_v061.EXTRA_FACTORIES``) and with the cookbook's renderer of the same name, and compares
+supervised examples (ids and weights, every train-on mode, ``customized`` with random flags), one-example-per-turn
+splits, generation prompts of prefixes with prefills, and parses of the rendered last turn (stop-token ended) and
+of its truncation (no stop token), as ``test_cookbook_conformance`` does for the older families.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tinkerflow.chat import Conversation
+from tinkerflow.render import Renderer, TrainOnWhat
+from tinkerflow.render.families_v061 import EXTRA_FACTORIES
+from tinkerflow.shell.io.tokenizers import offline_tokenizer
+
+from . import _cookbook as cb
+from ._compare import compare_example, compare_examples, compare_parse, compare_prompt
+from ._strategies import Profile, all_of, conversations, nfc_stable, with_trainable, without_spellings
+
+EXAMPLES = 1000
+PREFILLS = ["", "x", " Sure", "\n", "<think>", "<think>\n"]
+
+
+def qwen_profile(**changes: Any) -> Profile:
+    """Conversations over the Qwen3 vocabulary: no control-token spellings in text (tinkerflow keeps them text,
+    the cookbook makes them tokens: deliberate difference 1), NFC-stable text."""
+    text_ok = all_of(without_spellings(offline_tokenizer("qwen3").added_tokens), nfc_stable)
+    return attrs.evolve(Profile(roles=("system",), thinking=True, tools=True, text_ok=text_ok), **changes)
+
+
+def ours(name: str, tokenizer: str, **options: object) -> Renderer:
+    return EXTRA_FACTORIES[name](offline_tokenizer(tokenizer), **options)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    logging.disable(logging.WARNING)  # the cookbook warns on every non-extension all_assistant_messages call
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+    logging.disable(logging.NOTSET)
+
+
+def check_family(
+    renderer: Renderer,
+    reference: Any,
+    profile: Profile,
+    *,
+    examples: int = EXAMPLES,
+    adjust: Callable[[Conversation], Conversation] = lambda conversation: conversation,
+    customized: bool = True,
+) -> int:
+    """Compare on ``examples`` generated conversations; returns how many were compared (asserts on the first
+    mismatch). ``adjust`` maps a generated conversation into the domain both can write (documented);
+    ``customized=False`` leaves that mode out."""
+    seen = [0]
+    modes = [mode for mode in TrainOnWhat if customized or mode is not TrainOnWhat.CUSTOMIZED]
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        conversations(profile),
+        st.sampled_from(modes),
+        st.lists(st.booleans(), min_size=1, max_size=4),
+        st.one_of(st.none(), st.sampled_from(PREFILLS)),
+        st.integers(0, 2),
+    )
+    def check(conversation: Conversation, mode: TrainOnWhat, flags: list[bool], prefill: str | None, cut: int) -> None:
+        seen[0] += 1
+        conversation = adjust(conversation)
+        if mode is TrainOnWhat.CUSTOMIZED:
+            conversation = with_trainable(conversation, flags)
+        # compare_example's family argument is unused by the comparison itself
+        assert compare_example(None, renderer, reference, conversation, mode) is None  # type: ignore[arg-type]
+        if mode in (TrainOnWhat.LAST_ASSISTANT_TURN, TrainOnWhat.ALL_ASSISTANT_MESSAGES):
+            assert compare_examples(renderer, reference, conversation, mode) is None
+        kept = conversation.messages[: max(1, len(conversation.messages) - cut)]
+        assert compare_prompt(renderer, reference, attrs.evolve(conversation, messages=kept), prefill) is None
+        assert compare_parse(renderer, reference, conversation) is None
+
+    with quiet():
+        check()
+    return seen[0]
+
+
+@st.composite
+def sampled_responses(draw: st.DrawFn, renderer: Renderer, controls: list[str], profile: Profile) -> list[int]:
+    """What a model might sample: ordinary text and the family's control tokens in any order, ended by the stop
+    token, the tokenizer's EOS token, or nothing (cut off at max tokens)."""
+    from ._strategies import texts
+
+    tokenizer = renderer.tokenizer
+    ids = [tokenizer.token_id(text) for text in controls]
+    pieces = st.one_of(texts(profile).map(tokenizer.encode), st.sampled_from(ids).map(lambda token: [token]))
+    tokens = [token for piece in draw(st.lists(pieces, max_size=8)) for token in piece]
+    ending = draw(st.sampled_from(["stop", "eos", "none"]))
+    if ending == "stop":
+        tokens.append(renderer.stop_sequences().tokens[0])
+    elif ending == "eos" and tokenizer.eos_token_id is not None:
+        tokens.append(tokenizer.eos_token_id)
+    return tokens
+
+
+def check_sampled_parse(
+    renderer: Renderer, reference: Any, controls: list[str], profile: Profile, *, examples: int = 300
+) -> None:
+    """Parses of generated samples agree (message view and termination, or both refuse)."""
+    from tinker_cookbook.exceptions import RendererError
+
+    from tinkerflow.render import RenderError, parse_response
+
+    from ._compare import normalized
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(sampled_responses(renderer, controls, profile))
+    def check(tokens: list[int]) -> None:
+        try:
+            parsed = parse_response(renderer, tokens)
+            mine: object = (normalized(parsed.message), parsed.termination.value)
+        except RenderError:
+            mine = "error"
+        try:
+            message, termination = reference.parse_response(list(tokens))
+            theirs: object = (normalized(message), termination.value)
+        except RendererError:
+            theirs = "error"
+        assert mine == theirs, renderer.tokenizer.decode(tokens)
+
+    with quiet():
+        check()
+
+
+def cookbook(name: str, tokenizer: str, **kwargs: Any) -> Any:
+    return cb.cookbook_renderer(name, tokenizer, **kwargs)
