@@ -27,6 +27,7 @@ from tinkerflow.rl.envs import ListRLDataset, math_boxed
 from tinkerflow.rl.envs.math_boxed import MathProblem
 from tinkerflow.rows import DataError
 from tinkerflow.shell.io.data import chat_format, load_split, preference_format
+from tinkerflow.shell.io.sources import index_lines
 from tinkerflow.shell.io.streaming import JsonlRows, StreamedPairs, StreamedRows, one_by_one
 from tinkerflow.shell.recipes.dpo import prepare_dpo_data
 from tinkerflow.shell.recipes.dpo_reference import interleaved
@@ -381,3 +382,22 @@ def test_streamed_pairs_are_read_in_chunks(tmp_path: pathlib.Path, monkeypatch: 
     assert both[0::2] == list(data.train.chosen)
     assert both[1::2] == list(data.train.rejected)
     assert len(both) == 80
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(
+        st.sampled_from(['{"a": 1}', "", " ", "\t\t", "   \r", ' {"b": 2}', "\x0b", "x", "\r"]), max_size=30
+    ),
+    final_newline=st.booleans(),
+)
+def test_the_line_index_keeps_the_lines_the_reader_keeps(
+    tmp_path: pathlib.Path, lines: list[str], final_newline: bool
+) -> None:
+    """index_lines (blocks, no mmap) finds exactly the non-blank lines jsonl_rows yields, with their numbers."""
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(("\n".join(lines) + ("\n" if final_newline and lines else "")).encode())
+    starts, ends, numbers = index_lines(path)
+    data = path.read_bytes()
+    expected = [(number, line) for number, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    assert [(int(n), data[s:e]) for s, e, n in zip(starts, ends, numbers, strict=True)] == expected
