@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, cast
 
 import attrs
@@ -114,6 +115,48 @@ def float_tuple(value: Iterable[float]) -> tuple[float, ...]:
     return tuple(value)
 
 
+def _items_or_kept(value: object, *, text_is_item: bool) -> object:
+    """A list-like ``value`` as a tuple; a bare string as one item when ``text_is_item``; anything else (a number, a
+    mapping, bytes, a string otherwise) unchanged, for the record's :func:`check_items` to refuse by field name."""
+    if isinstance(value, str) and text_is_item:
+        return (value,)
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        return value
+    return tuple(cast("Iterable[object]", value))
+
+
+def int_items(value: Iterable[int]) -> tuple[int, ...]:
+    """An attrs converter: a list (any iterable) of ints -> a tuple; a non-list is kept for :func:`check_items`."""
+    return cast("tuple[int, ...]", _items_or_kept(value, text_is_item=False))
+
+
+def str_items(value: Iterable[str]) -> tuple[str, ...]:
+    """An attrs converter: a list (any iterable) of strings -> a tuple; a bare string or another non-list is kept
+    for :func:`check_items` to refuse (a string would otherwise be split into letters)."""
+    return cast("tuple[str, ...]", _items_or_kept(value, text_is_item=False))
+
+
+def str_or_items(value: str | Iterable[str]) -> tuple[str, ...]:
+    """An attrs converter: a bare string -> a tuple of that one string, else as :func:`str_items`."""
+    return cast("tuple[str, ...]", _items_or_kept(value, text_is_item=True))
+
+
+def check_items(value: object, kind: type, where: str, field: str) -> tuple[object, ...]:
+    """``value`` (a field converted by :func:`int_items` / :func:`str_items`) checked to be a tuple of ``kind``
+    items (bools never count as ints); else a ``ValidationError`` naming ``field`` or ``field[index]``."""
+    if not isinstance(value, tuple):
+        raise ValidationError(
+            where,
+            field,
+            f"must be a list of {kind.__name__} values, got {type(value).__name__} ({value!r:.60}).",
+            "give a list (in JSON: [...]), even of one item.",
+        )
+    items = cast("tuple[object, ...]", value)
+    for index, item in enumerate(items):
+        require_type(item, kind, where, f"{field}[{index}]")
+    return items
+
+
 def closest(key: str, known: Iterable[str]) -> list[str]:
     """The known names closest to ``key`` (``difflib``, best first; empty when none is close)."""
     return difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
@@ -143,6 +186,62 @@ def check_text(value: object, where: str, field: str) -> str:
                 "fix the text's encoding (a JSON \\uXXXX escape of half a surrogate pair is the usual cause).",
             ) from error
     return text
+
+
+class JsonTextError(ValueError):
+    """JSON text that cannot be read (:func:`read_json_text`): ``field`` is ``line`` for text that is no JSON at
+    all, or the key an object writes twice."""
+
+    def __init__(self, field: str, problem: str, fix: str = "") -> None:
+        super().__init__(problem)
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+
+
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An ``object_pairs_hook``: the object as a dict, refusing a key written twice (``json`` keeps the last)."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return result
+
+
+def read_json_text(text: str) -> object:
+    """The JSON value of ``text``, strictly: an object writing a key twice is refused (``json.loads`` would keep the
+    last value silently), and so are numbers too long to read and nesting too deep for Python's recursion limit.
+
+    Raises:
+        JsonTextError: naming ``line`` (or the duplicated key) with the problem and its fix.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as error:
+        raise JsonTextError("line", f"is not valid JSON ({error.msg} at column {error.colno}).") from error
+    except _DuplicateKeyError as error:
+        raise JsonTextError(
+            error.key,
+            "is written twice in one JSON object (a JSON reader would silently keep only the last value).",
+            "write each key once.",
+        ) from error
+    except RecursionError as error:
+        raise JsonTextError(
+            "line",
+            "nests JSON arrays or objects too deeply to read (beyond Python's recursion limit).",
+            "flatten it: a row or a config needs only a few levels.",
+        ) from error
+    except ValueError as error:  # e.g. an integer past Python's limit of digits
+        raise JsonTextError("line", f"is not readable JSON ({error}).", "write numbers of sensible size.") from error
 
 
 #: A logprob may exceed 0 by this much (float rounding of ``log_softmax`` near probability 1); more is an error.

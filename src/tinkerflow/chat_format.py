@@ -33,7 +33,7 @@ from typing import Final, Generic, Literal, ParamSpec, TypeVar, cast
 
 import attrs
 
-from tinkerflow._validate import check_text, unknown_key_fix
+from tinkerflow._validate import JsonTextError, check_text, read_json_text, unknown_key_fix
 from tinkerflow.chat import (
     ROLES,
     ContentPart,
@@ -356,8 +356,9 @@ def chat_row_from_json(row: object, where: str = "row") -> Conversation:
 
 
 def decode_json_line(line: bytes | str, where: str, error_type: type[ChatFormatError] = ChatFormatError) -> object:
-    """The JSON value of one JSONL line (bytes or text); invalid UTF-8 or JSON, or JSON nested too deeply to read,
-    raises ``error_type`` naming ``where`` (``file:line``)."""
+    """The JSON value of one JSONL line (bytes or text); invalid UTF-8 or JSON (a key written twice in one object,
+    a number too long or nesting too deep to read: :func:`read_json_text`) raises ``error_type`` naming ``where``
+    (``file:line``) and ``line`` (or the duplicated key)."""
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
@@ -366,16 +367,9 @@ def decode_json_line(line: bytes | str, where: str, error_type: type[ChatFormatE
                 where, "line", f"is not valid UTF-8 (byte {error.start}).", "re-encode the file as UTF-8."
             ) from error
     try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise error_type(where, "line", f"is not valid JSON ({error.msg} at column {error.colno}).") from error
-    except RecursionError as error:
-        raise error_type(
-            where,
-            "line",
-            "nests JSON arrays or objects too deeply to read (beyond Python's recursion limit).",
-            "flatten the row: a chat row needs only a few levels.",
-        ) from error
+        return read_json_text(line)
+    except JsonTextError as error:
+        raise error_type(where, error.field, error.problem, error.fix) from error
 
 
 def parse_chat_line(line: bytes | str, where: str) -> Conversation:

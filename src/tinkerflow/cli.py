@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 import attrs
 
+from tinkerflow._validate import JsonTextError, read_json_text
 from tinkerflow.config import SLConfig
 from tinkerflow.config_fields import (
     REQUIRED,
@@ -69,14 +70,22 @@ D = TypeVar("D")
 
 
 def _read_config_file(path: str) -> dict[str, object]:
-    """The JSON object in the config file ``path``."""
+    """The JSON object in the config file ``path`` (read strictly: :func:`tinkerflow._validate.read_json_text`)."""
     file = pathlib.Path(path)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        if file.is_dir():  # a pipe is fine: `tinkerflow sl <(make-config)`
+            raise TinkerflowError(f"{file}: not a file but a folder (a config is a JSON file).")
+        data = read_json_text(file.read_bytes().decode("utf-8"))
     except FileNotFoundError as error:
         raise TinkerflowError(f"{file}: config file not found.") from error
-    except json.JSONDecodeError as error:
-        raise TinkerflowError(f"{file}: not valid JSON ({error}).") from error
+    except UnicodeDecodeError as error:
+        raise TinkerflowError(f"{file}: not valid UTF-8 (byte {error.start}); save the config as UTF-8.") from error
+    except JsonTextError as error:
+        what = "the file" if error.field == "line" else f"the key {error.field!r}"
+        fix = f" Fix: {error.fix}" if error.fix else ""
+        raise TinkerflowError(f"{file}: {what} {error.problem}{fix}") from error
+    except OSError as error:
+        raise TinkerflowError(f"{file}: cannot read the config file ({error.strerror or error}).") from error
     if not isinstance(data, dict):
         raise TinkerflowError(f"{file}: a config must be a JSON object.")
     return cast("dict[str, object]", data)

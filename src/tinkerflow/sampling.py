@@ -7,26 +7,16 @@ from typing import Literal, TypeAlias, cast
 import attrs
 import numpy as np
 
-from tinkerflow._validate import in_range, logprobs, require_type, token_ids
+from tinkerflow._validate import check_items, in_range, int_items, logprobs, require_type, str_or_items, token_ids
 from tinkerflow.arrays import Float32_T, Float32_T_K, Int64_T, Int64_T_K
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
 
-__all__ = ["SampleResponse", "SampledSequence", "SamplingParams", "StopReason"]
+__all__ = ["SampleResponse", "SampledSequence", "SamplingParams", "StopReason", "check_stops"]
 
 StopReason: TypeAlias = Literal["length", "stop"]
 
 _ARRAY_EQ = attrs.cmp_using(eq=arrays_equal)
-
-
-def _str_tuple(value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    return tuple(cast("list[str]", value))
-
-
-def _int_tuple(value: object) -> tuple[int, ...]:
-    return tuple(cast("list[int]", value))
 
 
 @attrs.frozen
@@ -47,8 +37,8 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
-    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
-    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
+    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=str_or_items)
+    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=int_items)
     seed: int | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -62,14 +52,7 @@ class SamplingParams:
         require_type(self.top_k, int, where, "top_k")
         if self.top_k == 0 or self.top_k < -1:
             raise ConfigError(where, "top_k", f"must be -1 (all tokens) or >= 1, got {self.top_k}.")
-        for index, text in enumerate(self.stop_strings):
-            require_type(text, str, where, f"stop_strings[{index}]")
-            if not text:
-                raise ConfigError(where, f"stop_strings[{index}]", "is empty.", "remove it.")
-        for index, token in enumerate(self.stop_tokens):
-            require_type(token, int, where, f"stop_tokens[{index}]")
-            if token < 0:
-                raise ConfigError(where, f"stop_tokens[{index}]", f"must be a token id >= 0, got {token}.")
+        check_stops(self.stop_strings, self.stop_tokens, where)
         if self.stop_strings and self.stop_tokens:
             raise ConfigError(
                 where,
@@ -79,6 +62,18 @@ class SamplingParams:
             )
         if self.seed is not None:
             require_type(self.seed, int, where, "seed")
+
+
+def check_stops(stop_strings: object, stop_tokens: object, where: str) -> None:
+    """Stop strings (a list of non-empty strings) and stop tokens (a list of token ids ``>= 0``), as converted by
+    :func:`~tinkerflow._validate.str_or_items` / :func:`~tinkerflow._validate.int_items`; ``ValidationError`` for
+    a value of the wrong type, ``ConfigError`` for an empty string or a negative id (naming ``field[index]``)."""
+    for index, text in enumerate(check_items(stop_strings, str, where, "stop_strings")):
+        if not text:
+            raise ConfigError(where, f"stop_strings[{index}]", "is empty.", "remove it.")
+    for index, token in enumerate(check_items(stop_tokens, int, where, "stop_tokens")):
+        if cast("int", token) < 0:
+            raise ConfigError(where, f"stop_tokens[{index}]", f"must be a token id >= 0, got {token}.")
 
 
 def _tokens(value: object) -> np.ndarray:

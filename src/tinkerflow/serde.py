@@ -7,13 +7,15 @@ union-typed fields carry a ``"type"`` tag. Round trips are exact: ``from_json(to
 Non-finite floats never reach JSON except as ``null`` for NaN in arrays that allow it (prompt logprobs, where NaN
 marks "not computed").
 
-Structuring is strict about scalar types, never coercing one into another: an ``int`` field takes an int (or a
-float with no fraction, ``2.0``; never ``2.5`` nor ``true``), a ``float`` field an int or a float (never a bool or a
-string), a ``str`` field a string, a ``bool`` field ``true``/``false``, a ``Literal`` field one of its values. Data
-that cannot become the record raises :class:`RecordDataError` (a :class:`~tinkerflow.errors.SerializationError` and
-a :class:`~tinkerflow.errors.ValidationError`) naming the record and the dotted field
+Structuring is strict about scalar types, never coercing one into another: an ``int`` field takes an int (or a float
+with no fraction, ``2.0``; never ``2.5`` nor ``true``), a ``float`` field an int or a float (never a bool or a
+string), a ``str`` field a string of valid Unicode (no lone surrogate), a ``bool`` field ``true``/``false``, a
+``Literal`` field one of its values, a list or tuple field a JSON list (never a string, which would be split into
+letters), a record or mapping field a JSON object. Data that cannot become the record raises
+:class:`RecordDataError` (a :class:`~tinkerflow.errors.SerializationError` and a
+:class:`~tinkerflow.errors.ValidationError`) naming the record and the dotted field
 (``SLConfig.lr_schedule.warmup_steps: must be an int, got 2.5.``); a wrong value of a config (a type mismatch, a
-missing or unknown key, an out-of-range value) raises :class:`ConfigDataError`, which is a
+missing or unknown key, an out-of-range or non-finite value) raises :class:`ConfigDataError`, which is a
 :class:`~tinkerflow.errors.ConfigError` too.
 """
 
@@ -25,19 +27,26 @@ import json
 import math
 import numbers
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, TypeVar, Union, cast, get_args, get_origin
 
 import attrs
 import cattrs
 import numpy as np
+from cattrs.cols import (
+    homogenous_tuple_structure_factory,
+    is_mapping,
+    is_mutable_sequence,
+    is_sequence,
+    list_structure_factory,
+)
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.preconf.json import make_converter
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 from jaxtyping import AbstractArray
 
-from tinkerflow._validate import unknown_key_fix
+from tinkerflow._validate import check_text, unknown_key_fix
 from tinkerflow.chat import Content, ContentPart, ImagePart, TextPart, ThinkingPart
 from tinkerflow.errors import ConfigError, SerializationError, TinkerflowError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, TokenChunk
@@ -105,7 +114,10 @@ def _structure_float(value: object, _: type) -> float:
 
 def _structure_str(value: object, _: type) -> str:
     if isinstance(value, str):
-        return value
+        try:
+            return check_text(value, "", "")  # no lone surrogate: it could be neither printed nor saved as UTF-8
+        except ValidationError as error:
+            raise _WrongValueError(error.problem, error.fix) from error
     raise _WrongValueError(f"must be a string, got {_shown(value)}.", "write text (in JSON, in quotes).")
 
 
@@ -150,6 +162,45 @@ def _structure_scalar_union(value: object, type_: type) -> object:
     raise _WrongValueError(f"must be {kinds}, got {_shown(value)}.")
 
 
+def _is_list_type(type_: object) -> bool:
+    """A homogeneous sequence type (``tuple[X, ...]``, ``list[X]``, ``Sequence[X]``)."""
+    return type_ not in (str, bytes) and is_sequence(type_)
+
+
+def _structure_list_factory(type_: type) -> Callable[[object, type], object]:
+    inner = (list_structure_factory if is_mutable_sequence(type_) else homogenous_tuple_structure_factory)(
+        type_, converter
+    )
+
+    def structure_list(value: object, cl: type) -> object:
+        if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Sequence):
+            raise _WrongValueError(f"must be a list, got {_shown(value)}.", "write a JSON list: [...].")
+        return inner(value, cl)
+
+    return structure_list
+
+
+def _is_object_type(type_: object) -> bool:
+    """A record (attrs class) or a mapping type: both are JSON objects."""
+    return (isinstance(type_, type) and attrs.has(type_)) or is_mapping(type_)
+
+
+def _structure_object_factory(type_: type) -> Callable[[object, type], object]:
+    inner = (
+        converter.gen_structure_attrs_fromdict(type_) if attrs.has(type_) else converter.gen_structure_mapping(type_)
+    )
+
+    def structure_object(value: object, cl: type) -> object:
+        if not isinstance(value, Mapping):  # cattrs would iterate it, or fail naming no field
+            raise _WrongValueError(f"must be an object, got {_shown(value)}.", "write a JSON object: {...}.")
+        return inner(cast("Mapping[str, object]", value), cl)
+
+    return structure_object
+
+
+# Registered first, so the more specific hooks below (arrays, tagged unions, content) take precedence.
+converter.register_structure_hook_factory(_is_list_type, _structure_list_factory)
+converter.register_structure_hook_factory(_is_object_type, _structure_object_factory)
 converter.register_structure_hook_func(_is_scalar_union, _structure_scalar_union)
 converter.register_structure_hook(int, _structure_int)
 converter.register_structure_hook(float, _structure_float)
@@ -291,10 +342,19 @@ def _dotted(path: tuple[str, ...], field: str = "") -> str:
     return "".join(part if part.startswith("[") or index == 0 else f".{part}" for index, part in enumerate(parts))
 
 
-def _typed(path: tuple[str, ...], leaf: BaseException) -> tuple[type[RecordDataError], str, str, str] | None:
-    """``(error class, field, problem, fix)`` of one leaf, or ``None`` when the leaf is of no typed kind."""
+def _is_config(cls: type) -> bool:
+    """Whether ``cls`` is a config record: by the project's naming, a class named ``...Config`` or based on one
+    (``SLConfig``, ``DPOConfig`` and ``RLConfig`` extend ``RunConfig``)."""
+    return any(base.__name__.endswith("Config") for base in getattr(cls, "__mro__", (cls,)))
+
+
+def _typed(
+    path: tuple[str, ...], leaf: BaseException, config: bool
+) -> tuple[type[RecordDataError], str, str, str] | None:
+    """``(error class, field, problem, fix)`` of one leaf, or ``None`` when the leaf is of no typed kind; every
+    refused value of a ``config`` record is a :class:`ConfigDataError`."""
     if isinstance(leaf, ValidationError):
-        kind = ConfigDataError if isinstance(leaf, ConfigError) else RecordDataError
+        kind = ConfigDataError if isinstance(leaf, ConfigError) or config else RecordDataError
         return kind, _dotted(path, leaf.field), leaf.problem, leaf.fix
     if isinstance(leaf, _WrongValueError):
         return ConfigDataError, _dotted(path), leaf.problem, leaf.fix
@@ -303,6 +363,9 @@ def _typed(path: tuple[str, ...], leaf: BaseException) -> tuple[type[RecordDataE
         known = [field.name for field in attrs.fields(leaf.cl)] if attrs.has(leaf.cl) else []
         problem = f"is not a field of {leaf.cl.__name__}."
         return ConfigDataError, _dotted(path, key), problem, unknown_key_fix(key, known)
+    if isinstance(leaf, AttributeError) and path and str(leaf).endswith("has no attribute 'items'"):
+        # a mapping field structured by a hook cattrs generated for an enclosing record: not an object
+        return ConfigDataError, _dotted(path), "must be an object.", "write a JSON object: {...}."
     if isinstance(leaf, KeyError) and path:
         return ConfigDataError, _dotted(path), "is required but missing.", "give it a value."
     if isinstance(leaf, (TypeError, ValueError)) and path:  # an array hook, a tagged union, a bad shape
@@ -314,16 +377,22 @@ def structure(data: object, cls: type[T]) -> T:
     """Build a ``cls`` record from plain data, validating it (scalars strictly: see the module docstring).
 
     Raises:
-        ConfigDataError: a value of the wrong type, a missing or unknown key, or a value ``cls`` (or a record inside
-            it) refused with a :class:`~tinkerflow.errors.ConfigError`; ``where`` is ``cls``'s name, ``field`` the
-            dotted path.
-        RecordDataError: a value a record refused with another :class:`~tinkerflow.errors.ValidationError`.
+        ConfigDataError: a value of the wrong type (a string where a list belongs, a number where an object does,
+            text with a lone surrogate), a missing or unknown key, or a value ``cls`` (or a record inside it) refused
+            with a :class:`~tinkerflow.errors.ConfigError`, or with any other
+            :class:`~tinkerflow.errors.ValidationError` when ``cls`` is a config (``...Config``); ``where`` is
+            ``cls``'s name, ``field`` the dotted path.
+        RecordDataError: a value a record (not a config) refused with another
+            :class:`~tinkerflow.errors.ValidationError`.
         SerializationError: any other failure, naming the path.
     """
     try:
         return converter.structure(data, cls)
+    except _WrongValueError as error:  # the data as a whole is of the wrong kind (a number for a record)
+        raise SerializationError(f"cannot build {cls.__name__} from data: it {error.problem}") from error
     except cattrs.BaseValidationError as error:
-        typed = [_typed(path, leaf) for path, leaf in _leaves(error, ())]
+        config = _is_config(cls)
+        typed = [_typed(path, leaf, config) for path, leaf in _leaves(error, ())]
         if typed and all(item is not None for item in typed):
             kind, field, problem, fix = cast("tuple[type[RecordDataError], str, str, str]", typed[0])
             others = [f"{item[1]}: {item[2]}" for item in typed[1:] if item is not None]

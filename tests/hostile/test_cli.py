@@ -185,7 +185,7 @@ def test_a_bad_option_of_eval_export_serve_publish(
     assert_cli_error(capsys, resolved, message)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: raw NotADirectoryError from build_engine's store.mkdir (serve/server.py)")
 def test_serve_with_a_store_under_a_file(capsys: pytest.CaptureFixture[str], configs: dict[str, str]) -> None:
+    """Once a raw ``NotADirectoryError`` from ``build_engine``'s ``store.mkdir`` (fixed in issue 15)."""
     arguments = ["serve", "--store", f"{configs['sl']}/store", "--port", "0", "--exit-after", "0.2"]
     assert_cli_error(capsys, [*arguments, "--only-listed-models"], "ServerConfig.store: ")

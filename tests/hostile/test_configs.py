@@ -81,8 +81,8 @@ CASES: list[tuple[str, type, dict[str, object], str]] = [
     ("rl concurrency 0", RLConfig, {"concurrency": 0}, "concurrency"),
 ]
 
-# (id, class, fields, field, what goes wrong today)
-BUGS: list[tuple[str, type, dict[str, object], str, str]] = [
+# bugs the suite found, fixed since (issue 15): (id, class, fields, field, what went wrong before the fix)
+FIXED: list[tuple[str, type, dict[str, object], str, str]] = [
     ("learning_rate 1e999", SLConfig, {"learning_rate": 1e999}, "learning_rate", "a RecordDataError, not a config's"),
     ("schedule a number", SLConfig, {"lr_schedule": 5}, "lr_schedule", "RecordDataError: 'int' is not iterable"),
     ("evals a number", SLConfig, {"evals": 5}, "evals", "RecordDataError: 'int' object is not iterable"),
@@ -94,12 +94,9 @@ BUGS: list[tuple[str, type, dict[str, object], str, str]] = [
 
 
 def _params() -> list[object]:
-    params: list[object] = [pytest.param(*case[1:], id=case[0]) for case in CASES]
-    for name, cls, fields, field, reason in BUGS:
-        params.append(
-            pytest.param(cls, fields, field, id=name, marks=pytest.mark.xfail(strict=True, reason=f"bug: {reason}"))
-        )
-    return params
+    return [pytest.param(*case[1:], id=case[0]) for case in CASES] + [
+        pytest.param(cls, fields, field, id=name) for name, cls, fields, field, _ in FIXED
+    ]
 
 
 @pytest.mark.parametrize(("cls", "fields", "field"), _params())
@@ -117,3 +114,57 @@ def test_any_unknown_key_is_refused(cls: type, key: str, value: object) -> None:
     if key in {field.name for field in __import__("attrs").fields(cls)}:
         return
     raises_exactly(lambda: structure({**BASES[cls], key: value}, cls), ConfigDataError, key, cls.__name__)
+
+
+# which losses read each loss option of RLConfig, and a valid value for it other than its default
+_LOSS_OPTIONS = {
+    "clip_low": (("ppo", "cispo"), st.floats(0.0, 1.0).filter(lambda value: value != 0.8)),
+    "clip_high": (("ppo", "cispo"), st.floats(1.0, 10.0).filter(lambda value: value != 1.2)),
+    "dro_beta": (("dro",), st.floats(0.0, 10.0).filter(lambda value: value != 0.05)),
+}
+
+
+@given(
+    st.sampled_from(sorted(_LOSS_OPTIONS)), st.sampled_from(["importance_sampling", "ppo", "cispo", "dro"]), st.data()
+)
+def test_a_loss_option_is_refused_exactly_when_the_loss_ignores_it(field: str, loss: str, data: st.DataObject) -> None:
+    readers, values = _LOSS_OPTIONS[field]
+    value = data.draw(values)
+    config = {"loss": loss, field: value}
+    if loss in readers:
+        assert getattr(structure(config, RLConfig), field) == value
+    else:
+        error = raises_exactly(lambda: structure(config, RLConfig), ConfigDataError, field, "RLConfig")
+        assert "no effect" in str(error)
+    default = structure({"loss": loss, field: {"clip_low": 0.8, "clip_high": 1.2, "dro_beta": 0.05}[field]}, RLConfig)
+    assert default.loss == loss  # the default value is accepted under every loss (a template sets every field)
+
+
+_NOT_LISTS = (
+    st.text(max_size=8)
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.booleans()
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+_NOT_OBJECTS = st.text(max_size=8) | st.integers() | st.booleans() | st.lists(st.integers(), max_size=3)
+
+
+@given(st.sampled_from([(SLConfig, "log_to"), (SLConfig, "evals"), (DPOConfig, "log_to")]), _NOT_LISTS)
+def test_a_list_field_takes_only_a_list(case: tuple[type, str], value: object) -> None:
+    cls, field = case
+    error = raises_exactly(lambda: structure({**BASES[cls], field: value}, cls), ConfigDataError, field, cls.__name__)
+    assert "must be a list" in str(error)
+
+
+@given(st.sampled_from([(SLConfig, "lr_schedule"), (RLConfig, "env_args")]), _NOT_OBJECTS)
+def test_a_record_or_mapping_field_takes_only_an_object(case: tuple[type, str], value: object) -> None:
+    cls, field = case
+    error = raises_exactly(lambda: structure({**BASES[cls], field: value}, cls), ConfigDataError, field, cls.__name__)
+    assert "must be an object" in str(error)
+
+
+@given(st.sampled_from(["run_dir", "base_model", "train_data"]), st.text(max_size=4), st.text(max_size=4))
+def test_text_with_a_lone_surrogate_is_refused_naming_its_field(field: str, before: str, after: str) -> None:
+    value = f"{before}\udc80{after}"
+    raises_exactly(lambda: structure({**BASES[SLConfig], field: value}, SLConfig), ConfigDataError, field, "SLConfig")

@@ -214,35 +214,16 @@ def test_a_non_finite_group_reward_drops_only_that_member(value: float) -> None:
     assert (caught.value.member, caught.value.kind) == (1, "non_finite_reward")
 
 
-def _bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"bug: {reason}")
-
-
+# bugs the suite found, fixed since (issue 15); each id says what went wrong before the fix
 @pytest.mark.parametrize(
     "changes",
     [
-        pytest.param(
-            {"rewards": lambda ts: [1.0 for _ in ts]},
-            id="rewards not pairs",
-            marks=_bug(
-                "raw TypeError (cannot unpack a float) escapes _rollout_group: the unpacking is outside the try"
-            ),
-        ),
-        pytest.param(
-            {"rewards": lambda ts: [(1.0, "x") for _ in ts]},
-            id="reward metrics text",
-            marks=_bug("the group's metrics are checked only when TrajectoryGroup is built, outside the policy"),
-        ),
-        pytest.param(
-            {"tags_of": _raise(RuntimeError("no tags"))},
-            id="tags raise",
-            marks=_bug("builder.tags() is called before the try of _rollout_group: its error escapes the policy"),
-        ),
-        pytest.param(
-            {"tags_of": lambda: 5},
-            id="tags an int",
-            marks=_bug("raw TypeError ('int' object is not iterable) from _tags_of"),
-        ),
+        pytest.param({"rewards": lambda ts: [1.0 for _ in ts]}, id="rewards not pairs (raw TypeError)"),
+        pytest.param({"rewards": lambda ts: [(1.0, "x") for _ in ts]}, id="reward metrics text (escaped drop)"),
+        pytest.param({"tags_of": _raise(RuntimeError("no tags"))}, id="tags raise (escaped drop)"),
+        pytest.param({"tags_of": lambda: 5}, id="tags an int (raw TypeError)"),
+        pytest.param({"tags_of": lambda: ["a", 5]}, id="a tag an int"),
+        pytest.param({"rewards": lambda ts: [(1.0, {"m": "x"}) for _ in ts]}, id="a group metric text"),
     ],
 )
 def test_garbage_from_a_group_builder_fails_the_group_under_drop(changes: dict[str, object]) -> None:
@@ -250,3 +231,6 @@ def test_garbage_from_a_group_builder_fails_the_group_under_drop(changes: dict[s
     group = _run(rollout_group(builder, _instant, _policy("drop"), "g"))
     assert group.trajectories == ()
     assert [failure.index for failure in group.failures] == [GROUP]
+    with pytest.raises(RolloutError) as caught:
+        _run(rollout_group(Builder([Good, Good], **changes), _instant, _policy("fail_fast"), "g"))  # type: ignore[arg-type]
+    assert caught.value.member is None

@@ -28,10 +28,6 @@ GOOD_CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role":
 GOOD_PAIR = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})
 
 
-def _bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"bug: {reason}")
-
-
 # (id, the file's bytes given a good line, the line number named, the field named)
 CONTENTS: list[tuple[str, Callable[[str], bytes], int, str]] = [
     ("binary garbage", lambda good: bytes(range(256)) * 4, 1, "line"),
@@ -93,23 +89,21 @@ def test_a_line_that_is_json_but_no_row(tmp_path: pathlib.Path, line: str, chat_
 @pytest.mark.parametrize(
     ("loader", "kind"),
     [
-        pytest.param(load_chat_jsonl, ChatFormatError, id="chat", marks=_bug("raw ValueError (int digit limit)")),
-        pytest.param(
-            load_preference_jsonl, PreferenceFormatError, id="preference", marks=_bug("raw ValueError (int digits)")
-        ),
+        pytest.param(load_chat_jsonl, ChatFormatError, id="chat"),
+        pytest.param(load_preference_jsonl, PreferenceFormatError, id="preference"),
     ],
 )
 def test_an_integer_of_5000_digits(
     tmp_path: pathlib.Path, loader: Callable[[pathlib.Path], object], kind: type
 ) -> None:
-    """``json.loads`` raises a plain ValueError past Python's 4300-digit limit; decode_json_line catches only
-    JSONDecodeError and RecursionError."""
+    """``json.loads`` raises a plain ValueError past Python's 4300-digit limit (once a raw ValueError, fixed in
+    issue 15)."""
     path = _write(tmp_path, b'{"messages": [{"role": "user", "content": ' + b"9" * 5000 + b"}]}\n")
     raises_exactly(lambda: loader(path), kind, "line", f"{path}:1")
 
 
-@_bug("duplicate keys are read silently (the last one wins): the row trains on other messages than it seems to")
 def test_a_row_with_a_duplicated_key(tmp_path: pathlib.Path) -> None:
+    """Once read silently, the last key winning: the row trained on other messages than it seemed to (issue 15)."""
     first = json.loads(GOOD_CHAT)["messages"]
     second = [{"role": "user", "content": "other"}, {"role": "assistant", "content": "reply"}]
     line = '{"messages": ' + json.dumps(first) + ', "messages": ' + json.dumps(second) + "}\n"
@@ -163,8 +157,11 @@ CONFIG_FILES: list[tuple[str, bytes | None, str]] = [
     ("string", b'"d.jsonl"', "a config must be a JSON object"),
     ("null", b"null", "a config must be a JSON object"),
     ("truncated", b'{"train_data": "d.jsonl", ', "not valid JSON"),
+    ("duplicated key", b'{"run_dir": "a", "seed": 1, "run_dir": "b"}', "the key 'run_dir' is written twice"),
+    ("huge integer", b'{"seed": ' + b"9" * 5000 + b"}", "not readable JSON"),
 ]
-CONFIG_BUGS: list[tuple[str, bytes | None, str, str]] = [
+# bugs the suite found, fixed since (issue 15): (id, bytes, message, what went wrong before the fix)
+CONFIG_FIXED: list[tuple[str, bytes | None, str, str]] = [
     ("binary", bytes(range(256)), "not valid UTF-8", "raw UnicodeDecodeError from _read_config_file (cli.py)"),
     ("folder", b"<folder>", "not a file", "raw IsADirectoryError from _read_config_file (cli.py)"),
     ("deep", b"[" * 100_000 + b"]" * 100_000, "too deeply", "raw RecursionError from json.loads in _read_config_file"),
@@ -193,7 +190,7 @@ def _config_path(tmp_path: pathlib.Path, data: bytes | None, command: str = "sl"
 @pytest.mark.parametrize(
     ("data", "message"),
     [pytest.param(*case[1:], id=case[0]) for case in CONFIG_FILES]
-    + [pytest.param(*case[1:3], id=case[0], marks=_bug(case[3])) for case in CONFIG_BUGS],
+    + [pytest.param(*case[1:3], id=case[0]) for case in CONFIG_FIXED],
 )
 def test_a_bad_config_file(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], command: str, data: bytes | None, message: str

@@ -46,8 +46,9 @@ class RLConfig(RunConfig):
         max_tokens: most tokens per sampled action.
         temperature: sampling temperature of rollouts.
         loss: ``importance_sampling``, ``ppo``, ``cispo`` or ``dro``.
-        clip_low / clip_high: ratio clipping thresholds of ``ppo`` and ``cispo``.
-        dro_beta: the quadratic penalty of ``dro``.
+        clip_low / clip_high: ratio clipping thresholds of ``ppo`` and ``cispo`` (with another loss, a value other
+            than the default is an error: it would have no effect).
+        dro_beta: the quadratic penalty of ``dro`` (with another loss, a value other than the default is an error).
         normalize_advantages: divide centered rewards by the group's standard deviation.
         constant_groups: ``keep`` groups whose members all got the same reward (zero advantage) or ``drop`` them;
             a step left with nothing to train on is skipped (no optimizer step).
@@ -136,6 +137,7 @@ class RLConfig(RunConfig):
         if high < 1.0:
             raise ConfigError(where, "clip_high", f"must be >= 1, got {high}.")
         in_range(self.dro_beta, where, "dro_beta", low=0.0)
+        self._check_loss_options(where)
         require_type(self.normalize_advantages, bool, where, "normalize_advantages")
         if self.constant_groups not in ("keep", "drop"):
             raise ConfigError(where, "constant_groups", f"must be 'keep' or 'drop', got {self.constant_groups!r}.")
@@ -158,6 +160,20 @@ class RLConfig(RunConfig):
         int_at_least(self.max_turns, where, "max_turns", 1, allow_none=True)
         if self.on_failure not in ("fail_fast", "retry", "drop"):
             raise ConfigError(where, "on_failure", f"unknown policy {self.on_failure!r}.", "use fail_fast/retry/drop.")
+
+    def _check_loss_options(self, where: str) -> None:
+        """A loss option set away from its default under a loss that ignores it is an error (it would do nothing)."""
+        users = {"clip_low": ("ppo", "cispo"), "clip_high": ("ppo", "cispo"), "dro_beta": ("dro",)}
+        for field, losses in users.items():
+            default = attrs.fields_dict(RLConfig)[field].default
+            if self.loss not in losses and getattr(self, field) != default:
+                raise ConfigError(
+                    where,
+                    field,
+                    f"is {getattr(self, field)}, but it has no effect with loss={self.loss!r} (only "
+                    f"{' and '.join(losses)} {'reads' if len(losses) == 1 else 'read'} it).",
+                    f"remove {field} (its default is {default}), or choose loss={losses[0]!r}.",
+                )
 
     @property
     def staleness(self) -> int:

@@ -20,17 +20,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, get_args, runtime_checkable
 
 import attrs
 import numpy as np
 
-from tinkerflow._validate import float_tuple, int_at_least, int_tuple, logprobs, require_type, str_tuple, token_ids
+from tinkerflow._validate import (
+    float_tuple,
+    int_at_least,
+    int_items,
+    int_tuple,
+    logprobs,
+    require_type,
+    str_items,
+    str_tuple,
+    token_ids,
+)
 from tinkerflow.arrays import Float32_T, Int64_T
 from tinkerflow.datum import arrays_equal
 from tinkerflow.errors import NonFiniteError, ShapeError, ValidationError
 from tinkerflow.model_input import ModelInput
-from tinkerflow.sampling import SampledSequence, StopReason
+from tinkerflow.sampling import SampledSequence, StopReason, check_stops
 
 __all__ = [
     "Env",
@@ -121,15 +131,15 @@ def _action_logprobs(value: object) -> np.ndarray:
 
 @attrs.frozen
 class StopCondition:
-    """When sampling one action stops: on one of ``stop_tokens`` / ``stop_strings``, or after ``max_tokens``."""
+    """When sampling one action stops: on one of ``stop_tokens`` (ids ``>= 0``) / ``stop_strings`` (a list, never a
+    bare string), or after ``max_tokens``."""
 
-    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=int_tuple)
-    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
+    stop_tokens: tuple[int, ...] = attrs.field(default=(), converter=int_items)
+    stop_strings: tuple[str, ...] = attrs.field(default=(), converter=str_items)
     max_tokens: int | None = None
 
     def __attrs_post_init__(self) -> None:
-        _require_items(self.stop_tokens, int, "StopCondition", "stop_tokens")
-        _require_items(self.stop_strings, str, "StopCondition", "stop_strings")
+        check_stops(self.stop_strings, self.stop_tokens, "StopCondition")  # as SamplingParams, no bare string
         if self.stop_tokens and self.stop_strings:
             raise ValidationError(
                 "StopCondition", "stop_strings", "given together with stop_tokens.", "use one kind of stop condition."
@@ -166,6 +176,7 @@ class StepResult:
         _finite(self.reward, "StepResult", "reward")
         require_type(self.done, bool, "StepResult", "done")
         require_type(self.next_observation, ModelInput, "StepResult", "next_observation")
+        require_type(self.next_stop, StopCondition, "StepResult", "next_stop")
 
 
 @attrs.frozen
@@ -200,6 +211,8 @@ class Transition:
             raise NonFiniteError(where, "action_logprobs_T", "holds NaN or infinity.", "check the sampler's output.")
         _finite(self.reward, where, "reward")
         require_type(self.done, bool, where, "done")
+        if self.stop_reason not in get_args(StopReason):
+            raise ValidationError(where, "stop_reason", f"must be 'length' or 'stop', got {self.stop_reason!r}.")
 
     @classmethod
     def from_sample(cls, observation: ModelInput, action: SampledSequence, result: StepResult) -> Transition:
@@ -240,11 +253,21 @@ class Trajectory:
 
 @attrs.frozen
 class RolloutFailure:
-    """A group member whose rollout failed (kept for metrics; it yields no trajectory)."""
+    """A group member whose rollout failed (kept for metrics; it yields no trajectory); ``index`` is ``-1`` when the
+    whole group failed (``make_envs``, ``compute_group_rewards``)."""
 
     index: int
     kind: FailureKind
     message: str
+
+    def __attrs_post_init__(self) -> None:
+        require_type(self.index, int, "RolloutFailure", "index")
+        if self.index < -1:
+            raise ValidationError("RolloutFailure", "index", f"must be a member index or -1, got {self.index}.")
+        if self.kind not in get_args(FailureKind):
+            kinds = ", ".join(repr(kind) for kind in get_args(FailureKind))
+            raise ValidationError("RolloutFailure", "kind", f"must be one of {kinds}, got {self.kind!r}.")
+        require_type(self.message, str, "RolloutFailure", "message")
 
 
 @attrs.frozen

@@ -51,8 +51,9 @@ What happens:
 * ``compute_group_rewards`` is called once per group with the finished members' trajectories (member order;
   failed members are not passed). A non-finite group reward drops that member (``non_finite_reward``; under
   ``retry`` too, as the group reward depends on the whole group). Failures of ``make_envs`` or of
-  ``compute_group_rewards`` (an exception, a wrong-length answer, or a hang past the episode timeout) fail the
-  whole group: under ``drop``/``retry`` it is returned with no trajectories and a failure with ``index = -1``.
+  ``compute_group_rewards`` (an exception, a wrong-length answer, an answer not a ``(reward, metrics)`` pair of a
+  number and a mapping of names to numbers, or a hang past the episode timeout) and of ``tags()`` (not strings)
+  fail the whole group: under ``drop``/``retry`` it is returned with no trajectories and a failure with ``index = -1``.
 
 Every returned group is in builder order, with id ``f"{id_prefix}/{k}"``; groups with no trajectories are kept
 (so their failures are counted) and dropped later by :func:`tinkerflow.rl.advantages.compute_advantages`.
@@ -69,7 +70,7 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Final, Literal, TypeVar
 
 import attrs
@@ -370,8 +371,26 @@ def _failed_group(
 
 
 def _tags_of(builder: EnvGroupBuilder) -> tuple[str, ...]:
+    """The builder's tags (a bare string is one tag); anything but strings is a ``ValidationError``."""
     tags = builder.tags()
-    return (tags,) if isinstance(tags, str) else tuple(str(tag) for tag in tags)
+    items = (tags,) if isinstance(tags, str) else tuple(tags) if isinstance(tags, list | tuple) else None
+    if items is None or not all(isinstance(tag, str) for tag in items):
+        raise ValidationError("rollout_group", "tags()", f"returned {tags!r:.60}, not a list of strings.")
+    return items
+
+
+def _reward_and_metrics(answer: object, index: int) -> tuple[object, dict[str, float]]:
+    """One answer of ``compute_group_rewards``: a ``(reward, metrics)`` pair, the metrics mapping names to numbers
+    (the reward is checked by the caller); else a ``ValidationError`` naming the member."""
+    if not isinstance(answer, tuple | list) or len(answer) != 2:
+        raise ValidationError("rollout_group", f"group_rewards[{index}]", f"is {answer!r:.60}, not (reward, metrics).")
+    reward, metrics = answer
+    if not isinstance(metrics, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, int | float) and not isinstance(value, bool)
+        for key, value in metrics.items()
+    ):
+        raise ValidationError("rollout_group", f"group_metrics[{index}]", f"is {metrics!r:.60}, not names to numbers.")
+    return reward, {key: float(value) for key, value in metrics.items()}
 
 
 async def _rollout_group(
@@ -381,8 +400,9 @@ async def _rollout_group(
     group_id: str,
     limiter: asyncio.Semaphore,
 ) -> TrajectoryGroup:
-    tags = _tags_of(builder)
+    tags: tuple[str, ...] = ()
     try:
+        tags = _tags_of(builder)
         envs = list(await within(builder.make_envs(), policy.episode_timeout_s, _late("make_envs", policy)))
     except Exception as error:
         return _failed_group(group_id, (), error, "make_envs", policy, tags)
@@ -408,11 +428,11 @@ async def _rollout_group(
                 f"returned {len(answers)} rewards for {len(finished)} trajectories.",
                 "return one (reward, metrics) per trajectory, in order.",
             )
+        pairs = [_reward_and_metrics(answer, item.index) for item, answer in zip(finished, answers, strict=True)]
     except Exception as error:
         return _failed_group(group_id, failures, error, "group_rewards", policy, tags)
     kept: list[tuple[_Finished, float, Metrics]] = []
-    for item, answer in zip(finished, answers, strict=True):
-        reward, metrics = answer
+    for item, (reward, metrics) in zip(finished, pairs, strict=True):
         if isinstance(reward, bool) or not isinstance(reward, int | float):
             problem = ValidationError("rollout_group", f"group_rewards[{item.index}]", f"is not a number: {reward!r}.")
             return _failed_group(group_id, failures, problem, "group_rewards", policy, tags)

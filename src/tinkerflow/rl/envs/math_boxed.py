@@ -281,6 +281,13 @@ def problems_from_rows(
     case its last ``\boxed{}`` is the answer. A row without a usable answer raises, naming the row."""
     problems: list[MathProblem] = []
     for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValidationError(
+                "math_boxed.problems_from_rows",
+                f"rows[{index}]",
+                f"must be a mapping (a dict of columns), got {type(row).__name__}.",
+                "pass the dataset's rows as dicts.",
+            )
         question, answer = row.get(question_key), row.get(answer_key)
         if not isinstance(question, str) or not isinstance(answer, str):
             raise ValidationError(

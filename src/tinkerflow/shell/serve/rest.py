@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import os
 import pathlib
 import secrets
 import shutil
@@ -150,6 +151,26 @@ def _stored_checkpoint(engine: Engine, path: str) -> CheckpointRecord:
     return record
 
 
+def _delete_checkpoint(engine: Engine, path: str) -> None:
+    """Delete a stored checkpoint so a kill at any point leaves no half folder under its name: its folder is first
+    renamed to a hidden name (durably), then its record goes, then the files. A leftover hidden folder is what the
+    local backend's ``remove_partial_checkpoints`` removes (the server runs it when it starts)."""
+    directory = parse_tinker_path(path).directory(engine.backend.checkpoint_dir)
+    doomed: pathlib.Path | None = None
+    if directory.is_dir():
+        # the hidden name of a killed checkpoint write (``.<name>.<8 characters>.tmp``), which the cleanup knows
+        doomed = directory.with_name(f".{directory.name}.{secrets.token_hex(4)}.tmp")
+        os.replace(directory, doomed)
+        parent = os.open(directory.parent, os.O_RDONLY)
+        try:
+            os.fsync(parent)  # the rename is on disk before the record goes
+        finally:
+            os.close(parent)
+    engine.store.delete_checkpoint(path)
+    if doomed is not None:
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
 def _download_urls(engine: Engine, signer: UrlSigner, request: Request, path: str) -> tt.ExternalWeightsUrlsResponse:
     _stored_checkpoint(engine, path)
     folder = parse_tinker_path(path).directory(engine.backend.checkpoint_dir)
@@ -284,8 +305,7 @@ def _checkpoint_routes(app: FastAPI, engine: Engine, signer: UrlSigner) -> None:
         if action == "publish":
             engine.store.update_checkpoint(path, public=False)
         elif action == "":
-            engine.store.delete_checkpoint(path)
-            shutil.rmtree(parse_tinker_path(path).directory(engine.backend.checkpoint_dir), ignore_errors=True)
+            _delete_checkpoint(engine, path)
         else:
             raise ServeError(404, "checkpoint_id", f"no DELETE {action!r} for checkpoints.")
         return Response(status_code=204)

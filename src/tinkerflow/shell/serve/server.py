@@ -91,8 +91,21 @@ class ServerConfig:
 
 
 def build_engine(config: ServerConfig) -> Engine:
-    """The engine of ``config``: its store opened and recovered (requests left in flight fail), a fresh backend."""
-    config.store.mkdir(parents=True, exist_ok=True)
+    """The engine of ``config``: its store opened and recovered (requests left in flight fail, leftovers of killed
+    checkpoint writes and deletions are removed), a fresh backend.
+
+    Raises:
+        ConfigError: the store folder cannot be created, written or locked (another server holds it).
+    """
+    try:
+        config.store.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, no permission, a read-only disk
+        raise ConfigError(
+            "ServerConfig",
+            "store",
+            f"cannot create the store folder {config.store} ({error.strerror or error}).",
+            "give --store a folder this user can create (not under a file).",
+        ) from error
     lock = _lock_store(config.store)
     store = Store(config.store / "server.sqlite3")
     lost = store.recover()
@@ -103,6 +116,8 @@ def build_engine(config: ServerConfig) -> Engine:
         device=config.device,
         max_tokens_per_batch=config.max_tokens_per_batch,
     )
+    for leftover in backend.remove_partial_checkpoints():  # killed checkpoint writes and deletions
+        log.info("removed the leftover %s of a checkpoint write or deletion that did not finish.", leftover)
     catalog = ModelCatalog.from_options(config.models, include_defaults=not config.only_listed_models)
     engine = Engine(store, backend, catalog, max_pending=config.max_pending, max_samplers=config.max_samplers)
     engine.start_reaper(config.session_timeout, keep_answers=config.keep_answers_hours * 3600)
@@ -114,9 +129,17 @@ def _lock_store(folder: pathlib.Path) -> IO[bytes]:
     """Hold ``<store>/server.lock`` for this process: two servers on one store would corrupt each other's state.
 
     Raises:
-        ConfigError: another server holds the store.
+        ConfigError: another server holds the store, or the lock file cannot be written.
     """
-    handle = (folder / "server.lock").open("ab")
+    try:
+        handle = (folder / "server.lock").open("ab")
+    except OSError as error:
+        raise ConfigError(
+            "ServerConfig",
+            "store",
+            f"cannot write {folder / 'server.lock'} ({error.strerror or error}).",
+            "give --store a folder this user can write.",
+        ) from error
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
