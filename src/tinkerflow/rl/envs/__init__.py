@@ -9,11 +9,13 @@
 * Examples, each with an options record and ``make_env``/``builder``/``dataset`` factories:
   :mod:`~tinkerflow.rl.envs.arithmetic` (verifiable reward, learnable by the local embedded model on a CPU),
   :mod:`~tinkerflow.rl.envs.guess_number` (multi-turn), :mod:`~tinkerflow.rl.envs.math_boxed` (boxed-answer
-  grading, for real models).
+  grading, for real models), :mod:`~tinkerflow.rl.envs.tool_use` (a tool-calling agent on arithmetic word
+  problems, with a calculator tool) and :mod:`~tinkerflow.rl.envs.code` (Python tasks graded by unit tests run in
+  a sandbox).
 * :mod:`~tinkerflow.rl.envs.preference`: RLHF's answers rewarded by a tournament judged by a preference model.
 """
 
-from tinkerflow.rl.envs import arithmetic, guess_number, math_boxed, preference
+from tinkerflow.rl.envs import arithmetic, code, guess_number, math_boxed, preference, tool_use
 from tinkerflow.rl.envs.base import (
     MessageEnv,
     MessageStep,
@@ -34,10 +36,12 @@ __all__ = [
     "ProblemGroupBuilder",
     "always_well_formatted",
     "arithmetic",
+    "code",
     "epoch_order",
     "guess_number",
     "math_boxed",
     "parse_tokens",
     "preference",
     "stop_condition_for",
+    "tool_use",
 ]

@@ -52,6 +52,7 @@ from tinkerflow.shell.io.sinks import MetricsSink
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, run_steps
 from tinkerflow.shell.recipes import rl_data
 from tinkerflow.shell.recipes.rl_sampling import RolloutSampling
+from tinkerflow.shell.sandbox import PythonSandbox, TimedToolExecutor
 from tinkerflow.training import ForwardBackwardOutput
 
 __all__ = ["ENVIRONMENTS", "RLResult", "environment_datasets", "loss_config", "run_rl"]
@@ -70,7 +71,7 @@ class RLResult:
 
 
 #: Environments ``RLConfig.env`` can name: the factory of their training and held-out datasets.
-ENVIRONMENTS: tuple[str, ...] = ("arithmetic", "guess_number", "math_boxed")
+ENVIRONMENTS: tuple[str, ...] = ("arithmetic", "guess_number", "math_boxed", "tool_use", "code")
 
 
 def environment_datasets(config: RLConfig, renderer: Renderer) -> tuple[RLDataset, RLDataset | None]:
@@ -83,6 +84,21 @@ def environment_datasets(config: RLConfig, renderer: Renderer) -> tuple[RLDatase
         "guess_number": envs.guess_number.dataset,
     }
     try:
+        if config.env in ("tool_use", "code"):  # agents: tools run with a per-call timeout, code in the sandbox
+            module = envs.tool_use if config.env == "tool_use" else envs.code
+            extra: dict[str, object] = {"executor": TimedToolExecutor()}
+            if config.env == "code":
+                extra["runner"] = PythonSandbox()
+            agent_factory: Callable[..., RLDataset] = module.dataset
+            train = agent_factory(
+                renderer, batch_size=config.groups_per_batch, n_batches=config.steps, seed=config.seed,
+                split="train", **extra, **common,
+            )  # fmt: skip
+            test = agent_factory(
+                renderer, batch_size=max(config.eval_groups, 1), n_batches=1, seed=config.seed + 7919,
+                split="test", **extra, **common,
+            )  # fmt: skip
+            return train, test
         if config.env in generated:
             factory = generated[config.env]
             train = factory(

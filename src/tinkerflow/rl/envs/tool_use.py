@@ -1,0 +1,306 @@
+"""Tool use: a multi-turn environment that runs the model's tool calls, and a calculator word-problem example.
+
+:class:`ToolUseEnv` (a :class:`~tinkerflow.rl.envs.base.MessageEnv`) declares its tools to the model through the
+renderer (each family's own tool format: the specs travel with the conversation), parses each response with the
+renderer and then:
+
+* a response with tool calls: every call is run in order (:func:`~tinkerflow.tools.run_call`, through the
+  ``executor``, which enforces per-call time limits in the shell: ``tinkerflow.shell.sandbox.TimedToolExecutor``)
+  and answered with a ``tool`` message; a call to an unknown tool, with bad arguments, that raised or ran past its
+  limit is answered with an error observation (``{"error": kind, "message": ...}``), never a crash. Reward 0, the
+  episode goes on, unless the turn cap is reached or a tool asked to stop (then it is graded);
+* a response without tool calls is the final answer: the episode ends and ``grader(conversation)`` gives the
+  reward (and metrics);
+* a response cut off (no stop sequence) or with a tool call that cannot be parsed (bad JSON, unterminated block)
+  is a parse error: reward ``parse_error_reward``, episode over, ``parse_error=True`` (and the turn masked with
+  ``mask_parse_errors``), as the cookbook's ``AgentToolMessageEnv`` does by default. Unlike the cookbook, a turn
+  that mixes valid and unparseable calls is a parse error too (the cookbook runs the valid ones and continues).
+
+These are the cookbook's ``build_agent_tool_env`` semantics (``tool_execution="sequential"``); the differential test
+``tests/conformance/test_tool_use_cookbook.py`` checks tokens, rewards and datums against it.
+
+The example, :func:`dataset`: arithmetic word problems (:mod:`tinkerflow.rl.envs.sets.word_problems`, 48 for
+training, 12 held out) with the calculator tool; the model ends with ``Answer: N``; reward 1 for the right number
+(compared exactly), minus ``format_coef`` when the final message has no ``Answer:`` line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from fractions import Fraction
+from typing import Final, Literal, TypeAlias
+
+import attrs
+import numpy as np
+
+from tinkerflow._validate import in_range, int_at_least, positive_int, require_type
+from tinkerflow.chat import Conversation, Message
+from tinkerflow.errors import ConfigError, NonFiniteError
+from tinkerflow.render import Renderer, Termination
+from tinkerflow.rl.envs.base import MessageEnv, MessageStep, ProblemBuilder, ProblemGroupBuilder
+from tinkerflow.rl.envs.datasets import GeneratedRLDataset
+from tinkerflow.rl.envs.sets.word_problems import WORD_PROBLEMS
+from tinkerflow.tools import CALCULATOR, INLINE, ToolExecutor, ToolRegistry, run_call
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "TAG",
+    "GradeResult",
+    "Grader",
+    "ToolUseEnv",
+    "WordProblem",
+    "WordProblemOptions",
+    "answer_grader",
+    "builder",
+    "dataset",
+    "make_env",
+    "parse_final_answer",
+    "word_problems",
+]
+
+TAG: Final = "word_problems"
+#: ``(reward, metrics)`` of a finished episode.
+GradeResult: TypeAlias = tuple[float, Mapping[str, float]]
+#: Grades the whole conversation (initial messages included) once the episode ends; may be async.
+Grader: TypeAlias = Callable[[tuple[Message, ...]], GradeResult | Awaitable[GradeResult]]
+
+SYSTEM_PROMPT: Final = (
+    "You solve word problems. Use the calculator tool for every computation. "
+    "When you know the result, reply with a last line 'Answer: N' and no tool call."
+)
+_ANSWER: Final = re.compile(r"Answer:\s*\$?\s*(-?[\d,]*\.?\d+)")
+TRAIN_SPLIT: Final = 48
+
+
+def _turn_metrics(outcomes: Sequence[object], errors: int) -> dict[str, float]:
+    return {"tool_calls": float(len(outcomes)), "tool_errors": float(errors)}
+
+
+class ToolUseEnv(MessageEnv):
+    """One episode of tool use (see the module docstring).
+
+    Args:
+        renderer: renders the conversation (with the tools declared) and parses responses; needs tool support.
+        initial: the conversation before the first response.
+        tools: the tools the model may call (declared after any tools of ``initial``).
+        grader: ``conversation -> (reward, metrics)`` (or an awaitable of it), called once at the end.
+        executor: runs each tool function (:data:`~tinkerflow.tools.INLINE`: no time limit).
+        max_turns: responses before the episode is graded regardless (the cookbook's ``max_turns``).
+        max_tokens: limit of each response.
+        parse_error_reward: reward of a cut-off or unparseable response.
+        mask_parse_errors: mask such turns out of training.
+        max_observation_tokens: end the episode when the next observation would be longer.
+    """
+
+    def __init__(
+        self,
+        renderer: Renderer,
+        initial: Conversation | Sequence[Message],
+        tools: ToolRegistry,
+        grader: Grader,
+        *,
+        executor: ToolExecutor = INLINE,
+        max_turns: int = 5,
+        max_tokens: int | None = None,
+        parse_error_reward: float = -0.1,
+        mask_parse_errors: bool = False,
+        max_observation_tokens: int | None = None,
+    ) -> None:
+        where = "ToolUseEnv"
+        require_type(tools, ToolRegistry, where, "tools")
+        if len(tools) and not renderer.supports_tools:
+            raise ConfigError(
+                where, "renderer", f"the {renderer.name} renderer has no tool format.", "use one with tool support."
+            )
+        if not callable(grader):
+            raise ConfigError(where, "grader", f"must be callable, got {type(grader).__name__}.")
+        super().__init__(
+            renderer,
+            initial,
+            tools=tools.specs(),
+            max_tokens=max_tokens,
+            parse_error_reward=parse_error_reward,
+            end_on_parse_error=True,
+            mask_parse_errors=mask_parse_errors,
+            max_observation_tokens=max_observation_tokens,
+        )
+        self.registry = tools
+        self.grader = grader
+        self.executor = executor
+        self.max_turns = positive_int(max_turns, where, "max_turns")
+        self.tool_calls = 0
+
+    async def _grade(self) -> GradeResult:
+        result = self.grader(self.messages)
+        if inspect.isawaitable(result):
+            result = await result
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise ConfigError("ToolUseEnv", "grader", f"must return (reward, metrics), got {result!r}.")
+        reward, metrics = result
+        if isinstance(reward, bool) or not isinstance(reward, int | float) or not np.isfinite(reward):
+            raise NonFiniteError("ToolUseEnv", "grader", f"returned the reward {reward!r}.", "return a finite number.")
+        return float(reward), metrics
+
+    async def respond(self, message: Message, termination: Termination) -> MessageStep:
+        capped = self.turns >= self.max_turns
+        if not message.tool_calls:
+            reward, graded = await self._grade()
+            return MessageStep(reward=reward, done=True, metrics={**graded, "tool_turns": float(self.turns - 1)})
+        replies: list[Message] = []
+        logs: dict[str, str] = {}
+        errors = 0
+        stop = False
+        metrics: dict[str, float] = {}
+        for index, call in enumerate(message.tool_calls):
+            outcome = await run_call(self.registry, call, self.executor)
+            replies.append(outcome.message(f"call_{self.turns}_{index}"))
+            logs[f"tool_call_{index}"] = f"{call.name}({call.arguments})"
+            logs[f"tool_result_{index}"] = outcome.content
+            errors += outcome.error is not None
+            if outcome.error is not None:
+                metrics[f"tool_error/{outcome.error}"] = metrics.get(f"tool_error/{outcome.error}", 0.0) + 1.0
+            stop = stop or outcome.done
+            metrics.update({f"tool/{key}": value for key, value in outcome.metrics.items()})
+        self.tool_calls += len(message.tool_calls)
+        self.messages = (*self.messages, *replies)
+        metrics.update(_turn_metrics(message.tool_calls, errors))
+        if capped or stop:
+            reward, final = await self._grade()
+            extra = {"max_turns": 1.0} if capped and not stop else {"tool_stopped": 1.0}
+            return MessageStep(reward=reward, done=True, metrics={**metrics, **final, **extra}, logs=logs)
+        return MessageStep(reward=0.0, done=False, metrics=metrics, logs=logs)
+
+
+# -- the calculator word-problem example ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class WordProblem:
+    """A question and its exact answer (a decimal string)."""
+
+    question: str
+    answer: str
+
+    def __attrs_post_init__(self) -> None:
+        require_type(self.question, str, "WordProblem", "question")
+        if _number(self.answer) is None:
+            raise ConfigError("WordProblem", "answer", f"must be a decimal number, got {self.answer!r}.")
+
+
+def word_problems(split: Literal["train", "test", "all"] = "all") -> tuple[WordProblem, ...]:
+    """The built-in problems: the first 48 (``train``), the last 12 (``test``) or all 60."""
+    problems = tuple(WordProblem(question, answer) for question, answer in WORD_PROBLEMS)
+    if split == "train":
+        return problems[:TRAIN_SPLIT]
+    if split == "test":
+        return problems[TRAIN_SPLIT:]
+    if split != "all":
+        raise ConfigError("tool_use.word_problems", "split", f"must be 'train', 'test' or 'all', got {split!r}.")
+    return problems
+
+
+def _number(text: str) -> Fraction | None:
+    try:
+        return Fraction(text.replace(",", "").strip())
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_final_answer(text: str) -> Fraction | None:
+    """The number after the last ``Answer:`` (thousands separators and a ``$`` allowed), exactly; or ``None``."""
+    found = _ANSWER.findall(text)
+    return _number(found[-1]) if found else None
+
+
+def answer_grader(answer: str, format_coef: float = 0.1) -> Callable[[tuple[Message, ...]], GradeResult]:
+    """A grader of the last assistant message: 1 when its ``Answer:`` equals ``answer`` exactly, minus
+    ``format_coef`` when it has no ``Answer:`` at all."""
+    expected = _number(answer)
+
+    def grade(messages: tuple[Message, ...]) -> GradeResult:
+        last = next((message for message in reversed(messages) if message.role == "assistant"), None)
+        given = parse_final_answer(last.text()) if last is not None else None
+        correct = given is not None and given == expected
+        formatted = given is not None
+        used = sum(message.role == "tool" for message in messages)
+        reward = float(correct) + format_coef * (float(formatted) - 1.0)
+        return reward, {"correct": float(correct), "format": float(formatted), "tool_results": float(used)}
+
+    return grade
+
+
+@attrs.frozen
+class WordProblemOptions:
+    """How a word problem is posed and graded.
+
+    Attributes:
+        max_turns: responses per episode (tool calls and the final answer).
+        max_tokens: limit of each response (``None``: none).
+        format_coef: penalty of a final message without ``Answer:``.
+        parse_error_reward: reward of a cut-off or unparseable response.
+        executor: runs the calculator (the shell passes a timed one).
+    """
+
+    max_turns: int = 4
+    max_tokens: int | None = 256
+    format_coef: float = 0.1
+    parse_error_reward: float = -0.1
+    executor: ToolExecutor = INLINE
+
+    def __attrs_post_init__(self) -> None:
+        where = "WordProblemOptions"
+        positive_int(self.max_turns, where, "max_turns")
+        int_at_least(self.max_tokens, where, "max_tokens", allow_none=True)
+        in_range(self.format_coef, where, "format_coef", low=0.0)
+        in_range(self.parse_error_reward, where, "parse_error_reward")
+
+
+_DEFAULTS: Final = WordProblemOptions()
+_TOOLS: Final = ToolRegistry.of(CALCULATOR)
+
+
+def make_env(renderer: Renderer, problem: WordProblem, options: WordProblemOptions = _DEFAULTS) -> ToolUseEnv:
+    """One episode of ``problem`` with the calculator."""
+    initial = (Message(role="system", content=SYSTEM_PROMPT), Message(role="user", content=problem.question))
+    return ToolUseEnv(
+        renderer,
+        initial,
+        _TOOLS,
+        answer_grader(problem.answer, options.format_coef),
+        executor=options.executor,
+        max_turns=options.max_turns,
+        max_tokens=options.max_tokens,
+        parse_error_reward=options.parse_error_reward,
+    )
+
+
+#: ``builder(renderer, problem, group_size, options)``: ``group_size`` episodes of one problem, tagged
+#: ``"word_problems"`` (one is made at once, so a renderer without tools fails there).
+builder: Final = ProblemBuilder(make_env, TAG, _DEFAULTS, check=True)
+
+
+def dataset(
+    renderer: Renderer,
+    *,
+    batch_size: int,
+    group_size: int,
+    n_batches: int,
+    seed: int = 0,
+    split: Literal["train", "test", "all"] = "train",
+    max_turns: int = 4,
+    max_tokens: int | None = 256,
+    format_coef: float = 0.1,
+    executor: ToolExecutor = INLINE,
+) -> GeneratedRLDataset:
+    """Batches of problems of ``split`` drawn uniformly (deterministic in ``seed`` and the batch index); the
+    other options as in :class:`WordProblemOptions`."""
+    problems = word_problems(split)
+    options = WordProblemOptions(max_turns=max_turns, max_tokens=max_tokens, format_coef=format_coef, executor=executor)
+
+    def make(rng: np.random.Generator) -> ProblemGroupBuilder:
+        return builder(renderer, problems[int(rng.integers(len(problems)))], group_size, options)
+
+    make(np.random.default_rng(0))  # validate the options and the renderer now, not at batch 0
+    return GeneratedRLDataset(make, batch_size, n_batches, seed)
