@@ -111,8 +111,10 @@ def _section_header(line: str) -> str | None:
     return None
 
 
-def _google_items(lines: list[str]) -> dict[str, str]:
-    """``name: text`` items of a Google section body (continuation lines are indented deeper than the item)."""
+def _section_items(lines: list[str], numpy: bool) -> dict[str, str]:
+    """The items of a docstring section body: Google ``name: text`` (continuation lines indented deeper than the
+    item) or NumPy ``name : type``, each followed by its indented description."""
+    pattern = _NUMPY_ITEM if numpy else _GOOGLE_ITEM
     found: dict[str, str] = {}
     indent: int | None = None
     current: str | None = None
@@ -122,30 +124,10 @@ def _google_items(lines: list[str]) -> dict[str, str]:
         depth = len(line) - len(line.lstrip())
         if indent is None:
             indent = depth
-        match = _GOOGLE_ITEM.match(line.strip()) if depth <= indent else None
+        match = pattern.match(line.strip()) if depth <= indent else None
         if match is not None:
             current = match.group(1).lstrip("*")
-            found[current] = match.group(3).strip()
-        elif current is not None:
-            found[current] = (found[current] + " " + line.strip()).strip()
-    return found
-
-
-def _numpy_items(lines: list[str]) -> dict[str, str]:
-    """``name : type`` items of a NumPy section body, each followed by its indented description."""
-    found: dict[str, str] = {}
-    indent: int | None = None
-    current: str | None = None
-    for line in lines:
-        if not line.strip():
-            continue
-        depth = len(line) - len(line.lstrip())
-        if indent is None:
-            indent = depth
-        match = _NUMPY_ITEM.match(line.strip()) if depth <= indent else None
-        if match is not None:
-            current = match.group(1).lstrip("*")
-            found[current] = ""
+            found[current] = "" if numpy else match.group(3).strip()
         elif current is not None:
             found[current] = (found[current] + " " + line.strip()).strip()
     return found
@@ -173,7 +155,7 @@ def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
 
     def close() -> None:
         if section in _GOOGLE_HEADERS:
-            params.update(_numpy_items(body) if numpy else _google_items(body))
+            params.update(_section_items(body, numpy))
         body.clear()
 
     index = 0

@@ -20,14 +20,14 @@ from typing import Final, Literal
 import attrs
 import numpy as np
 
-from tinkerflow._validate import in_range, int_at_least, positive_int, require_type
+from tinkerflow._validate import require_type
 from tinkerflow.chat import Message
 from tinkerflow.errors import ConfigError
 from tinkerflow.render import Renderer
 from tinkerflow.rl.envs.base import ProblemBuilder, ProblemGroupBuilder
 from tinkerflow.rl.envs.datasets import GeneratedRLDataset
 from tinkerflow.rl.envs.sets.code_tasks import CODE_TASKS
-from tinkerflow.rl.envs.tool_use import GradeResult, ToolUseEnv
+from tinkerflow.rl.envs.tool_use import GradeResult, ToolUseEnv, check_agent_options
 from tinkerflow.tools import INLINE, CodeRunner, ToolExecutor, ToolRegistry, python_tool
 
 __all__ = [
@@ -131,12 +131,8 @@ class CodeOptions:
     executor: ToolExecutor = INLINE
 
     def __attrs_post_init__(self) -> None:
-        where = "CodeOptions"
-        positive_int(self.max_turns, where, "max_turns")
-        int_at_least(self.max_tokens, where, "max_tokens", allow_none=True)
-        in_range(self.format_coef, where, "format_coef", low=0.0)
-        in_range(self.parse_error_reward, where, "parse_error_reward")
-        require_type(self.use_tool, bool, where, "use_tool")
+        check_agent_options(self, "CodeOptions")
+        require_type(self.use_tool, bool, "CodeOptions", "use_tool")
 
 
 def _runner(options: CodeOptions) -> CodeRunner:

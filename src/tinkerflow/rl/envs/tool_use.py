@@ -30,7 +30,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from fractions import Fraction
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 import attrs
 import numpy as np
@@ -47,6 +47,7 @@ from tinkerflow.tools import CALCULATOR, INLINE, ToolExecutor, ToolRegistry, run
 __all__ = [
     "SYSTEM_PROMPT",
     "TAG",
+    "AgentOptions",
     "GradeResult",
     "Grader",
     "ToolUseEnv",
@@ -54,6 +55,7 @@ __all__ = [
     "WordProblemOptions",
     "answer_grader",
     "builder",
+    "check_agent_options",
     "dataset",
     "make_env",
     "parse_final_answer",
@@ -250,11 +252,28 @@ class WordProblemOptions:
     executor: ToolExecutor = INLINE
 
     def __attrs_post_init__(self) -> None:
-        where = "WordProblemOptions"
-        positive_int(self.max_turns, where, "max_turns")
-        int_at_least(self.max_tokens, where, "max_tokens", allow_none=True)
-        in_range(self.format_coef, where, "format_coef", low=0.0)
-        in_range(self.parse_error_reward, where, "parse_error_reward")
+        check_agent_options(self, "WordProblemOptions")
+
+
+class AgentOptions(Protocol):
+    """What every agent environment's options have (:class:`WordProblemOptions`, ``code.CodeOptions``)."""
+
+    @property
+    def max_turns(self) -> int: ...
+    @property
+    def max_tokens(self) -> int | None: ...
+    @property
+    def format_coef(self) -> float: ...
+    @property
+    def parse_error_reward(self) -> float: ...
+
+
+def check_agent_options(options: AgentOptions, where: str) -> None:
+    """Check the options every agent environment has, naming ``where`` in errors."""
+    positive_int(options.max_turns, where, "max_turns")
+    int_at_least(options.max_tokens, where, "max_tokens", allow_none=True)
+    in_range(options.format_coef, where, "format_coef", low=0.0)
+    in_range(options.parse_error_reward, where, "parse_error_reward")
 
 
 _DEFAULTS: Final = WordProblemOptions()
