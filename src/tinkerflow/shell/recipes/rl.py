@@ -50,7 +50,7 @@ from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.io.sinks import MetricsSink
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, run_steps
-from tinkerflow.shell.recipes import rl_data
+from tinkerflow.shell.recipes import rl_custom, rl_data
 from tinkerflow.shell.recipes.rl_sampling import RolloutSampling
 from tinkerflow.shell.sandbox import PythonSandbox, TimedToolExecutor
 from tinkerflow.training import ForwardBackwardOutput
@@ -83,6 +83,8 @@ def environment_datasets(config: RLConfig, renderer: Renderer) -> tuple[RLDatase
         "arithmetic": envs.arithmetic.dataset,
         "guess_number": envs.guess_number.dataset,
     }
+    if rl_custom.is_import_path(config.env):
+        return rl_custom.custom_datasets(config, renderer)
     try:
         if config.env in ("tool_use", "code"):  # agents: tools run with a per-call timeout, code in the sandbox
             module = envs.tool_use if config.env == "tool_use" else envs.code
@@ -120,7 +122,12 @@ def environment_datasets(config: RLConfig, renderer: Renderer) -> tuple[RLDatase
         raise ConfigError(
             "RLConfig", "env_args", f"{error}.", f"see the {config.env} environment's options."
         ) from error
-    raise ConfigError("RLConfig", "env", f"unknown environment {config.env!r}.", f"use one of {ENVIRONMENTS}.")
+    raise ConfigError(
+        "RLConfig",
+        "env",
+        f"unknown environment {config.env!r}.",
+        f"use one of {ENVIRONMENTS}, or name your own dataset factory as 'package.module:factory'.",
+    )
 
 
 def loss_config(config: RLConfig) -> LossConfig:
