@@ -9,10 +9,14 @@ of its truncation (no stop token), as ``test_cookbook_conformance`` does for the
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,7 +26,8 @@ from hypothesis import strategies as st
 from tinkerflow.chat import Conversation
 from tinkerflow.render import Renderer, TrainOnWhat
 from tinkerflow.render.families_v061 import EXTRA_FACTORIES
-from tinkerflow.shell.io.tokenizers import offline_tokenizer
+from tinkerflow.shell.io.tokenizers import load_tokenizer, offline_tokenizer, offline_tokenizer_dir
+from tinkerflow.tokenizers import Tokenizer
 
 from . import _cookbook as cb
 from ._compare import compare_example, compare_examples, compare_parse, compare_prompt
@@ -60,9 +65,11 @@ def check_family(
     examples: int = EXAMPLES,
     adjust: Callable[[Conversation], Conversation] = lambda conversation: conversation,
     customized: bool = True,
+    adjust_customized: Callable[[Conversation], Conversation] = lambda conversation: conversation,
 ) -> int:
     """Compare on ``examples`` generated conversations; returns how many were compared (asserts on the first
     mismatch). ``adjust`` maps a generated conversation into the domain both can write (documented);
+    ``adjust_customized`` does so for the ``customized`` mode only (before the flags are drawn);
     ``customized=False`` leaves that mode out."""
     seen = [0]
     modes = [mode for mode in TrainOnWhat if customized or mode is not TrainOnWhat.CUSTOMIZED]
@@ -86,7 +93,7 @@ def check_family(
         seen[0] += 1
         conversation = adjust(conversation)
         if mode is TrainOnWhat.CUSTOMIZED:
-            conversation = with_trainable(conversation, flags)
+            conversation = with_trainable(adjust_customized(conversation), flags)
         # compare_example's family argument is unused by the comparison itself
         assert compare_example(None, renderer, reference, conversation, mode) is None  # type: ignore[arg-type]
         if mode in (TrainOnWhat.LAST_ASSISTANT_TURN, TrainOnWhat.ALL_ASSISTANT_MESSAGES):
@@ -154,5 +161,63 @@ def check_sampled_parse(
         check()
 
 
+def with_system_message(conversation: Conversation) -> Conversation:
+    """An empty system message first when there is none and no tools declare one: for renderers that add it
+    themselves (Nemotron-3), whose cookbook counterpart then has no ``trainable`` flag on it and refuses the
+    ``customized`` mode (the flags are drawn for it instead)."""
+    from tinkerflow.chat import Message
+
+    messages = conversation.messages
+    if conversation.tools or (messages and messages[0].role == "system"):
+        return conversation
+    return attrs.evolve(conversation, messages=(Message(role="system", content=""), *messages))
+
+
 def cookbook(name: str, tokenizer: str, **kwargs: Any) -> Any:
     return cb.cookbook_renderer(name, tokenizer, **kwargs)
+
+
+GLM_CONTROL = (
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+)
+"""GLM-5.3's control tokens the Qwen3 vocabulary lacks (it has ``<|endoftext|>``, ``<think>``, ``</think>``,
+``<tool_call>``, ``</tool_call>``, ``<tool_response>``, ``</tool_response>``)."""
+
+
+@functools.cache
+def glm_test_tokenizer_dir() -> Path:
+    """A test vocabulary for GLM-5.3: the offline Qwen3 vocabulary plus :data:`GLM_CONTROL` as special tokens
+    (ids 151669..151678), EOS ``<|endoftext|>``. No offline package carries GLM-5.3's vocabulary in Hugging Face
+    form (tml-renderers 0.2.1 has a compiled ``GlmTokenizer``): it spells every GLM-5.3 control token exactly, so
+    the comparison is structural, token for token (ordinary text is encoded by Qwen3's BPE in both renderers)."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    offline_tokenizer("qwen3")
+    source = offline_tokenizer_dir("qwen3")
+    folder = Path(tempfile.mkdtemp(prefix="tinkerflow-glm5_3-vocab-"))
+    backend = HFTokenizer.from_file(str(source / "tokenizer.json"))
+    backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in GLM_CONTROL])
+    backend.save(str(folder / "tokenizer.json"))
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config["eos_token"] = "<|endoftext|>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@functools.cache
+def glm_tokenizers() -> tuple[Tokenizer, Any]:
+    """The GLM-5.3 test vocabulary as a tinkerflow tokenizer and as a transformers tokenizer (for the cookbook)."""
+    from transformers import AutoTokenizer
+
+    folder = glm_test_tokenizer_dir()
+    return load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder), clean_up_tokenization_spaces=False)

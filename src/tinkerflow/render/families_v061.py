@@ -9,6 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from tinkerflow.render.glm5_3 import Glm53HighReasoningRenderer, Glm53LowReasoningRenderer, Glm53Renderer
+from tinkerflow.render.nemotron3 import (
+    Nemotron3DisableThinkingRenderer,
+    Nemotron3LowThinkingRenderer,
+    Nemotron3PreserveThinkingRenderer,
+    Nemotron3Renderer,
+    Nemotron3UltraDisableThinkingRenderer,
+    Nemotron3UltraMediumThinkingRenderer,
+    Nemotron3UltraPreserveThinkingRenderer,
+    Nemotron3UltraRenderer,
+)
 from tinkerflow.render.qwen3_5 import Qwen35DisableThinkingRenderer, Qwen35PreserveThinkingRenderer, Qwen35Renderer
 from tinkerflow.render.qwen3_8 import (
     Qwen38DisableThinkingRenderer,
@@ -32,5 +43,16 @@ EXTRA_FACTORIES: Mapping[str, RendererFactory] = MappingProxyType(
         "qwen3_8_medium_reasoning": Qwen38MediumReasoningRenderer,
         "qwen3_8_low_reasoning": Qwen38LowReasoningRenderer,
         "qwen3_8_disable_thinking": Qwen38DisableThinkingRenderer,
+        "glm5_3_max_reasoning": Glm53Renderer,
+        "glm5_3_high_reasoning": Glm53HighReasoningRenderer,
+        "glm5_3_low_reasoning": Glm53LowReasoningRenderer,
+        "nemotron3": Nemotron3Renderer,
+        "nemotron3_low_thinking": Nemotron3LowThinkingRenderer,
+        "nemotron3_disable_thinking": Nemotron3DisableThinkingRenderer,
+        "nemotron3_preserve_thinking": Nemotron3PreserveThinkingRenderer,
+        "nemotron3_ultra": Nemotron3UltraRenderer,
+        "nemotron3_ultra_disable_thinking": Nemotron3UltraDisableThinkingRenderer,
+        "nemotron3_ultra_medium_thinking": Nemotron3UltraMediumThinkingRenderer,
+        "nemotron3_ultra_preserve_thinking": Nemotron3UltraPreserveThinkingRenderer,
     }
 )

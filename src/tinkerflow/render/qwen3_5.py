@@ -179,6 +179,11 @@ class Qwen35Renderer(Qwen3VLRenderer):
         """Qwen3.5's template: mappings and lists as JSON, scalars as Python's ``str`` (``True``, ``None``)."""
         return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
+    def _thinking_pieces(self, thinking: str) -> tuple[Piece, ...]:
+        """A reasoning block as written in the output: ``<think>\\n{thinking}\\n</think>\\n\\n``."""
+        ids = self._ids
+        return (ids["<think>"], "\n" + thinking + "\n", ids["</think>"], "\n\n")
+
     def _system_text(self, message: Message) -> str:
         """The text written after the tools section (the system prompt)."""
         return text_of(message)
@@ -198,8 +203,9 @@ class Qwen35Renderer(Qwen3VLRenderer):
         return out.add(tail).to_tuple()
 
     def _block(self) -> tuple[Piece, ...]:
-        ids = self._ids
-        return (ids["<think>"], "\n\n", ids["</think>"], "\n\n")
+        """The empty block ``<think>\\n\\n</think>\\n\\n`` (its newlines pre-encoded)."""
+        ids, blank = self._ids, self._runs["\n\n"]
+        return (ids["<think>"], blank, ids["</think>"], blank)
 
     def _call_pieces(self, call: ToolCall) -> tuple[Piece, ...]:
         arguments = json.loads(call.arguments) if call.arguments else {}
@@ -212,6 +218,15 @@ class Qwen35Renderer(Qwen3VLRenderer):
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:
         ids = self._ids
         role = message.role
+        content = message.content
+        if (
+            isinstance(content, str)
+            and not message.tool_calls
+            and (role == "user" or (role == "system" and not (ctx.tools and ctx.idx == 0)))
+        ):
+            text = content.strip()  # the common case, written directly
+            unit = self._header_units.get((role, ctx.idx > 0)) or self._header(role, ctx)
+            return RenderedMessage(unit, (text, ids["<|im_end|>"]) if text else (ids["<|im_end|>"],))
         prev, following = ctx.prev_message, ctx.next_message
         header: tuple[Piece, ...]
         lead: tuple[Piece, ...] = ()
@@ -256,7 +271,7 @@ class Qwen35Renderer(Qwen3VLRenderer):
                 out.add(part.text)
             elif isinstance(part, ThinkingPart):
                 if not strip:
-                    out.add(ids["<think>"]).add("\n" + part.thinking + "\n").add(ids["</think>"]).add("\n\n")
+                    out.extend(self._thinking_pieces(part.thinking))
             else:
                 out.add(ids["<|vision_start|>"]).add(part).add(ids["<|vision_end|>"])
         return out.to_tuple()
@@ -265,7 +280,47 @@ class Qwen35Renderer(Qwen3VLRenderer):
         header = self._header(role, ctx)
         if self.disables_thinking:
             return (*header, *self._block())
-        return (*header, self._ids["<think>"], "\n")
+        return (*header, self._ids["<think>"], self._runs["\n"])
+
+    def render_units(
+        self, messages: tuple[Message, ...], last_user_index: int, tools: tuple[ToolSpec, ...]
+    ) -> list[tuple[Piece, ...]] | None:
+        """:meth:`render_message`'s pieces for plain-text chats (string content, no tools, tool calls or tool
+        results) without a context per message; ``None`` otherwise, and for subclasses that change the hooks."""
+        cls = type(self)
+        if (
+            tools
+            or cls.render_message is not Qwen35Renderer.render_message
+            or cls._empty_block_in_header is not Qwen35Renderer._empty_block_in_header
+            or cls._system_with_tools is not Qwen35Renderer._system_with_tools
+        ):
+            return None
+        headers, ids = self._header_units, self._ids
+        end = ids["<|im_end|>"]
+        last = len(messages) - 1
+        block = self._block()
+        open_block = (ids["<think>"], self._runs["\n"])
+        lead = (self._runs["\n"], ids["</think>"], self._runs["\n\n"])
+        units: list[tuple[Piece, ...]] = []
+        append = units.append
+        for index, message in enumerate(messages):
+            content = message.content
+            role = message.role
+            if type(content) is not str or message.tool_calls or role == "tool":
+                return None
+            header = headers.get((role, index > 0))
+            if header is None:
+                return None
+            text = content.strip()
+            if role == "assistant" and index > last_user_index:
+                if index == last and not self.disables_thinking:
+                    append((*header, *open_block))
+                    append((*lead, text, end) if text else (*lead, end))
+                    continue
+                header = (*header, *block)
+            append(header)
+            append((text, end) if text else (end,))
+        return units
 
     # -- parsing --------------------------------------------------------------------------------------------
 
