@@ -107,6 +107,9 @@ class Qwen3Renderer(Renderer):
     supports_tools: ClassVar[bool] = True
     supports_thinking: ClassVar[bool] = True
     frames_thinking: ClassVar[bool] = True
+    #: Parsing keeps the text after an empty ``<think></think>`` as written (Qwen3-VL, as the cookbook parses
+    #: it); ``False`` drops the newlines after any block, as the frame writes them.
+    keeps_text_after_empty_thinking: ClassVar[bool] = False
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -329,7 +332,7 @@ class Qwen3Renderer(Renderer):
                 thinking = value.strip("\n") if self.frames_thinking else value
                 if thinking:
                     parts.append(ThinkingPart(thinking))
-                after_block = self.frames_thinking
+                after_block = self.frames_thinking and not (self.keeps_text_after_empty_thinking and not value)
                 continue
             text = value.lstrip("\n") if after_block else value
             after_block = False

@@ -35,6 +35,7 @@ class Qwen3VLRenderer(Qwen3Renderer):
 
     name: ClassVar[str] = "qwen3_vl"
     supports_images: ClassVar[bool] = True
+    keeps_text_after_empty_thinking: ClassVar[bool] = True
 
     def validate(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> None:
         super().validate(messages, tools)
