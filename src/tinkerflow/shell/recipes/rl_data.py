@@ -19,7 +19,7 @@ out. Batches follow :class:`tinkerflow.rl.envs.ListRLDataset`: a seeded shuffle 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from tinkerflow.chat_format import SourcedRow
@@ -117,9 +117,10 @@ def problem_datasets(
             "RLConfig", "env_args['data']", f"{data.train_data} holds no usable problem ({split.skipped} skipped).",
             "check the data, question_key / answer_key and bad_rows.",
         )  # fmt: skip
-    make: Callable[[SourcedRow[math_boxed.MathProblem]], EnvGroupBuilder] = lambda row: math_boxed.builder(  # noqa: E731
-        renderer, row.value, config.group_size, options
-    )
+
+    def make(row: SourcedRow[math_boxed.MathProblem]) -> EnvGroupBuilder:
+        return math_boxed.builder(renderer, row.value, config.group_size, options)
+
     per_epoch = -(-len(split.train) // config.groups_per_batch)
     epochs = max(1, -(-config.steps // per_epoch))
     builders = streamed(split, one_by_one(make), item_type=EnvGroupBuilder, name="problems")
