@@ -196,7 +196,9 @@ def test_equals_apply_chat_template(name: str) -> None:
     total = sum(counts[key] for key in ("compared", "both_refused", "refused"))
     assert total >= EXAMPLES
     assert counts["compared"] >= EXAMPLES // 2, counts
-    assert counts["prompts"] >= EXAMPLES // 10, counts
+    # gpt-oss's template refuses most generation prompts of generated histories (a second system message,
+    # thinking it would drop), so fewer prompts are compared there
+    assert counts["prompts"] >= (EXAMPLES // 25 if name == "gpt_oss" else EXAMPLES // 10), counts
 
 
 def _qwen_profile(thinking: bool) -> Profile:

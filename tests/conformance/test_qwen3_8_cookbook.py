@@ -14,13 +14,17 @@ from tinkerflow.render import RenderError, build_generation_prompt
 from tinkerflow.render.qwen3_8 import REASONING_EFFORT_INSTRUCTIONS
 
 from ._v061 import check_family, cookbook, ours, qwen_profile
+from .test_qwen3_8_levels_cookbook import without_double_empty_system
 
 pytestmark = pytest.mark.conformance
 
 
 @pytest.mark.parametrize("name", ["qwen3_8_xhigh_reasoning", "qwen3_8_medium_reasoning"])
 def test_matches_cookbook(name: str) -> None:
-    assert check_family(ours(name, "qwen3"), cookbook(name, "qwen3"), qwen_profile()) >= 1000
+    # deliberate difference 10 (docs/rendering.md): two leading empty system messages are prepared once; the
+    # cookbook re-normalizes them twice (tested in test_qwen3_8_levels_cookbook.py)
+    reference = cookbook(name, "qwen3")
+    assert check_family(ours(name, "qwen3"), reference, qwen_profile(), adjust=without_double_empty_system) >= 1000
 
 
 def test_effort_sentence_opens_the_system_message() -> None:
