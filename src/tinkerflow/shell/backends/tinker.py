@@ -77,14 +77,12 @@ from tinkerflow.shell.backends.tinker_bounds import (
     checked_key,
     checkpoint_path,
     create,
-    delete_checkpoint,
-    list_checkpoints,
     resolved_url,
-    rest_client_for,
     seconds_setting,
     send,
     wait_for_service,
 )
+from tinkerflow.shell.backends.tinker_rest import RestClient, delete_checkpoint, list_checkpoints, rest_client_for
 from tinkerflow.tokenizers import Tokenizer
 from tinkerflow.training import AdamParams, ForwardBackwardOutput
 
@@ -327,7 +325,7 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
         self._watch = CallWatch(label, self.call_timeout_s, progress)
         self._connected = not self._owns_service  # a given client is used as it is
         self._connect_lock = threading.Lock()
-        self._rest: Any = rest_client  # the SDK RestClient (untyped at this boundary, like the SDK's results)
+        self._rest: RestClient | None = cast("RestClient | None", rest_client)  # the SDK RestClient, or None
 
     @property
     def base_url(self) -> str:
@@ -355,7 +353,7 @@ class TinkerBackend(BackendBase[TinkerTrainingClient, TinkerSamplingClient]):
                 self._connected = True
         return self.service
 
-    def _rest_client(self) -> Any:
+    def _rest_client(self) -> RestClient:
         """The SDK ``RestClient``: given, else made once (after the connection checks, when this backend owns the
         service), bounded like a call (its construction asks the service)."""
         if self._rest is None:

@@ -16,7 +16,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -38,11 +37,8 @@ __all__ = [
     "checked_key",
     "checkpoint_path",
     "create",
-    "delete_checkpoint",
     "from_sdk",
-    "list_checkpoints",
     "resolved_url",
-    "rest_client_for",
     "seconds_setting",
     "send",
     "typed_sdk_error",
@@ -430,69 +426,3 @@ def checkpoint_path(path: object, where: str) -> str:
             "pass a path that save_state or save_weights_for_sampler returned.",
         )  # fmt: skip
     return str(path)
-
-
-def rest_client_for(watch: CallWatch, service: object | None, base_url: str | None, api_key: str | None) -> Any:
-    """An SDK ``RestClient``: from a given ``ServiceClient`` (``service``; a ``ConfigError`` when a stand-in cannot
-    make one), else ``RestClient(base_url, api_key)``; made on a daemon thread, bounded by ``watch``."""
-    if service is None:
-
-        def make() -> object:
-            import tinker
-
-            return tinker.RestClient(base_url=base_url, api_key=api_key)
-
-    else:
-        factory = getattr(service, "create_rest_client", None)
-        if not callable(factory):
-            raise ConfigError(
-                _WHERE, "rest_client", "the given service_client cannot make a RestClient (to delete checkpoints).",
-                "pass rest_client=tinker.RestClient(base_url=..., api_key=...) too.",
-            )  # fmt: skip
-
-        def make() -> object:
-            with warnings.catch_warnings():  # deprecated for RestClient(...), which needs the URL and key again
-                warnings.simplefilter("ignore", FutureWarning)
-                return factory()
-
-    return blocking(watch, "RestClient", make)
-
-
-def _status_error(error: BaseException, what: str, url: str) -> TinkerServiceError:
-    status, message = getattr(error, "status_code", "?"), getattr(error, "message", str(error))
-    typed = TinkerServiceError(
-        f"{what}: the Tinker service at {url} answered HTTP {status} ({message}). Fix: check the path and the "
-        "service; a run resumes from its last checkpoint."
-    )
-    typed.__cause__ = error
-    return typed
-
-
-def delete_checkpoint(rest: Any, watch: CallWatch, path: str) -> bool:
-    """``rest.delete_checkpoint_from_tinker_path(path)``, bounded by ``watch``: ``True`` once deleted, ``False``
-    when the service has no such checkpoint (HTTP 404); another HTTP error is a :class:`TinkerServiceError`."""
-    import tinker
-
-    what = f"delete_checkpoint({path!r})"
-    try:
-        blocking(watch, what, lambda: rest.delete_checkpoint_from_tinker_path(path).result())
-    except tinker.NotFoundError:
-        return False
-    except tinker.APIStatusError as error:
-        raise _status_error(error, what, watch.base_url) from error
-    return True
-
-
-def list_checkpoints(rest: Any, watch: CallWatch, run_id: str) -> list[str]:
-    """The ``tinker://`` paths of training run ``run_id``'s checkpoints, sorted (none when the service does not
-    know the run), bounded by ``watch``; another HTTP error is a :class:`TinkerServiceError`."""
-    import tinker
-
-    what = f"list_checkpoints({run_id!r})"
-    try:
-        listed = blocking(watch, what, lambda: rest.list_checkpoints(run_id).result())
-    except tinker.NotFoundError:
-        return []
-    except tinker.APIStatusError as error:
-        raise _status_error(error, what, watch.base_url) from error
-    return sorted(str(checkpoint.tinker_path) for checkpoint in listed.checkpoints)
