@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from tinkerflow.render.families_deepseek_v4_1 import FACTORIES as DEEPSEEK_V4_1_FACTORIES
+from tinkerflow.render.families_kimi import FACTORIES as KIMI_FACTORIES
 from tinkerflow.render.glm5_3 import Glm53HighReasoningRenderer, Glm53LowReasoningRenderer, Glm53Renderer
 from tinkerflow.render.nemotron3 import (
     Nemotron3DisableThinkingRenderer,
@@ -54,5 +56,7 @@ EXTRA_FACTORIES: Mapping[str, RendererFactory] = MappingProxyType(
         "nemotron3_ultra_disable_thinking": Nemotron3UltraDisableThinkingRenderer,
         "nemotron3_ultra_medium_thinking": Nemotron3UltraMediumThinkingRenderer,
         "nemotron3_ultra_preserve_thinking": Nemotron3UltraPreserveThinkingRenderer,
+        **KIMI_FACTORIES,
+        **DEEPSEEK_V4_1_FACTORIES,
     }
 )
