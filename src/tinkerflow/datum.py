@@ -9,14 +9,21 @@ sequence). Which loss inputs a loss needs:
 ``importance_sampling``, ``ppo``, ``cispo``, ``dro``
                      ``target_tokens``, ``logprobs`` (sampling), ``advantages``
 ``gspo``             as above, plus ``sequence_ratio_mask``
+``stable_reinforce`` as ``ppo``, plus provenance spans (below)
 ==================== ==========================================================
 
 ``mask`` is tinkerflow's bookkeeping of which positions are actions (RL); it is not sent to the service.
+
+Provenance (Tinker's ``Datum.with_provenance``): ``model_input_spans`` tile the model input and
+``loss_fn_input_spans`` tile the targets, each a run of consecutive positions that were either a prompt's tokens
+(:class:`PromptSpan`) or a sampled sequence's tokens (:class:`SampledSpan`), named by the sampled sequence's
+``sequence_id``. They come as a pair or not at all; ``stable_reinforce`` needs them on every datum.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Final, TypeAlias
 
 import attrs
 import numpy as np
@@ -26,7 +33,7 @@ from tinkerflow.arrays import Float32_T, Int64_T, as_float32_1d
 from tinkerflow.errors import ShapeError, ValidationError
 from tinkerflow.model_input import ModelInput
 
-__all__ = ["LOSS_INPUT_FIELDS", "Datum", "arrays_equal"]
+__all__ = ["LOSS_INPUT_FIELDS", "Datum", "PromptSpan", "ProvenanceSpan", "SampledSpan", "arrays_equal"]
 
 #: Tinker loss-input key -> Datum attribute.
 LOSS_INPUT_FIELDS: Final[dict[str, str]] = {
@@ -75,9 +82,84 @@ def _sequence_ratio_mask(value: object) -> np.ndarray | None:
     return None if value is None else as_float32_1d(value, "Datum", "sequence_ratio_mask_T")
 
 
+def _span_int(value: object, where: str, field: str) -> None:
+    require_type(value, int, where, field)
+    assert isinstance(value, int)
+    if value < 0:
+        raise ValidationError(where, field, f"must be >= 0, got {value}.", "spans count positions from 0.")
+
+
+@attrs.frozen(kw_only=True)
+class _Span:
+    """A run of ``length`` consecutive positions: positions ``[offset, offset + length)`` of sequence
+    ``sequence_id`` (the ``SampledSequence.sequence_id`` the sampler returned; never empty)."""
+
+    sequence_id: str
+    length: int
+    offset: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        where = type(self).__name__
+        require_type(self.sequence_id, str, where, "sequence_id")
+        if not self.sequence_id:
+            raise ValidationError(
+                where, "sequence_id", "is empty.", "name the sampled sequence (SampledSequence.sequence_id)."
+            )
+        _span_int(self.length, where, "length")
+        _span_int(self.offset, where, "offset")
+
+
+@attrs.frozen(kw_only=True)
+class PromptSpan(_Span):
+    """Positions ``[offset, offset + length)`` of the prompt of the sampling request that returned ``sequence_id``
+    (Tinker's ``PromptProvenanceSpan``)."""
+
+
+@attrs.frozen(kw_only=True)
+class SampledSpan(_Span):
+    """Positions ``[offset, offset + length)`` of the tokens sampled as sequence ``sequence_id`` (Tinker's
+    ``SampledProvenanceSpan``)."""
+
+
+#: One run of a provenance tiling.
+ProvenanceSpan: TypeAlias = PromptSpan | SampledSpan
+
+
+def _spans(value: Iterable[ProvenanceSpan] | None, field: str) -> tuple[ProvenanceSpan, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValidationError("Datum", field, f"must be a sequence of spans or None, got {type(value).__name__}.")
+    return tuple(value)
+
+
+def _model_input_spans(value: Iterable[ProvenanceSpan] | None) -> tuple[ProvenanceSpan, ...] | None:
+    return _spans(value, "model_input_spans")
+
+
+def _loss_fn_input_spans(value: Iterable[ProvenanceSpan] | None) -> tuple[ProvenanceSpan, ...] | None:
+    return _spans(value, "loss_fn_input_spans")
+
+
+def _check_spans(spans: tuple[ProvenanceSpan, ...], field: str, length: int) -> None:
+    for index, span in enumerate(spans):
+        require_type(span, (PromptSpan, SampledSpan), "Datum", f"{field}[{index}]")
+    covered = sum(span.length for span in spans)
+    if covered != length:
+        raise ShapeError(
+            "Datum",
+            field,
+            f"covers {covered} positions but the datum has {length}.",
+            "the spans must tile the field exactly (their lengths sum to the model-input length).",
+        )
+
+
 @attrs.frozen
 class Datum:
     """One training example: a model input and its loss inputs, all of length ``model_input.length``.
+
+    ``model_input_spans`` / ``loss_fn_input_spans`` (both or neither) tile the model input and the targets with
+    :class:`PromptSpan` / :class:`SampledSpan` runs (their lengths sum to ``T``).
 
     Validated on construction: every array is 1-D with the model input's length, target tokens are
     non-negative int64 (never booleans), float inputs are finite float32, ``logprobs_T`` (sampling logprobs) are
@@ -94,6 +176,8 @@ class Datum:
     sequence_ratio_mask_T: Float32_T | None = attrs.field(
         default=None, converter=_sequence_ratio_mask, eq=_ARRAY_EQ, hash=False
     )
+    model_input_spans: tuple[ProvenanceSpan, ...] | None = attrs.field(default=None, converter=_model_input_spans)
+    loss_fn_input_spans: tuple[ProvenanceSpan, ...] | None = attrs.field(default=None, converter=_loss_fn_input_spans)
 
     def __attrs_post_init__(self) -> None:
         require_type(self.model_input, ModelInput, "Datum", "model_input")
@@ -113,6 +197,19 @@ class Datum:
             mask: np.ndarray | None = getattr(self, name)
             if mask is not None and not bool(np.all((mask == 0) | (mask == 1))):
                 raise ValidationError("Datum", name, "must hold only 0 and 1.", "use 1 for positions that count.")
+        if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
+            missing = "loss_fn_input_spans" if self.loss_fn_input_spans is None else "model_input_spans"
+            raise ValidationError(
+                "Datum", missing, "is missing; provenance comes as a pair.", "set both span tilings or neither."
+            )
+        if self.model_input_spans is not None and self.loss_fn_input_spans is not None:
+            _check_spans(self.model_input_spans, "model_input_spans", length)
+            _check_spans(self.loss_fn_input_spans, "loss_fn_input_spans", length)
+
+    @property
+    def has_provenance(self) -> bool:
+        """Whether the datum carries provenance spans."""
+        return self.loss_fn_input_spans is not None
 
     @property
     def length(self) -> int:

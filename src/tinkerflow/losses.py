@@ -19,7 +19,19 @@ ppo                  ``-min(r * A, clip(r) * A)``                   ``-r * A`` w
                                                                     minimum or ``lo <= r <= hi``, else ``0``
 cispo                ``-sg(clip(r)) * lp * A``                      ``-clip(r) * A``
 dro                  ``-(lp * A - beta / 2 * (lp - q) ** 2)``       ``-(A - beta * (lp - q))``
+gspo                 ``-min(s * A, clip(s) * A)``                   ``-s * A`` where the unclipped term is the
+                                                                    minimum or ``lo <= s <= hi``, else ``0``
 ==================== ============================================== ===========================================
+
+``gspo`` (GSPO, Zheng et al. 2025, as Tinker documents it): ``s = exp(mean(lp - q))`` is the datum's
+sequence-level ratio, the mean taken over the positions where ``sequence_ratio_mask`` is 1 (``s = 1`` when there
+are none), applied to each token as ``sg(s) * exp(lp - sg(lp))``: its value is ``s`` and its derivative in a
+token's ``lp`` is ``s``, inside PPO's token-wise min/clip. Tokens whose advantage is 0 contribute nothing.
+
+``stable_reinforce`` is accepted and validated (its inputs are ``target_tokens``, ``logprobs``, ``advantages``,
+its only setting the optional ``kl_coeff``) and needs provenance spans on every datum, with nonzero advantages only
+at sampled positions (:func:`check_provenance`); Tinker has not published its formula (it reads stability
+information the sampler recorded per sequence), so there is no reference formula and no local implementation.
 
 Every loss reports ``loss:sum``, the sum of the per-token losses over all tokens of all datums.
 """
@@ -36,21 +48,26 @@ import numpy as np
 from jaxtyping import Float
 
 from tinkerflow.arrays import checked
-from tinkerflow.datum import LOSS_INPUT_FIELDS, Datum
+from tinkerflow.datum import LOSS_INPUT_FIELDS, Datum, SampledSpan
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
 
 __all__ = [
     "BUILTIN_LOSSES",
     "LOSS_CONFIG_DEFAULTS",
+    "LOSS_CONFIG_OPTIONAL",
     "LOSS_INPUTS",
+    "PROVENANCE_LOSSES",
+    "REFERENCE_LOSSES",
     "LossFnType",
     "LossTerms",
     "check_datums",
     "check_loss_fn",
     "check_loss_inputs",
+    "check_provenance",
     "cispo_loss",
     "cross_entropy_loss",
     "dro_loss",
+    "gspo_loss",
     "importance_sampling_loss",
     "ppo_loss",
     "reference_batch_loss",
@@ -58,13 +75,21 @@ __all__ = [
     "resolve_loss_config",
 ]
 
-#: The built-in losses of Tinker's ``forward_backward`` that tinkerflow knows. ``gspo`` is validated (its inputs
-#: are known) and passed through by the Tinker backend, but has no reference formula here and no local
-#: implementation; ``stable_reinforce`` (which needs provenance spans) and ``custom`` (use
-#: ``forward_backward_custom``) are not accepted.
-LossFnType: TypeAlias = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo"]
+#: The built-in losses of Tinker's ``forward_backward`` that tinkerflow knows. ``stable_reinforce`` is validated
+#: (inputs, config, provenance) and passed through by the Tinker backend, but its formula is not published: it has
+#: no reference formula here and no local implementation. ``custom`` is not accepted (use
+#: ``forward_backward_custom``).
+LossFnType: TypeAlias = Literal[
+    "cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce"
+]
 
 BUILTIN_LOSSES: Final[tuple[LossFnType, ...]] = get_args(LossFnType)
+
+#: The losses with a reference formula (:func:`reference_loss`), which the local backend implements.
+REFERENCE_LOSSES: Final[tuple[LossFnType, ...]] = tuple(loss for loss in BUILTIN_LOSSES if loss != "stable_reinforce")
+
+#: The losses that need provenance spans on every datum (:func:`check_provenance`).
+PROVENANCE_LOSSES: Final[tuple[LossFnType, ...]] = ("stable_reinforce",)
 
 #: A 1-D float array of any float dtype (the reference formulas compute in float64).
 AnyFloat_T = Float[np.ndarray, "T"]
@@ -80,6 +105,7 @@ LOSS_INPUTS: Final[Mapping[LossFnType, tuple[str, ...]]] = types.MappingProxyTyp
         "cispo": _POLICY_INPUTS,
         "dro": _POLICY_INPUTS,
         "gspo": (*_POLICY_INPUTS, "sequence_ratio_mask"),
+        "stable_reinforce": _POLICY_INPUTS,
     }
 )
 
@@ -95,7 +121,14 @@ LOSS_CONFIG_DEFAULTS: Final[Mapping[LossFnType, Mapping[str, float | None]]] = t
         "cispo": _CLIP_DEFAULTS,
         "dro": types.MappingProxyType({"beta": None}),
         "gspo": _CLIP_DEFAULTS,
+        "stable_reinforce": types.MappingProxyType({}),
     }
+)
+
+#: ``loss_fn_config`` keys a loss accepts that have no default: sent only when given (``stable_reinforce``'s
+#: ``kl_coeff``, whose default Tinker does not document; tinkerflow checks it is finite and ``>= 0``).
+LOSS_CONFIG_OPTIONAL: Final[Mapping[LossFnType, tuple[str, ...]]] = types.MappingProxyType(
+    {"stable_reinforce": ("kl_coeff",)}
 )
 
 
@@ -116,18 +149,21 @@ def resolve_loss_config(
 
     Raises:
         ConfigError: an unknown key, a missing required key (``dro``'s ``beta``), a non-finite value, clip
-            thresholds that are not ``0 < clip_low_threshold <= clip_high_threshold``, or a negative ``beta``.
+            thresholds that are not ``0 < clip_low_threshold <= clip_high_threshold``, or a negative ``beta`` /
+            ``kl_coeff``. Optional keys (:data:`LOSS_CONFIG_OPTIONAL`) appear in the result only when given.
     """
     defaults = LOSS_CONFIG_DEFAULTS[loss_fn]
+    optional = LOSS_CONFIG_OPTIONAL.get(loss_fn, ())
     given = dict(loss_fn_config or {})
     resolved: dict[str, float] = {}
     for key in given:
-        if key not in defaults:
-            accepted = ", ".join(defaults) or "no keys"
+        if key not in defaults and key not in optional:
+            accepted = ", ".join((*defaults, *optional)) or "no keys"
             raise ConfigError(
                 where, f"loss_fn_config[{key!r}]", f"is not a setting of loss {loss_fn!r}.", f"it accepts {accepted}."
             )
-    for key, default in defaults.items():
+    present: dict[str, float | None] = {**defaults, **{key: given[key] for key in optional if key in given}}
+    for key, default in present.items():
         value = given.get(key, default)
         if value is None:
             raise ConfigError(
@@ -148,8 +184,9 @@ def resolve_loss_config(
                 f"clip thresholds must satisfy 0 < clip_low_threshold <= clip_high_threshold, got {low} and {high}.",
                 "they bound the ratio p/q, e.g. 0.8 and 1.2.",
             )
-    if resolved.get("beta", 0.0) < 0.0:
-        raise ConfigError(where, "loss_fn_config['beta']", f"must be >= 0, got {resolved['beta']}.")
+    for key in ("beta", "kl_coeff"):
+        if resolved.get(key, 0.0) < 0.0:
+            raise ConfigError(where, f"loss_fn_config[{key!r}]", f"must be >= 0, got {resolved[key]}.")
     return types.MappingProxyType(resolved)
 
 
@@ -200,6 +237,43 @@ def check_loss_inputs(loss_fn: LossFnType, data: Sequence[Datum], where: str = "
                     f"has shape {array.shape} but the model input has {length} positions.",
                     "give one entry per model-input position.",
                 )
+    check_provenance(loss_fn, data, where)
+
+
+def check_provenance(loss_fn: LossFnType, data: Sequence[Datum], where: str = "forward_backward") -> None:
+    """Raise unless every datum carries the provenance ``loss_fn`` needs (only ``stable_reinforce`` needs any).
+
+    ``stable_reinforce`` needs ``loss_fn_input_spans`` on every datum (as tinker-cookbook checks before sending),
+    and a nonzero advantage only at positions that a :class:`~tinkerflow.datum.SampledSpan` covers (the service
+    refuses others; the cookbook forbids the discounted KL penalty with it for that reason).
+
+    Raises:
+        ValidationError: a datum has no provenance, or a nonzero advantage at a prompt position.
+    """
+    if loss_fn not in PROVENANCE_LOSSES:
+        return
+    for index, datum in enumerate(data):
+        spans = datum.loss_fn_input_spans
+        if spans is None:
+            raise ValidationError(
+                where,
+                f"data[{index}].loss_fn_input_spans",
+                f"is missing; loss {loss_fn!r} needs provenance spans on every datum.",
+                "sample with a client that returns sequence ids and assemble with include_provenance=True (a datum "
+                "gets none when an action lacks a sequence_id or no target is a sampled token), or use another loss.",
+            )
+        if datum.advantages_T is None:
+            continue
+        sampled = np.repeat([isinstance(span, SampledSpan) for span in spans], [span.length for span in spans])
+        outside = np.flatnonzero((datum.advantages_T != 0) & ~sampled.astype(bool))
+        if outside.size:
+            raise ValidationError(
+                where,
+                f"data[{index}].advantages_T",
+                f"is nonzero at position {int(outside[0])}, which is not a sampled token; loss {loss_fn!r} takes "
+                "advantages on sampled tokens only.",
+                "keep advantages (and KL penalties) on action tokens, or use another loss.",
+            )
 
 
 @attrs.frozen(eq=False)
@@ -238,6 +312,18 @@ def importance_sampling_loss(
     return LossTerms(loss_T=-ratio * advantages, dloss_dlogprobs_T=-ratio * advantages)
 
 
+def _clipped_surrogate(ratio: np.ndarray, advantages: np.ndarray, low: float, high: float) -> LossTerms:
+    """``-min(r * A, clip(r, lo, hi) * A)`` per token, for a ratio ``r`` whose derivative in ``lp`` is ``r``."""
+    clipped_term = np.clip(ratio, low, high) * advantages
+    unclipped_term = ratio * advantages
+    objective = np.minimum(unclipped_term, clipped_term)
+    # The gradient flows through the unclipped term where it is the minimum, and through the clipped one only
+    # where the clip is inactive (lo <= r <= hi, where both terms are equal).
+    inside = (ratio >= low) & (ratio <= high)
+    flows = inside | (unclipped_term < clipped_term)
+    return LossTerms(loss_T=-objective, dloss_dlogprobs_T=np.where(flows, -unclipped_term, 0.0))
+
+
 @checked
 def ppo_loss(
     logprobs_T: AnyFloat_T,
@@ -248,16 +334,26 @@ def ppo_loss(
 ) -> LossTerms:
     """``-min(r * A, clip(r, lo, hi) * A)`` per token (PPO's clipped surrogate, token-wise)."""
     ratio = np.exp(_f64(logprobs_T) - _f64(sampling_logprobs_T))
-    advantages = _f64(advantages_T)
-    clipped = np.clip(ratio, clip_low_threshold, clip_high_threshold)
-    unclipped_term = ratio * advantages
-    clipped_term = clipped * advantages
-    objective = np.minimum(unclipped_term, clipped_term)
-    # The gradient flows through the unclipped term where it is the minimum, and through the clipped one only
-    # where the clip is inactive (lo <= r <= hi, where both terms are equal).
-    inside = (ratio >= clip_low_threshold) & (ratio <= clip_high_threshold)
-    flows = inside | (unclipped_term < clipped_term)
-    return LossTerms(loss_T=-objective, dloss_dlogprobs_T=np.where(flows, -unclipped_term, 0.0))
+    return _clipped_surrogate(ratio, _f64(advantages_T), clip_low_threshold, clip_high_threshold)
+
+
+@checked
+def gspo_loss(
+    logprobs_T: AnyFloat_T,
+    sampling_logprobs_T: AnyFloat_T,
+    advantages_T: AnyFloat_T,
+    sequence_ratio_mask_T: AnyFloat_T,
+    clip_low_threshold: float = 0.8,
+    clip_high_threshold: float = 1.2,
+) -> LossTerms:
+    """``-min(s * A, clip(s, lo, hi) * A)`` per token with the sequence-level ratio
+    ``s = exp(mean(lp - q))`` over the positions where ``sequence_ratio_mask`` is 1 (``s = 1`` if none), applied
+    token-wise as ``sg(s) * exp(lp - sg(lp))`` (value ``s``, derivative ``s`` in each token's ``lp``)."""
+    mask = _f64(sequence_ratio_mask_T)
+    count = float(mask.sum())
+    log_ratio = float((mask * (_f64(logprobs_T) - _f64(sampling_logprobs_T))).sum()) / count if count else 0.0
+    ratio = np.full(mask.shape, math.exp(log_ratio), dtype=np.float64)
+    return _clipped_surrogate(ratio, _f64(advantages_T), clip_low_threshold, clip_high_threshold)
 
 
 @checked
@@ -301,8 +397,10 @@ def reference_loss(
     Validates the datum's inputs and the config as a backend would (same typed errors).
     """
     loss_fn = check_loss_fn(loss_fn, "reference_loss")
-    if loss_fn == "gspo":
-        raise ConfigError("reference_loss", "loss_fn", "gspo has no reference formula in tinkerflow.")
+    if loss_fn not in REFERENCE_LOSSES:
+        raise ConfigError(
+            "reference_loss", "loss_fn", f"{loss_fn} has no reference formula: Tinker has not published it."
+        )
     config = resolve_loss_config(loss_fn, loss_fn_config, "reference_loss")
     check_loss_inputs(loss_fn, [datum], "reference_loss")
     if np.shape(logprobs_T) != (datum.length,):
@@ -321,6 +419,10 @@ def reference_loss(
         return ppo_loss(logprobs_T, q, advantages, config["clip_low_threshold"], config["clip_high_threshold"])
     if loss_fn == "cispo":
         return cispo_loss(logprobs_T, q, advantages, config["clip_low_threshold"], config["clip_high_threshold"])
+    if loss_fn == "gspo":
+        assert datum.sequence_ratio_mask_T is not None
+        low, high = config["clip_low_threshold"], config["clip_high_threshold"]
+        return gspo_loss(logprobs_T, q, advantages, datum.sequence_ratio_mask_T, low, high)
     return dro_loss(logprobs_T, q, advantages, config["beta"])
 
 

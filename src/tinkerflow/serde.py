@@ -48,6 +48,7 @@ from jaxtyping import AbstractArray
 
 from tinkerflow._validate import check_text, unknown_key_fix
 from tinkerflow.chat import Content, ContentPart, ImagePart, TextPart, ThinkingPart
+from tinkerflow.datum import PromptSpan, ProvenanceSpan, SampledSpan
 from tinkerflow.errors import ConfigError, SerializationError, TinkerflowError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, TokenChunk
 
@@ -281,6 +282,8 @@ _PART_TAGS: dict[type, str] = {TextPart: "text", ThinkingPart: "thinking", Image
 _CHUNK_TAGS: dict[type, str] = {TokenChunk: "tokens", ImageChunk: "image"}
 configure_tagged_union(ContentPart, converter, tag_generator=lambda cls: _PART_TAGS[cls], tag_name="type")
 configure_tagged_union(Chunk, converter, tag_generator=lambda cls: _CHUNK_TAGS[cls], tag_name="type")
+_SPAN_TAGS: dict[type, str] = {PromptSpan: "prompt", SampledSpan: "sampled"}
+configure_tagged_union(ProvenanceSpan, converter, tag_generator=lambda cls: _SPAN_TAGS[cls], tag_name="type")
 
 
 def _unstructure_content(content: Content) -> object:

@@ -13,8 +13,13 @@ array (``tests/test_rl_cookbook.py`` proves it on hypothesis-generated trajector
 * Each sequence is shifted by one: input = sequence[:-1], targets = sequence[1:] (image positions target 0), and the
   per-position arrays drop their first entry.
 
-Provenance spans (the cookbook's ``include_provenance``) are not produced: tinkerflow's transitions carry no
-sampled-sequence ids. The arrays are built with ``np.concatenate`` / slice fills per transition, never per token.
+Provenance (the cookbook's ``include_provenance=True``, also tinkerflow's default): while every transition of a
+sequence that adds positions has a ``sequence_id``, each transition adds a :class:`~tinkerflow.datum.PromptSpan`
+for its new observation positions (their offset in that request's prompt is the sequence's length so far) and a
+:class:`~tinkerflow.datum.SampledSpan` for its action; the datum's input spans drop the last position, its target
+spans the first. A datum gets spans only if every such transition had an id and a sampled token is a target.
+
+The arrays are built with ``np.concatenate`` / slice fills per transition, never per token.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import attrs
 import numpy as np
 
 from tinkerflow._validate import finite_float, require_type, str_tuple
-from tinkerflow.datum import Datum
+from tinkerflow.datum import Datum, PromptSpan, ProvenanceSpan, SampledSpan
 from tinkerflow.errors import ShapeError, ValidationError
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
 from tinkerflow.rl.advantages import AdvantageResult
@@ -149,6 +154,8 @@ _TRUSTED = (
         "advantages_T",
         "mask_T",
         "sequence_ratio_mask_T",
+        "model_input_spans",
+        "loss_fn_input_spans",
     }
     == _DATUM_FIELDS
     and {field.name for field in attrs.fields(TokenChunk)} == {"tokens_T"}
@@ -176,6 +183,8 @@ def _trusted_datum(
     advantages_T: np.ndarray | None = None,
     mask_T: np.ndarray | None = None,
     sequence_ratio_mask_T: np.ndarray | None = None,
+    model_input_spans: tuple[ProvenanceSpan, ...] | None = None,
+    loss_fn_input_spans: tuple[ProvenanceSpan, ...] | None = None,
 ) -> Datum:
     """A datum from read-only arrays that satisfy every ``Datum`` invariant by construction (no copy, no check).
 
@@ -183,18 +192,30 @@ def _trusted_datum(
     chunks and transitions, finite float32 logprobs from transitions, a finite advantage, a 0/1 mask) with lengths
     it computed, and :func:`~tinkerflow.rl.loss_inputs.loss_datums` reuses the arrays of validated datums; checking
     and copying them again per datum would be most of the cost of assembly. If ``Datum``'s fields ever change,
-    this falls back to the validating constructor.
+    this falls back to the validating constructor. Spans must tile the datum (the assembly builds them so).
     """
-    fields = {
+    if not _TRUSTED:
+        return Datum(
+            model_input=model_input,
+            target_tokens_T=target_tokens_T,
+            weights_T=weights_T,
+            logprobs_T=logprobs_T,
+            advantages_T=advantages_T,
+            mask_T=mask_T,
+            sequence_ratio_mask_T=sequence_ratio_mask_T,
+            model_input_spans=model_input_spans,
+            loss_fn_input_spans=loss_fn_input_spans,
+        )
+    fields: dict[str, object] = {
         "target_tokens_T": target_tokens_T,
         "weights_T": weights_T,
         "logprobs_T": logprobs_T,
         "advantages_T": advantages_T,
         "mask_T": mask_T,
         "sequence_ratio_mask_T": sequence_ratio_mask_T,
+        "model_input_spans": model_input_spans,
+        "loss_fn_input_spans": loss_fn_input_spans,
     }
-    if not _TRUSTED:
-        return Datum(model_input=model_input, **fields)
     datum = object.__new__(Datum)
     setter = object.__setattr__
     setter(datum, "model_input", model_input)
@@ -203,8 +224,42 @@ def _trusted_datum(
     return datum
 
 
+def _without_first(spans: list[ProvenanceSpan]) -> tuple[ProvenanceSpan, ...]:
+    """The spans of the same positions less the first one."""
+    first = spans[0]
+    if first.length == 1:
+        return tuple(spans[1:])
+    return (_trusted_span(type(first), first.sequence_id, first.offset + 1, first.length - 1), *spans[1:])
+
+
+def _without_last(spans: list[ProvenanceSpan]) -> tuple[ProvenanceSpan, ...]:
+    """The spans of the same positions less the last one."""
+    last = spans[-1]
+    if last.length == 1:
+        return tuple(spans[:-1])
+    return (*spans[:-1], _trusted_span(type(last), last.sequence_id, last.offset, last.length - 1))
+
+
+def _provenance(
+    spans: list[ProvenanceSpan] | None,
+) -> tuple[tuple[ProvenanceSpan, ...] | None, tuple[ProvenanceSpan, ...] | None]:
+    """(input spans, target spans) of a sequence tiled by ``spans``; ``(None, None)`` when there are none or no
+    target is a sampled token."""
+    if not spans:
+        return None, None
+    targets = _without_first(spans)
+    if not any(isinstance(span, SampledSpan) for span in targets):
+        return None, None
+    return _without_last(spans), targets
+
+
 def _make_datum(
-    codes: np.ndarray, segments: list[_Segment], has_image: bool, images: _Images, advantage: np.float32
+    codes: np.ndarray,
+    segments: list[_Segment],
+    has_image: bool,
+    images: _Images,
+    advantage: np.float32,
+    spans: list[ProvenanceSpan] | None,
 ) -> Datum:
     """The datum of one sequence (``codes``: its flat elements) built from its transitions' ``segments``."""
     where = "trajectory_datums"
@@ -244,13 +299,25 @@ def _make_datum(
     tokens.flags.writeable = False
     floats.flags.writeable = False  # views taken from here on are read-only too (not the ones taken above)
     model_input = ModelInput(chunks=_chunks_of(codes[:-1], images)) if has_image else _trusted_token_input(tokens[:-1])
+    input_spans, target_spans = _provenance(spans)
     return _trusted_datum(
-        model_input, tokens[1:], logprobs_T=floats[0, 1:], advantages_T=floats[1, 1:], mask_T=floats[2, 1:]
+        model_input,
+        tokens[1:],
+        logprobs_T=floats[0, 1:],
+        advantages_T=floats[1, 1:],
+        mask_T=floats[2, 1:],
+        model_input_spans=input_spans,
+        loss_fn_input_spans=target_spans,
     )
 
 
-def trajectory_datums(trajectory: Trajectory, advantage: float) -> tuple[Datum, ...]:
+def trajectory_datums(
+    trajectory: Trajectory, advantage: float, *, include_provenance: bool = True
+) -> tuple[Datum, ...]:
     """The training datums of one trajectory whose action tokens get ``advantage`` (one datum per extended sequence).
+
+    With ``include_provenance`` (the default, as in the cookbook), datums whose actions all have a ``sequence_id``
+    carry provenance spans (see the module docstring); transitions without ids give datums without spans.
 
     Raises:
         ValidationError: ``advantage`` is not a finite number, or a sequence to emit has fewer than 2 positions
@@ -271,7 +338,10 @@ def trajectory_datums(trajectory: Trajectory, advantage: float) -> tuple[Datum, 
     # the sequence before it (so it equals that sequence plus its new part) or starts a new one.
     last_ob = last_action = _EMPTY_CODES
     length = 0
+    positions = 0  # positions of the sequence so far (an image counts its expected tokens)
     has_image = False
+    # The sequence's spans while every transition that added positions had a sequence id, else None.
+    spans: list[ProvenanceSpan] | None = [] if include_provenance else None
     for transition in trajectory.transitions:
         ob_codes, ob_has_image = _flat_codes(transition.observation, images)
         if length == 0:
@@ -279,18 +349,58 @@ def trajectory_datums(trajectory: Trajectory, advantage: float) -> tuple[Datum, 
         elif _extends(ob_codes, last_ob, last_action):
             delta = ob_codes[length:]
         else:  # not an extension: emit what we have and start a new sequence
-            datums.append(_make_datum(_sequence(last_ob, last_action), segments, has_image, images, advantage32))
+            sequence = _sequence(last_ob, last_action)
+            datums.append(_make_datum(sequence, segments, has_image, images, advantage32, spans))
             segments = []
             has_image = False
+            positions = 0
+            spans = [] if include_provenance else None
             delta = ob_codes
         has_image = has_image or ob_has_image
         actions = transition.action_tokens_T
+        delta_positions = int(_image_positions(delta, images).sum()) if ob_has_image else delta.shape[0]
+        spans = _add_spans(spans, transition.sequence_id, positions, delta_positions, actions.shape[0])
         segments.append((delta, actions, transition.action_logprobs_T, transition.mask_turn))
         last_ob, last_action = ob_codes, actions
         length = ob_codes.shape[0] + actions.shape[0]
+        positions += delta_positions + actions.shape[0]
     if length:
-        datums.append(_make_datum(_sequence(last_ob, last_action), segments, has_image, images, advantage32))
+        datums.append(_make_datum(_sequence(last_ob, last_action), segments, has_image, images, advantage32, spans))
     return tuple(datums)
+
+
+def _add_spans(
+    spans: list[ProvenanceSpan] | None, sequence_id: str, offset: int, prompt_length: int, sampled_length: int
+) -> list[ProvenanceSpan] | None:
+    """``spans`` with one transition's runs appended: its new observation positions are the end of its request's
+    prompt (from ``offset``), its action the sampled tokens. A transition without a sequence id that adds
+    positions ends provenance for the sequence (``None``); one that adds none changes nothing."""
+    if spans is None:
+        return None
+    if not sequence_id:
+        return None if prompt_length or sampled_length else spans
+    if prompt_length:
+        spans.append(_trusted_span(PromptSpan, sequence_id, offset, prompt_length))
+    if sampled_length:
+        spans.append(_trusted_span(SampledSpan, sequence_id, 0, sampled_length))
+    return spans
+
+
+_SPAN_FIELDS_TRUSTED = all(
+    {f.name for f in attrs.fields(kind)} == {"sequence_id", "offset", "length"} for kind in (PromptSpan, SampledSpan)
+)
+
+
+def _trusted_span(kind: type[ProvenanceSpan], sequence_id: str, offset: int, length: int) -> ProvenanceSpan:
+    """A span of values valid by construction (a non-empty id string, ints ``>= 0``), without the per-span checks
+    (most of the cost of provenance otherwise); the validating constructor if the span's fields ever change."""
+    if not _SPAN_FIELDS_TRUSTED:
+        return kind(sequence_id=sequence_id, offset=offset, length=length)
+    span = object.__new__(kind)
+    object.__setattr__(span, "sequence_id", sequence_id)
+    object.__setattr__(span, "offset", offset)
+    object.__setattr__(span, "length", length)
+    return span
 
 
 def _extends(ob_codes: np.ndarray, last_ob: np.ndarray, last_action: np.ndarray) -> bool:
@@ -310,8 +420,11 @@ def _sequence(last_ob: np.ndarray, last_action: np.ndarray) -> np.ndarray:
     return np.concatenate([last_ob, last_action])
 
 
-def assemble_batch(groups: Sequence[TrajectoryGroup], advantages: AdvantageResult) -> RLBatch:
-    """The datums of every trajectory of the kept groups, in the order of ``groups``.
+def assemble_batch(
+    groups: Sequence[TrajectoryGroup], advantages: AdvantageResult, *, include_provenance: bool = True
+) -> RLBatch:
+    """The datums of every trajectory of the kept groups, in the order of ``groups`` (with provenance spans where
+    the transitions have sequence ids, unless ``include_provenance`` is false: see :func:`trajectory_datums`).
 
     Groups and trajectories are matched to their advantages by id (``group_id``, trajectory id), never by
     position; groups that ``advantages`` dropped are skipped.
@@ -351,7 +464,7 @@ def assemble_batch(groups: Sequence[TrajectoryGroup], advantages: AdvantageResul
                 "compute the advantages from the same groups you assemble.",
             )
         for trajectory_id, trajectory in zip(ids, group.trajectories, strict=True):
-            new = trajectory_datums(trajectory, by_id[trajectory_id])
+            new = trajectory_datums(trajectory, by_id[trajectory_id], include_provenance=include_provenance)
             datums.extend(new)
             trajectory_ids.extend([trajectory_id] * len(new))
             group_ids.extend([group_id] * len(new))

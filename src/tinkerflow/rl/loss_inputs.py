@@ -1,9 +1,13 @@
 """RL losses as typed configs, and the datums each one sends to ``forward_backward`` (only the inputs it needs).
 
-``LossConfig`` is one of :class:`ImportanceSamplingLoss`, :class:`PPOLoss`, :class:`CISPOLoss`, :class:`DROLoss`.
-Each names its Tinker loss (``.loss_fn``) and gives its ``loss_fn_config`` (``.config()``, keys as in
-:data:`tinkerflow.losses.LOSS_CONFIG_DEFAULTS`); values are validated on construction with the same rules as the
-backends (:func:`tinkerflow.losses.resolve_loss_config`).
+``LossConfig`` is one of :class:`ImportanceSamplingLoss`, :class:`PPOLoss`, :class:`CISPOLoss`, :class:`DROLoss`,
+:class:`GSPOLoss`, :class:`StableReinforceLoss`. Each names its Tinker loss (``.loss_fn``) and gives its
+``loss_fn_config`` (``.config()``, keys as in :data:`tinkerflow.losses.LOSS_CONFIG_DEFAULTS`); values are validated
+on construction with the same rules as the backends (:func:`tinkerflow.losses.resolve_loss_config`).
+
+Provenance spans of the assembled datums are kept. ``gspo`` gets ``sequence_ratio_mask`` = the datum's action mask
+(its trained action tokens, as tinker-cookbook's ``rl_loop`` recipe takes the sequence ratio over the sampled
+tokens); ``stable_reinforce`` needs spans on every datum (a ``ValidationError`` naming the datum otherwise).
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ import numpy as np
 from tinkerflow._validate import require_type
 from tinkerflow.datum import LOSS_INPUT_FIELDS, Datum
 from tinkerflow.errors import ConfigError, ValidationError
-from tinkerflow.losses import LOSS_INPUTS, LossFnType, resolve_loss_config
+from tinkerflow.losses import LOSS_INPUTS, LossFnType, check_provenance, resolve_loss_config
 from tinkerflow.rl.assembly import RLBatch, _trusted_datum
 
-__all__ = ["CISPOLoss", "DROLoss", "ImportanceSamplingLoss", "LossConfig", "PPOLoss", "loss_datums"]
+__all__ = [
+    "CISPOLoss",
+    "DROLoss",
+    "GSPOLoss",
+    "ImportanceSamplingLoss",
+    "LossConfig",
+    "PPOLoss",
+    "StableReinforceLoss",
+    "loss_datums",
+]
 
 
 def _validate(where: str, loss_fn: LossFnType, config: dict[str, float]) -> None:
@@ -103,17 +116,44 @@ class DROLoss(_CheckedLoss):
         return {"beta": self.beta}
 
 
-LossConfig: TypeAlias = ImportanceSamplingLoss | PPOLoss | CISPOLoss | DROLoss
+@attrs.frozen
+class GSPOLoss(_ClippedRatioLoss):
+    """``gspo``: PPO's clipped surrogate with the sequence-level ratio ``exp(mean(lp - q))`` over each datum's action
+    tokens, clipped to ``[clip_low, clip_high]`` (GSPO, Zheng et al. 2025, as Tinker documents it)."""
 
-_LOSS_TYPES = (ImportanceSamplingLoss, PPOLoss, CISPOLoss, DROLoss)
+    @property
+    def loss_fn(self) -> Literal["gspo"]:
+        return "gspo"
+
+
+@attrs.frozen
+class StableReinforceLoss(_CheckedLoss):
+    """``stable_reinforce`` (Tinker's; its formula is not published): needs provenance spans on every datum.
+    ``kl_coeff`` is sent only when given (Tinker documents no default)."""
+
+    kl_coeff: float | None = None
+
+    @property
+    def loss_fn(self) -> Literal["stable_reinforce"]:
+        return "stable_reinforce"
+
+    def config(self) -> dict[str, float]:
+        return {} if self.kl_coeff is None else {"kl_coeff": self.kl_coeff}
+
+
+LossConfig: TypeAlias = ImportanceSamplingLoss | PPOLoss | CISPOLoss | DROLoss | GSPOLoss | StableReinforceLoss
+
+_LOSS_TYPES = (ImportanceSamplingLoss, PPOLoss, CISPOLoss, DROLoss, GSPOLoss, StableReinforceLoss)
 
 
 def loss_datums(batch: RLBatch, loss: LossConfig) -> tuple[Datum, ...]:
     """The batch's datums with exactly the loss inputs ``loss`` needs (``target_tokens``, ``logprobs``,
-    ``advantages``); ``mask_T`` and anything else is dropped. The model inputs are shared, not copied.
+    ``advantages``, and for ``gspo`` ``sequence_ratio_mask``, the action mask unless the datum has one) and their
+    provenance spans; ``mask_T`` and anything else is dropped. The model inputs are shared, not copied.
 
     Raises:
-        ValidationError: ``loss`` is not a :data:`LossConfig`, or a datum lacks an input the loss needs.
+        ValidationError: ``loss`` is not a :data:`LossConfig`, a datum lacks an input the loss needs, or (for
+            ``stable_reinforce``) provenance spans, or has a nonzero advantage outside its sampled tokens.
     """
     where = "loss_datums"
     require_type(batch, RLBatch, where, "batch")
@@ -124,6 +164,8 @@ def loss_datums(batch: RLBatch, loss: LossConfig) -> tuple[Datum, ...]:
         fields: dict[str, np.ndarray] = {}
         for name in needed:
             value = getattr(datum, name)
+            if value is None and name == "sequence_ratio_mask_T":
+                value = datum.mask_T
             if value is None:
                 raise ValidationError(
                     where,
@@ -135,5 +177,13 @@ def loss_datums(batch: RLBatch, loss: LossConfig) -> tuple[Datum, ...]:
         if all(getattr(datum, name) is None for name in LOSS_INPUT_FIELDS.values() if name not in needed):
             result.append(datum)  # already exactly these inputs
         else:
-            result.append(_trusted_datum(datum.model_input, **fields))  # arrays of a validated datum, shared
+            result.append(
+                _trusted_datum(
+                    datum.model_input,
+                    model_input_spans=datum.model_input_spans,
+                    loss_fn_input_spans=datum.loss_fn_input_spans,
+                    **fields,
+                )
+            )  # arrays and spans of a validated datum, shared
+    check_provenance(loss.loss_fn, result, where)
     return tuple(result)

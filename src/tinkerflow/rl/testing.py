@@ -21,7 +21,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from tinkerflow.model_input import Chunk, ImageChunk, ModelInput, TokenChunk
-from tinkerflow.rl.types import RolloutFailure, Trajectory, TrajectoryGroup, Transition
+from tinkerflow.rl.types import PARSE_ERROR_MASKED_METRIC_KEY, RolloutFailure, Trajectory, TrajectoryGroup, Transition
 
 __all__ = [
     "IMAGE_POOL",
@@ -142,6 +142,8 @@ def trajectories(
     empty: bool = False,
     step_rewards: bool = True,
     vocab_size: int = 1000,
+    sequence_ids: bool = False,
+    masked_metric: bool = False,
 ) -> Trajectory:
     """Episodes of ``min_turns..max_turns`` transitions.
 
@@ -150,9 +152,14 @@ def trajectories(
     previous sequence cut short. ``masked_turns`` marks some turns ``mask_turn``; ``images`` mixes image chunks
     into observations; ``empty`` allows empty observations and actions (sequences the cookbook refuses to turn
     into datums: fewer than 2 positions, or ending with an image); ``step_rewards`` gives some turns a reward.
+    ``sequence_ids`` gives actions sampled-sequence ids (every action in about 3 trajectories of 4, otherwise some
+    actions lack one), so the assembly attaches provenance spans; ``masked_metric`` sets the cookbook's
+    ``parse_error_masked`` metric on some turns, to values on both sides of its 1.0 threshold.
     """
     turns = draw(st.integers(min_turns, max_turns))
     rng = np.random.default_rng(draw(_SEEDS))
+    id_gaps = sequence_ids and draw(st.integers(0, 3)) == 0
+    prefix = draw(st.sampled_from(["s", "seq-", "a/"])) if sequence_ids else ""
     low = 0 if empty else 1
     sequence: _Flat = []
     result: list[Transition] = []
@@ -175,6 +182,12 @@ def trajectories(
         observation = _as_model_input(draw, rng, flat)
         tokens, logprobs = _action(draw, rng, low, max_action, vocab_size)
         reward = draw(rewards("dyadic")) if step_rewards and draw(st.booleans()) else 0.0
+        metrics = {"turn": float(turn)}
+        if masked_metric and draw(st.integers(0, 3)) == 0:
+            metrics[PARSE_ERROR_MASKED_METRIC_KEY] = draw(st.sampled_from([0.0, 0.5, 0.999, 1.0, 1.0, 2.0]))
+        sequence_id = ""
+        if sequence_ids and not (id_gaps and draw(st.booleans())):
+            sequence_id = f"{prefix}{turn}-{int(rng.integers(0, 10**6))}"
         result.append(
             Transition(
                 observation=observation,
@@ -184,7 +197,8 @@ def trajectories(
                 done=turn == turns - 1,
                 stop_reason=draw(st.sampled_from(["stop", "stop", "length"])),
                 mask_turn=masked_turns and draw(st.integers(0, 4)) == 0,
-                metrics={"turn": float(turn)},
+                metrics=metrics,
+                sequence_id=sequence_id,
             )
         )
         sequence = [*flat, *tokens.tolist()]
@@ -201,6 +215,8 @@ class TrajectoryOptions(TypedDict, total=False):
     masked_turns: bool
     empty: bool
     vocab_size: int
+    sequence_ids: bool
+    masked_metric: bool
 
 
 @st.composite

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal, Protocol, TypeAlias, get_args, runtime_checkable
+from typing import Final, Literal, Protocol, TypeAlias, get_args, runtime_checkable
 
 import attrs
 import numpy as np
@@ -43,6 +43,7 @@ from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampledSequence, StopReason, check_stops
 
 __all__ = [
+    "PARSE_ERROR_MASKED_METRIC_KEY",
     "Env",
     "EnvGroupBuilder",
     "FailureKind",
@@ -65,6 +66,11 @@ Metrics: TypeAlias = Mapping[str, float]
 FailureKind: TypeAlias = Literal["exception", "timeout", "non_finite_reward"]
 
 _ARRAY_EQ = attrs.cmp_using(eq=arrays_equal)
+
+#: The metric tinker-cookbook environments set (to 1.0) on a turn whose parse failed and which must not be trained
+#: on. A :class:`Transition` whose ``metrics`` hold it at ``>= 1.0`` is a masked turn (``mask_turn`` becomes true),
+#: as in the cookbook's ``trajectory_to_data``.
+PARSE_ERROR_MASKED_METRIC_KEY: Final = "parse_error_masked"
 
 
 def trajectory_id(group_id: str, index: int) -> str:
@@ -184,7 +190,13 @@ class Transition:
     """One observation, the action sampled for it (tokens with their sampling logprobs) and its reward.
 
     Action tokens are ints (booleans refused); sampling logprobs are finite and ``<= 0`` (up to
-    :data:`tinkerflow._validate.LOGPROB_TOLERANCE` of rounding)."""
+    :data:`tinkerflow._validate.LOGPROB_TOLERANCE` of rounding).
+
+    ``mask_turn``: the action's tokens carry no loss (mask 0, advantage 0). A transition whose ``metrics`` set
+    :data:`PARSE_ERROR_MASKED_METRIC_KEY` to ``>= 1.0`` (the cookbook's flag) is masked too: ``mask_turn`` is made
+    true on construction. ``sequence_id`` is the sampled sequence's id (``SampledSequence.sequence_id``; ``""``
+    when the sampler gave none); with ids on every action, the assembly attaches provenance spans to the datums.
+    """
 
     observation: ModelInput
     action_tokens_T: Int64_T = attrs.field(converter=_action_tokens, eq=_ARRAY_EQ, hash=False)
@@ -196,9 +208,13 @@ class Transition:
     parse_error: bool = False
     metrics: dict[str, float] = attrs.field(factory=dict, converter=_metrics)
     logs: dict[str, str] = attrs.field(factory=dict, converter=_logs)
+    sequence_id: str = ""
 
     def __attrs_post_init__(self) -> None:
         where = "Transition"
+        require_type(self.sequence_id, str, where, "sequence_id")
+        if not self.mask_turn and self.metrics.get(PARSE_ERROR_MASKED_METRIC_KEY, 0.0) >= 1.0:
+            object.__setattr__(self, "mask_turn", True)  # the cookbook's flag; set once, during construction
         require_type(self.observation, ModelInput, where, "observation")
         if self.action_logprobs_T.shape != self.action_tokens_T.shape:
             raise ShapeError(
@@ -232,6 +248,7 @@ class Transition:
             parse_error=result.parse_error,
             metrics=result.metrics,
             logs=result.logs,
+            sequence_id=action.sequence_id,
         )
 
 

@@ -47,7 +47,7 @@ import attrs
 import numpy as np
 
 from tinkerflow import interop
-from tinkerflow.datum import Datum
+from tinkerflow.datum import Datum, PromptSpan, ProvenanceSpan
 from tinkerflow.errors import ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.model_input import ModelInput
@@ -151,6 +151,26 @@ class TinkerSamplingClient(SamplingClientBase[ModelInput]):
         return str(self.sdk.get_base_model())
 
 
+def sdk_datum(datum: Datum) -> tinker.types.Datum:
+    """``datum`` as the SDK sends it: :func:`tinkerflow.interop.datum_to_tinker`, plus its provenance spans as
+    ``PromptProvenanceSpan`` / ``SampledProvenanceSpan`` runs (``Datum.with_provenance``, which checks the tiling)."""
+    sdk = interop.datum_to_tinker(datum)
+    if datum.model_input_spans is None or datum.loss_fn_input_spans is None:
+        return sdk
+    import tinker.types as tt
+
+    def spans(runs: tuple[ProvenanceSpan, ...]) -> list[tt.PromptProvenanceSpan | tt.SampledProvenanceSpan]:
+        kinds = (tt.PromptProvenanceSpan, tt.SampledProvenanceSpan)
+        return [
+            kinds[not isinstance(r, PromptSpan)](sequence_id=r.sequence_id, offset=r.offset, length=r.length)
+            for r in runs
+        ]
+
+    return sdk.with_provenance(
+        model_input=spans(datum.model_input_spans), loss_fn_inputs=spans(datum.loss_fn_input_spans)
+    )
+
+
 class TinkerTrainingClient:
     """A Tinker ``TrainingClient`` behind the :class:`~tinkerflow.shell.backends.protocol.TrainingClient` protocol.
     Made by :class:`TinkerBackend`, its calls are bounded by the backend's ``call_timeout_s``."""
@@ -179,7 +199,7 @@ class TinkerTrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         """Check a built-in loss request, then send it through the SDK's ``forward`` or ``forward_backward``."""
         name, _ = check_builtin_loss(data, loss_fn, loss_fn_config, where)
-        sdk_data = [interop.datum_to_tinker(datum) for datum in data]
+        sdk_data = [sdk_datum(datum) for datum in data]
         config = None if loss_fn_config is None else dict(loss_fn_config)
         return send(
             self._watch, where, lambda: method(sdk_data, name, config), interop.forward_backward_output_from_tinker
@@ -193,7 +213,7 @@ class TinkerTrainingClient:
             loss, metrics = loss_fn(records, logprobs)
             return loss, {key: float(value) for key, value in metrics.items()}
 
-        sdk_data = [interop.datum_to_tinker(datum) for datum in data]
+        sdk_data = [sdk_datum(datum) for datum in data]
         return send(
             self._watch,
             "forward_backward_custom",

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 __all__ = ["LOCAL_LOSSES", "builtin_loss", "float_config", "sdk_datums"]
 
 
-#: The losses the local backend computes (gspo is refused by it, as stable_reinforce is by the server).
-LOCAL_LOSSES: Final[tuple[LossFnType, ...]] = tuple(loss for loss in BUILTIN_LOSSES if loss != "gspo")
+#: The losses the local backend computes (gspo is refused by it; stable_reinforce has no published formula).
+LOCAL_LOSSES: Final[tuple[LossFnType, ...]] = tuple(
+    loss for loss in BUILTIN_LOSSES if loss not in ("gspo", "stable_reinforce")
+)
 
 
 def builtin_loss(name: str) -> LossFnType:
