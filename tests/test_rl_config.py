@@ -46,6 +46,26 @@ BAD: list[tuple[dict[str, object], str]] = [
     ({"episode_timeout_s": 0.0}, "episode_timeout_s"),
     ({"on_failure": "ignore"}, "on_failure"),
     ({"log_to": ("mlflow",)}, "log_to[0]"),
+    # the KL reference: each named reference needs its one value; nothing set without effect
+    ({"kl_coef": 0.1, "kl_reference": "teacher"}, "kl_reference"),
+    ({"kl_coef": 0.1, "kl_reference": "checkpoint"}, "kl_reference_path"),
+    ({"kl_coef": 0.1, "kl_reference": "model"}, "kl_reference_model"),
+    ({"kl_coef": 0.1, "kl_reference": "model", "kl_reference_model": ""}, "kl_reference_model"),
+    ({"kl_coef": 0.1, "kl_reference": "checkpoint", "kl_reference_path": "  "}, "kl_reference_path"),
+    ({"kl_coef": 0.1, "kl_reference_path": "runs/t"}, "kl_reference_path"),
+    ({"kl_coef": 0.1, "kl_reference": "base", "kl_reference_model": "m"}, "kl_reference_model"),
+    (
+        {"kl_coef": 0.1, "kl_reference": "model", "kl_reference_model": "m", "kl_reference_path": "p"},
+        "kl_reference_path",
+    ),
+    ({"kl_reference": "base"}, "kl_reference"),
+    ({"kl_mode": "distillation"}, "kl_mode"),
+    ({"kl_discount": 0.9}, "kl_discount"),
+    ({"kl_coef": 0.1, "kl_mode": "teacher"}, "kl_mode"),
+    ({"kl_coef": 0.1, "kl_mode": "distillation", "constant_groups": "drop"}, "constant_groups"),
+    ({"group_size": 1, "kl_coef": 0.1, "kl_mode": "penalty"}, "group_size"),
+    ({"loss": "gspo", "dro_beta": 0.1}, "dro_beta"),
+    ({"loss": "stable_reinforce", "clip_low": 0.5}, "clip_low"),
 ]
 
 
@@ -76,8 +96,60 @@ def test_configs_round_trip(steps: int, mode: str, staleness: int, loss: str, kl
     assert config.staleness == (staleness if mode == "async" else 0)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"kl_coef": 0.1},
+        {"kl_coef": 0.1, "kl_reference": "base"},
+        {"kl_coef": 0.1, "kl_reference": "checkpoint", "kl_reference_path": "local://run/weights/step-000004"},
+        {"kl_coef": 0.1, "kl_reference": "checkpoint", "kl_reference_path": "runs/teacher"},
+        {"kl_coef": 0.5, "kl_reference": "model", "kl_reference_model": "tiny-llama:seed=1", "kl_discount": 0.9},
+        {"kl_coef": 1.0, "kl_reference": "model", "kl_reference_model": "m", "kl_mode": "distillation"},
+        {"kl_coef": 1.0, "kl_reference": "base", "kl_mode": "distillation", "group_size": 1},
+        {"loss": "gspo", "clip_low": 0.7, "clip_high": 1.3},
+        {"loss": "stable_reinforce"},
+    ],
+)
+def test_kl_references_and_new_losses_are_accepted(changes: dict[str, object]) -> None:
+    config = RLConfig(**changes)  # type: ignore[arg-type]  # values as a config file gives them
+    assert from_json(to_json(config), RLConfig) == config
+    for key, value in changes.items():
+        assert getattr(config, key) == value
+
+
+def test_kl_errors_say_what_to_do() -> None:
+    with pytest.raises(ValidationError) as caught:
+        RLConfig(kl_coef=0.1, kl_reference="checkpoint")
+    assert "required with kl_reference='checkpoint'" in str(caught.value)
+    with pytest.raises(ValidationError) as unused:
+        RLConfig(kl_reference="base")
+    assert "no effect with kl_coef=0" in str(unused.value)
+
+
+def test_kl_fields_round_trip_through_overrides() -> None:
+    config = apply_overrides(
+        {"env": "arithmetic"},
+        ["kl_coef=0.2", "kl_reference=model", "kl_reference_model=tiny-llama:seed=1", "kl_mode=distillation"],
+        RLConfig,
+    )
+    assert (config.kl_reference, config.kl_reference_model, config.kl_mode) == (
+        "model", "tiny-llama:seed=1", "distillation"
+    )  # fmt: skip
+
+
 def test_overrides_reach_nested_env_args() -> None:
     config = apply_overrides({"env": "arithmetic"}, ["env_args.fewshot=false", "steps=3", "mode=async"], RLConfig)
     assert config.env_args == {"fewshot": False}
     assert config.steps == 3
     assert config.staleness == 1
+
+
+@pytest.mark.parametrize("loss", ["importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce"])
+def test_every_loss_name_has_its_loss_record(loss: str) -> None:
+    from tinkerflow.shell.recipes.rl import loss_config
+
+    record = loss_config(RLConfig(loss=loss))  # type: ignore[arg-type]  # a name as a config file gives it
+    assert record.loss_fn == loss
+    if loss in ("ppo", "cispo", "gspo"):
+        clipped = loss_config(RLConfig(loss=loss, clip_low=0.7, clip_high=1.4))  # type: ignore[arg-type]  # as above
+        assert clipped.config() == {"clip_low_threshold": 0.7, "clip_high_threshold": 1.4}

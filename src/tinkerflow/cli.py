@@ -9,6 +9,11 @@ it, validate it and the data before any work starts, then train (or resume) with
 ``tinkerflow dpo CONFIG.json [key=value ...] [--dry-run]``: the same for DPO on preference data
 (:class:`tinkerflow.preference.config.DPOConfig`).
 
+``tinkerflow distill CONFIG.json ...``: on-policy distillation from a teacher
+(:class:`tinkerflow.rl.distill_config.DistillConfig`); ``tinkerflow rlhf CONFIG.json ...``: a pairwise judge
+trained on comparisons, then RL against it (:class:`tinkerflow.rl.rlhf_config.RLHFConfig`). Their bodies are
+:mod:`tinkerflow.shell.recipes.onpolicy_commands`.
+
 ``tinkerflow serve [--port N] [--model NAME=SOURCE ...] [--store DIR]``: Tinker's HTTP API on this machine, so the
 unmodified ``tinker`` SDK and tinker-cookbook run on the local backend (:mod:`tinkerflow.shell.serve`).
 
@@ -60,6 +65,8 @@ if TYPE_CHECKING:
     from tinkerflow.preference.config import DPOConfig
     from tinkerflow.render import Renderer
     from tinkerflow.rl.config import RLConfig
+    from tinkerflow.rl.distill_config import DistillConfig
+    from tinkerflow.rl.rlhf_config import RLHFConfig
     from tinkerflow.shell.backends.local.backend import LocalBackend
     from tinkerflow.shell.backends.tinker import TinkerBackend
 
@@ -264,6 +271,18 @@ def _run_rl(config: RLConfig, dry_run: bool) -> int:
     return _execute(names, prepare, train, dry_run)
 
 
+def _run_distill(config: DistillConfig, dry_run: bool) -> int:
+    from tinkerflow.shell.recipes.onpolicy_commands import run_distill_command
+
+    return run_distill_command(config, dry_run, _execute)
+
+
+def _run_rlhf(config: RLHFConfig, dry_run: bool) -> int:
+    from tinkerflow.shell.recipes.onpolicy_commands import run_rlhf_command
+
+    return run_rlhf_command(config, dry_run, _execute)
+
+
 @attrs.frozen
 class _Command:
     """A subcommand that trains from a config record: ``CONFIG [key=value ...] [--dry-run] [--template]``."""
@@ -303,6 +322,18 @@ def _dpo_config() -> type[DPOConfig]:
     return DPOConfig
 
 
+def _distill_config() -> type[DistillConfig]:
+    from tinkerflow.rl.distill_config import DistillConfig
+
+    return DistillConfig
+
+
+def _rlhf_config() -> type[RLHFConfig]:
+    from tinkerflow.rl.rlhf_config import RLHFConfig
+
+    return RLHFConfig
+
+
 def _commands() -> Mapping[str, _Command]:
     return {
         "sl": _Command("supervised fine-tuning from a JSON config", _sl_config, _runner(_sl_config, _run_sl)),
@@ -313,6 +344,16 @@ def _commands() -> Mapping[str, _Command]:
         ),
         "dpo": _Command(
             "direct preference optimization from a JSON config", _dpo_config, _runner(_dpo_config, _run_dpo)
+        ),
+        "distill": _Command(
+            "on-policy distillation from a teacher model or checkpoint, from a JSON config",
+            _distill_config,
+            _runner(_distill_config, _run_distill),
+        ),
+        "rlhf": _Command(
+            "RLHF (a pairwise judge trained on comparisons, then RL against it) from a JSON config",
+            _rlhf_config,
+            _runner(_rlhf_config, _run_rlhf),
         ),
     }
 

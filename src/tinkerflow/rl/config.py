@@ -5,7 +5,7 @@ The fields every run shares are documented in :class:`tinkerflow.config.RunConfi
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 import attrs
 
@@ -13,9 +13,13 @@ from tinkerflow._validate import finite_float, in_range, int_at_least, non_empty
 from tinkerflow.config import RunConfig, field_order
 from tinkerflow.errors import ConfigError
 
-__all__ = ["RLConfig", "RLLossName", "RLMode"]
+__all__ = ["KL_REFERENCES", "KLMode", "KLReference", "RLConfig", "RLLossName", "RLMode"]
 
-RLLossName: TypeAlias = Literal["importance_sampling", "ppo", "cispo", "dro"]
+RLLossName: TypeAlias = Literal["importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce"]
+KLReference: TypeAlias = Literal["initial", "base", "checkpoint", "model"]
+KLMode: TypeAlias = Literal["penalty", "distillation"]
+#: What ``RLConfig.kl_reference`` may name.
+KL_REFERENCES: tuple[KLReference, ...] = ("initial", "base", "checkpoint", "model")
 RLMode: TypeAlias = Literal["sync", "async"]
 FailurePolicyName: TypeAlias = Literal["fail_fast", "retry", "drop"]
 EnvArg: TypeAlias = int | float | str | bool
@@ -26,7 +30,8 @@ EnvArg: TypeAlias = int | float | str | bool
     field_transformer=field_order(
         "env", "env_args", "base_model", "backend", "renderer", "group_size", "groups_per_batch", "steps",
         "learning_rate", "lora_rank", "max_tokens", "temperature", "loss", "clip_low", "clip_high", "dro_beta",
-        "normalize_advantages", "constant_groups", "kl_coef", "kl_discount", "substeps", "mode", "max_staleness",
+        "normalize_advantages", "constant_groups", "kl_coef", "kl_discount", "kl_reference", "kl_reference_path",
+        "kl_reference_model", "kl_mode", "substeps", "mode", "max_staleness",
         "concurrency", "episode_timeout_s", "max_turns", "on_failure", "max_retries", "eval_every", "eval_groups",
         "save_every",
         "seed", "log_to", "run_dir", "evals", "keep_last", "keep_every",
@@ -45,15 +50,26 @@ class RLConfig(RunConfig):
         learning_rate: Adam learning rate (constant, as in the cookbook's RL).
         max_tokens: most tokens per sampled action.
         temperature: sampling temperature of rollouts.
-        loss: ``importance_sampling``, ``ppo``, ``cispo`` or ``dro``.
-        clip_low / clip_high: ratio clipping thresholds of ``ppo`` and ``cispo`` (with another loss, a value other
-            than the default is an error: it would have no effect).
+        loss: ``importance_sampling``, ``ppo``, ``cispo``, ``dro``, ``gspo`` (sequence-level ratio) or
+            ``stable_reinforce``; the last two need a backend that implements them.
+        clip_low / clip_high: ratio clipping thresholds of ``ppo``, ``cispo`` and ``gspo`` (with another loss, a
+            value other than the default is an error: it would have no effect).
         dro_beta: the quadratic penalty of ``dro`` (with another loss, a value other than the default is an error).
         normalize_advantages: divide centered rewards by the group's standard deviation.
         constant_groups: ``keep`` groups whose members all got the same reward (zero advantage) or ``drop`` them;
             a step left with nothing to train on is skipped (no optimizer step).
-        kl_coef: penalty on divergence from the initial weights (0 = off; costs a logprob pass per step).
-        kl_discount: discount of the KL penalty's future sum (``None``: per token only).
+        kl_coef: weight of the KL term against ``kl_reference`` (0 = off; costs a logprob pass per step).
+        kl_discount: discount of the KL term's future sum (``None``: per token only).
+        kl_reference: the policy the KL term compares with: ``initial`` (the weights the run starts from),
+            ``base`` (the untrained ``base_model``), ``checkpoint`` (``kl_reference_path``) or ``model`` (the base
+            model ``kl_reference_model``, e.g. a teacher). Its tokenizer must be the policy's.
+        kl_reference_path: with ``kl_reference=checkpoint``: a sampler or state path (``tinker://``, ``local://``),
+            a run directory (its latest weights) or a checkpoint folder.
+        kl_reference_model: with ``kl_reference=model``: the reference's base model name.
+        kl_mode: ``penalty`` (the RL penalty: advantages += ``kl_coef * (mean(d) - d)`` with ``d = lp - lp_ref``,
+            centered on the batch mean) or ``distillation`` (on-policy distillation: advantages +=
+            ``-kl_coef * d``, the negative per-token reverse KL to the reference, added to the environment's
+            group-centered reward advantages; logged as ``teacher_kl``).
         substeps: optimizer steps per batch (the batch is split evenly).
         mode: ``sync`` (on-policy: batch ``n`` sampled with the weights after step ``n``) or ``async``
             (off-policy: batch ``n`` sampled with the weights after step ``n - max_staleness``, so sampling
@@ -91,6 +107,10 @@ class RLConfig(RunConfig):
     constant_groups: Literal["keep", "drop"] = "keep"
     kl_coef: float = 0.0
     kl_discount: float | None = None
+    kl_reference: KLReference = "initial"
+    kl_reference_path: str | None = None
+    kl_reference_model: str | None = None
+    kl_mode: KLMode = "penalty"
     substeps: int = 1
     mode: RLMode = "sync"
     max_staleness: int = 1
@@ -117,7 +137,9 @@ class RLConfig(RunConfig):
             int_at_least(getattr(self, field), where, field, 1)
         for field in ("max_retries", "eval_groups"):
             int_at_least(getattr(self, field), where, field, 0)
-        if self.group_size < 2:  # with either constant_groups policy: "keep" trains on zero advantages only
+        if (
+            self.group_size < 2 and self.kl_mode != "distillation"
+        ):  # with either constant_groups policy: "keep" trains on zero advantages only
             raise ConfigError(
                 where,
                 "group_size",
@@ -127,9 +149,9 @@ class RLConfig(RunConfig):
             )
         in_range(self.learning_rate, where, "learning_rate", low=0.0, low_open=True)
         in_range(self.temperature, where, "temperature", low=0.0)
-        if self.loss not in ("importance_sampling", "ppo", "cispo", "dro"):
+        if self.loss not in get_args(RLLossName):
             raise ConfigError(
-                where, "loss", f"unknown loss {self.loss!r}.", "use importance_sampling, ppo, cispo or dro."
+                where, "loss", f"unknown loss {self.loss!r}.", f"use one of {', '.join(get_args(RLLossName))}."
             )
         low = finite_float(self.clip_low, where, "clip_low")
         high = finite_float(self.clip_high, where, "clip_high")
@@ -144,6 +166,7 @@ class RLConfig(RunConfig):
         in_range(self.kl_coef, where, "kl_coef", low=0.0)
         if self.kl_discount is not None:
             in_range(self.kl_discount, where, "kl_discount", low=0.0, high=1.0)
+        self._check_kl(where)
         if self.mode not in ("sync", "async"):
             raise ConfigError(where, "mode", f"must be 'sync' or 'async', got {self.mode!r}.")
         require_type(self.max_staleness, int, where, "max_staleness")
@@ -163,7 +186,8 @@ class RLConfig(RunConfig):
 
     def _check_loss_options(self, where: str) -> None:
         """A loss option set away from its default under a loss that ignores it is an error (it would do nothing)."""
-        users = {"clip_low": ("ppo", "cispo"), "clip_high": ("ppo", "cispo"), "dro_beta": ("dro",)}
+        clipped = ("ppo", "cispo", "gspo")
+        users = {"clip_low": clipped, "clip_high": clipped, "dro_beta": ("dro",)}
         for field, losses in users.items():
             default = attrs.fields_dict(RLConfig)[field].default
             if self.loss not in losses and getattr(self, field) != default:
@@ -171,9 +195,57 @@ class RLConfig(RunConfig):
                     where,
                     field,
                     f"is {getattr(self, field)}, but it has no effect with loss={self.loss!r} (only "
-                    f"{' and '.join(losses)} {'reads' if len(losses) == 1 else 'read'} it).",
+                    f"{', '.join(losses)} {'reads' if len(losses) == 1 else 'read'} it).",
                     f"remove {field} (its default is {default}), or choose loss={losses[0]!r}.",
                 )
+
+    def _check_kl(self, where: str) -> None:
+        """The KL reference and mode: each named reference has its one value, and nothing is set without effect."""
+        if self.kl_reference not in KL_REFERENCES:
+            raise ConfigError(
+                where, "kl_reference", f"unknown reference {self.kl_reference!r}.", f"use one of {KL_REFERENCES}."
+            )
+        if self.kl_mode not in get_args(KLMode):
+            raise ConfigError(
+                where, "kl_mode", f"must be 'penalty' or 'distillation', got {self.kl_mode!r}.", "use one of those."
+            )
+        needs = {"kl_reference_path": "checkpoint", "kl_reference_model": "model"}
+        for field, reference in needs.items():
+            value = getattr(self, field)
+            if value is not None and not non_empty_str(value, where, field, f"name the {reference}.").strip():
+                raise ConfigError(where, field, "is blank.", f"name the reference {reference}, or remove {field}.")
+            if self.kl_reference == reference and value is None:
+                raise ConfigError(
+                    where, field, f"is required with kl_reference={reference!r}.", f"set {field} (file or key=value)."
+                )
+            if self.kl_reference != reference and value is not None:
+                raise ConfigError(
+                    where,
+                    field,
+                    f"is set, but it has no effect with kl_reference={self.kl_reference!r}.",
+                    f"remove it, or set kl_reference={reference!r}.",
+                )
+        if self.kl_coef == 0:
+            changed = [
+                field
+                for field in ("kl_discount", "kl_reference", "kl_mode")
+                if getattr(self, field) != attrs.fields_dict(RLConfig)[field].default
+            ]
+            if changed:
+                raise ConfigError(
+                    where,
+                    changed[0],
+                    f"is {getattr(self, changed[0])!r}, but it has no effect with kl_coef=0 (no KL term).",
+                    "set kl_coef > 0, or remove it.",
+                )
+        if self.kl_mode == "distillation" and self.constant_groups == "drop":
+            raise ConfigError(
+                where,
+                "constant_groups",
+                "is 'drop', but with kl_mode='distillation' the KL term is the signal: a group whose rewards are "
+                "all equal (every group of a reward-free prompt environment) still has something to learn.",
+                "use constant_groups='keep'.",
+            )
 
     @property
     def staleness(self) -> int:

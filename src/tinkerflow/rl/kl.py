@@ -6,6 +6,11 @@ datums' advantages in place; here the batch is a value and a new one is returned
 ``coef * mask * (avg - d)`` added, or the discounted future sum of that term when ``discount`` is given
 (``y[t] = sum_k discount**k * x[t + k]`` within the datum).
 
+On-policy distillation (tinker-cookbook 0.6.1, ``distillation/train_on_policy.py``, also ``incorporate_kl_penalty``)
+uses the same per-token difference with the reference (the teacher) but without the batch-mean baseline: each datum's
+advantages get ``-coef * mask * d`` (the negative reverse KL ``log p_student - log p_teacher`` of each sampled
+token), or its discounted future sum; :func:`reverse_kl_advantages` computes it, logged as ``teacher_kl``.
+
 Deliberate difference: with a discount the cookbook also adds the discounted sum at observation positions and at
 parse-error-masked turns (mask 0), which then carry a nonzero advantage and are trained with sampling logprob 0.
 Here the discounted penalty is kept on action positions only (multiplied by the mask), so the mask stays exactly
@@ -26,11 +31,12 @@ import numpy as np
 
 from tinkerflow._validate import finite_float, require_type
 from tinkerflow.arrays import as_float32_1d
+from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, ShapeError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.rl.assembly import RLBatch
 
-__all__ = ["discounted_future_sum", "kl_penalty", "reference_prompts"]
+__all__ = ["discounted_future_sum", "kl_penalty", "reference_prompts", "reverse_kl_advantages"]
 
 _BLOCK = 128
 
@@ -84,28 +90,11 @@ def reference_prompts(batch: RLBatch) -> list[ModelInput]:
     return prompts
 
 
-def kl_penalty(
-    batch: RLBatch, reference_logprobs_D: Sequence[np.ndarray], coef: float, discount: float | None = None
-) -> tuple[RLBatch, dict[str, float]]:
-    """A new batch whose advantages include a KL penalty towards the reference policy, and its metrics.
-
-    Args:
-        batch: datums with ``logprobs_T``, ``advantages_T`` and ``mask_T`` (as :func:`assemble_batch` makes them).
-        reference_logprobs_D: per datum, the reference policy's logprobs of its target tokens (length ``T``).
-        coef: penalty coefficient (>= 0; 0 leaves the advantages as they are).
-        discount: ``None`` adds the per-token penalty; a value in [0, 1] adds its discounted future sum.
-
-    Returns:
-        The new batch (same ids, new datums) and ``{"kl_policy_base": avg}``: the mean over action positions of
-        ``lp_sampled - lp_ref`` (0.0 when the batch has no action position).
-
-    Raises:
-        ConfigError: ``coef`` negative or not finite, ``discount`` outside [0, 1].
-        ShapeError: not one reference array per datum, or one of the wrong length.
-        NonFiniteError: a reference logprob is NaN or infinite.
-        ValidationError: a datum lacks ``logprobs_T``, ``advantages_T`` or ``mask_T``.
-    """
-    where = "kl_penalty"
+def _kl_terms(
+    where: str, batch: RLBatch, reference_logprobs_D: Sequence[np.ndarray], coef: float, discount: float | None
+) -> tuple[list[np.ndarray], list[np.ndarray], float, float | None]:
+    """Checked inputs: per datum ``d = (lp_sampled - lp_ref) * mask`` and the mask (float64), the coefficient and
+    the discount."""
     require_type(batch, RLBatch, where, "batch")
     coefficient = finite_float(coef, where, "coef")
     if coefficient < 0:
@@ -143,14 +132,79 @@ def kl_penalty(
         mask = datum.mask_T.astype(np.float64)
         diffs.append((datum.logprobs_T.astype(np.float64) - reference_T.astype(np.float64)) * mask)
         masks.append(mask)
+    return diffs, masks, coefficient, gamma
+
+
+def _average(diffs: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:
+    """``sum(d) / sum(mask)`` over the batch (0.0 without action positions, or when not finite)."""
     action_positions = float(sum(float(mask.sum()) for mask in masks))
     average = float(sum(float(diff.sum()) for diff in diffs)) / action_positions if action_positions else 0.0
+    return average if math.isfinite(average) else 0.0
+
+
+def _add_advantages(datum: Datum, term: np.ndarray, mask: np.ndarray, gamma: float | None) -> Datum:
+    """``datum`` with ``term`` (or its discounted future sum, kept on action positions) added to its advantages."""
+    if gamma is not None:
+        term = discounted_future_sum(term, gamma) * mask  # only action positions may carry advantage
+    assert datum.advantages_T is not None
+    return attrs.evolve(datum, advantages_T=datum.advantages_T.astype(np.float64) + term)
+
+
+def kl_penalty(
+    batch: RLBatch, reference_logprobs_D: Sequence[np.ndarray], coef: float, discount: float | None = None
+) -> tuple[RLBatch, dict[str, float]]:
+    """A new batch whose advantages include a KL penalty towards the reference policy, and its metrics.
+
+    Args:
+        batch: datums with ``logprobs_T``, ``advantages_T`` and ``mask_T`` (as :func:`assemble_batch` makes them).
+        reference_logprobs_D: per datum, the reference policy's logprobs of its target tokens (length ``T``).
+        coef: penalty coefficient (>= 0; 0 leaves the advantages as they are).
+        discount: ``None`` adds the per-token penalty; a value in [0, 1] adds its discounted future sum.
+
+    Returns:
+        The new batch (same ids, new datums) and ``{"kl_policy_base": avg}``: the mean over action positions of
+        ``lp_sampled - lp_ref`` (0.0 when the batch has no action position).
+
+    Raises:
+        ConfigError: ``coef`` negative or not finite, ``discount`` outside [0, 1].
+        ShapeError: not one reference array per datum, or one of the wrong length.
+        NonFiniteError: a reference logprob is NaN or infinite.
+        ValidationError: a datum lacks ``logprobs_T``, ``advantages_T`` or ``mask_T``.
+    """
+    diffs, masks, coefficient, gamma = _kl_terms("kl_penalty", batch, reference_logprobs_D, coef, discount)
+    average = _average(diffs, masks)
     datums = []
     for datum, diff, mask in zip(batch.datums, diffs, masks, strict=True):
-        penalty = coefficient * mask * (average - diff)
-        if gamma is not None:
-            penalty = discounted_future_sum(penalty, gamma) * mask  # only action positions may carry advantage
-        assert datum.advantages_T is not None
-        datums.append(attrs.evolve(datum, advantages_T=datum.advantages_T.astype(np.float64) + penalty))
-    metrics = {"kl_policy_base": average if math.isfinite(average) else 0.0}
-    return attrs.evolve(batch, datums=tuple(datums)), metrics
+        datums.append(_add_advantages(datum, coefficient * mask * (average - diff), mask, gamma))
+    return attrs.evolve(batch, datums=tuple(datums)), {"kl_policy_base": average}
+
+
+def reverse_kl_advantages(
+    batch: RLBatch, teacher_logprobs_D: Sequence[np.ndarray], coef: float, discount: float | None = None
+) -> tuple[RLBatch, dict[str, float]]:
+    """On-policy distillation: a new batch whose advantages include the negative reverse KL to the teacher.
+
+    Each action token's advantage gets ``-coef * (lp_student - lp_teacher)`` (no baseline; the sampled tokens'
+    logprobs stand for the student's), or the discounted future sum of that term when ``discount`` is given;
+    observation and masked positions are left as they are. The environment's own (group-centered) advantages
+    already in the batch are kept, so a reward mixes in by addition.
+
+    Args:
+        batch: datums with ``logprobs_T``, ``advantages_T`` and ``mask_T`` (as :func:`assemble_batch` makes them).
+        teacher_logprobs_D: per datum, the teacher's logprobs of its target tokens (length ``T``).
+        coef: weight of the KL term (>= 0).
+        discount: ``None`` for the per-token term; a value in [0, 1] for its discounted future sum.
+
+    Returns:
+        The new batch and ``{"teacher_kl": avg}``: the mean over action positions of ``lp_student - lp_teacher``,
+        a sampled estimate of the per-token reverse KL (0.0 when the batch has no action position).
+
+    Raises:
+        The errors of :func:`kl_penalty`, for the same inputs.
+    """
+    diffs, masks, coefficient, gamma = _kl_terms("reverse_kl_advantages", batch, teacher_logprobs_D, coef, discount)
+    datums = tuple(
+        _add_advantages(datum, -coefficient * diff, mask, gamma)
+        for datum, diff, mask in zip(batch.datums, diffs, masks, strict=True)
+    )
+    return attrs.evolve(batch, datums=datums), {"teacher_kl": _average(diffs, masks)}

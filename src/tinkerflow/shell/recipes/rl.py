@@ -11,7 +11,11 @@ driven by the shared loop, :func:`tinkerflow.shell.loop.run_steps`, one step at 
    (:func:`~tinkerflow.rl.advantages.compute_advantages`); constant groups are kept or dropped by policy and a
    step with nothing left is *skipped* (logged, no optimizer step: Adam's momentum would move the weights);
 3. trajectories become datums by sequence extension (:func:`~tinkerflow.rl.assembly.assemble_batch`), with an
-   optional KL penalty against the initial weights, then the loss inputs of the configured loss;
+   optional KL term against the reference ``kl_reference`` names (the initial weights, the base model, a checkpoint
+   or another model: :mod:`~tinkerflow.shell.recipes.onpolicy_reference`): the centered penalty
+   (:func:`~tinkerflow.rl.kl.kl_penalty`) or, with ``kl_mode="distillation"``, the negative reverse KL to a
+   teacher (:func:`~tinkerflow.rl.kl.reverse_kl_advantages`, on-policy distillation); then the loss inputs of the
+   configured loss;
 4. ``substeps`` forward_backward + optim_step pairs are submitted back to back, then awaited;
 5. metrics (rewards per tag, failures by kind, loss), transcripts, and every ``save_every`` steps a checkpoint
    with the data position and the sampler paths that in-flight batches need, so a resumed run continues at the
@@ -38,8 +42,17 @@ from tinkerflow.rl.advantages import AdvantageConfig, compute_advantages
 from tinkerflow.rl.assembly import RLBatch, assemble_batch
 from tinkerflow.rl.config import RLConfig
 from tinkerflow.rl.envs.base import ProblemOptions
-from tinkerflow.rl.kl import kl_penalty, reference_prompts
-from tinkerflow.rl.loss_inputs import CISPOLoss, DROLoss, ImportanceSamplingLoss, LossConfig, PPOLoss, loss_datums
+from tinkerflow.rl.kl import kl_penalty, reference_prompts, reverse_kl_advantages
+from tinkerflow.rl.loss_inputs import (
+    CISPOLoss,
+    DROLoss,
+    GSPOLoss,
+    ImportanceSamplingLoss,
+    LossConfig,
+    PPOLoss,
+    StableReinforceLoss,
+    loss_datums,
+)
 from tinkerflow.rl.metrics import rollout_metrics
 from tinkerflow.rl.transcripts import EpisodeTranscript, episode_transcripts, transcripts_html
 from tinkerflow.rl.types import RLDataset, TrajectoryGroup
@@ -51,6 +64,7 @@ from tinkerflow.shell.io.run_dir import MetricsLog, atomic_write_text
 from tinkerflow.shell.io.sinks import MetricsSink
 from tinkerflow.shell.loop import Finish, MetricRow, StepPlan, run_steps
 from tinkerflow.shell.recipes import rl_custom, rl_data
+from tinkerflow.shell.recipes.onpolicy_reference import open_reference
 from tinkerflow.shell.recipes.rl_sampling import RolloutSampling
 from tinkerflow.shell.sandbox import PythonSandbox, TimedToolExecutor
 from tinkerflow.training import ForwardBackwardOutput
@@ -131,13 +145,19 @@ def environment_datasets(config: RLConfig, renderer: Renderer) -> tuple[RLDatase
 
 
 def loss_config(config: RLConfig) -> LossConfig:
-    """The loss record the config names."""
+    """The loss record the config names (``stable_reinforce`` needs provenance spans on every datum: the backend's
+    samplers must give sequence ids)."""
     if config.loss == "importance_sampling":
         return ImportanceSamplingLoss()
+    clip = {"clip_low": config.clip_low, "clip_high": config.clip_high}
     if config.loss == "ppo":
-        return PPOLoss(clip_low=config.clip_low, clip_high=config.clip_high)
+        return PPOLoss(**clip)
     if config.loss == "cispo":
-        return CISPOLoss(clip_low=config.clip_low, clip_high=config.clip_high)
+        return CISPOLoss(**clip)
+    if config.loss == "gspo":
+        return GSPOLoss(**clip)
+    if config.loss == "stable_reinforce":
+        return StableReinforceLoss()
     return DROLoss(beta=config.dro_beta)
 
 
@@ -159,6 +179,7 @@ def run_rl(
     after_step: Callable[[int], None] | None = None,
     sinks: Sequence[MetricsSink] | None = None,
     renderer: Renderer | None = None,
+    reference: SamplingClient | None = None,
 ) -> RLResult:
     """Run (or resume) RL as ``config`` says on ``dataset``'s environment groups; see the module docstring.
 
@@ -166,7 +187,8 @@ def run_rl(
     every ``eval_every`` steps and after training (``eval_reward_mean``). ``after_step(step)`` runs once step
     ``step``'s metrics are logged (tests use it to kill a run). ``sinks`` receive every metrics row too; ``None``
     makes the ones ``config.log_to`` asks for, ``()`` none. ``renderer`` renders the prompts of ``config.evals``
-    (required when there are any).
+    (required when there are any). ``reference``: the KL reference already opened (the distillation recipe's
+    teacher, which its held-out environment shares); ``None`` opens the one ``config.kl_reference`` names.
     """
     if config.evals and renderer is None:
         raise ConfigError("run_rl", "renderer", "config.evals needs the renderer of the policy.", "pass renderer=.")
@@ -185,7 +207,12 @@ def run_rl(
             )
         client = run.training_client(backend, config.base_model, lora_rank=config.lora_rank, seed=config.seed)
         extra: dict[str, object] = json.loads(run.state.extra_json) if run.state is not None else {}
-        reference_path, reference = _reference(config, client, extra)
+        reference_path: str | None = None
+        if reference is None and config.kl_coef > 0:
+            opened = open_reference(config, backend, client, extra, stack)
+            reference_path, reference = opened.recorded_path, opened.sampler
+            if not run.resumed:
+                run.out.write(f"KL {config.kl_mode} (coef {config.kl_coef}) against the {opened.label}\n")
         transcripts = stack.enter_context(
             contextlib.closing(MetricsLog(run.run_dir / "transcripts.jsonl", resume_step=run.start_step))
         )
@@ -224,16 +251,6 @@ def _inline_evals(config: RLConfig, backend: Backend, renderer: Renderer | None)
         config.evals if renderer is not None else (), renderer, backend=backend, base_model=config.base_model,
         run_dir=config.run_dir, seed=config.seed, eval_every=config.eval_every,
     )  # fmt: skip
-
-
-def _reference(
-    config: RLConfig, client: TrainingClient, extra: Mapping[str, object]
-) -> tuple[str | None, SamplingClient | None]:
-    """The KL reference: the initial weights' sampler path (recorded in the checkpoints) and a sampler of it."""
-    path = str(extra["reference"]) if "reference" in extra else None
-    if config.kl_coef > 0 and path is None:
-        path = client.save_weights_for_sampler("reference").result()
-    return path, (client.create_sampling_client(path).result() if path is not None else None)
 
 
 def _extra_state(sampler_paths: Mapping[str, str], reference_path: str | None) -> str:
@@ -318,7 +335,8 @@ class _RLStep:
             return row
         batch = assemble_batch(groups, advantages)
         if self.reference is not None:
-            batch, kl_metrics = kl_penalty(
+            add_kl = reverse_kl_advantages if self.config.kl_mode == "distillation" else kl_penalty
+            batch, kl_metrics = add_kl(
                 batch, _reference_logprobs(self.reference, batch), self.config.kl_coef, self.config.kl_discount
             )
             row.update(kl_metrics)
