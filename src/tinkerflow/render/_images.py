@@ -1,12 +1,15 @@
 """Image helpers for vision-language renderers (private, pure): image size from the encoded bytes, and the
-Qwen2/3-VL resize rule that fixes how many tokens an image occupies."""
+Qwen2/3-VL resize rule that fixes how many tokens an image occupies, and caller-supplied token counters
+(:class:`ImageTokenCounter`, :func:`image_token_counter`) for renderers whose image processor is not built in."""
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
-__all__ = ["image_size", "qwen_vl_image_tokens", "smart_resize"]
+__all__ = ["ImageTokenCounter", "image_size", "image_token_counter", "qwen_vl_image_tokens", "smart_resize"]
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -58,3 +61,39 @@ def qwen_vl_image_tokens(
     """Number of positions an image of ``width`` x ``height`` occupies in a Qwen2/3-VL model input."""
     resized_h, resized_w = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
     return (resized_h // patch_size) * (resized_w // patch_size) // (merge_size * merge_size)
+
+
+@runtime_checkable
+class ImageTokenCounter(Protocol):
+    """How many positions an image of ``width`` x ``height`` pixels occupies (a model's image processor rule)."""
+
+    def __call__(self, width: int, height: int) -> int: ...
+
+
+def _patches_counter(processor: object) -> ImageTokenCounter | None:
+    """A counter over a Hugging Face style processor's ``get_number_of_image_patches(height, width,
+    images_kwargs)`` divided by ``merge_size ** 2`` (as tinker-cookbook counts), or ``None`` without one."""
+    patches = getattr(processor, "get_number_of_image_patches", None)
+    merge_size = getattr(processor, "merge_size", None)
+    if not callable(patches) or not isinstance(merge_size, int) or merge_size < 1:
+        return None
+    count: Callable[..., int] = patches
+
+    def counter(width: int, height: int) -> int:
+        value = count(height, width, images_kwargs={})
+        return int(value) // (merge_size * merge_size)
+
+    return counter
+
+
+def image_token_counter(source: object) -> ImageTokenCounter | None:
+    """``source`` as an :class:`ImageTokenCounter`, or ``None`` when it is none: an object with
+    ``get_number_of_image_patches`` and an integer ``merge_size`` (a Hugging Face image processor, as
+    tinker-cookbook's renderers take) counts ``patches // merge_size ** 2``; any other callable is called as
+    ``source(width, height)``."""
+    if source is None:
+        return None
+    counter = _patches_counter(source)
+    if counter is not None:
+        return counter
+    return source if isinstance(source, ImageTokenCounter) else None

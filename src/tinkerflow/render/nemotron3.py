@@ -21,7 +21,12 @@ The Qwen3.5 layout (:mod:`tinkerflow.render.qwen3_5`: ChatML turns, ``<think>`` 
 * tool calls follow a newline (Nano / Super: none after reasoning with no text), each call ends with ``\\n``;
 * thinking off: the generation prompt ends with ``<think></think>``;
 * low / medium effort: ``\\n\\n{reasoning effort: low}`` (``efficient`` for Ultra medium) ends the last user
-  message.
+  message;
+* Ultra images (the Nemotron-3.5 template and processor): each image part is written ``<img>`` + an image chunk +
+  ``</img>``, after a newline when the text before it (since the previous image) does not end with one, and
+  labelled ``<image N>`` (counted per message) when the message holds more than one image. The number of
+  positions of an image comes from the ``image_processor`` option (a ``(width, height) -> int`` callable, or a
+  Hugging Face style processor with ``get_number_of_image_patches`` and ``merge_size``).
 
 The thinking variants' generation prompt ends with ``<think>\\n`` while a turn without reasoning is written with
 ``<think></think>``: the template disagrees with itself, so such a trained turn keeps its weights unmasked (as in
@@ -36,7 +41,9 @@ from typing import ClassVar, Final
 
 import attrs
 
-from tinkerflow.chat import ContentPart, Message, Role, TextPart, ThinkingPart, ToolSpec
+from tinkerflow.chat import ContentPart, ImagePart, Message, Role, TextPart, ThinkingPart, ToolSpec
+from tinkerflow.render._images import ImageTokenCounter, image_size, image_token_counter
+from tinkerflow.render.control import split_control
 from tinkerflow.render.family import PieceList, text_of
 from tinkerflow.render.qwen3_5 import _TOOLS_HEAD, Qwen35Renderer
 from tinkerflow.render.records import Piece, RenderContext, RenderedMessage
@@ -155,6 +162,34 @@ class Nemotron3Renderer(Qwen35Renderer):
         out = PieceList(system + "\n\n" if system else "", _TOOLS_HEAD + declarations)
         return out.extend(self._tail_pieces).to_tuple()
 
+    def _content_pieces(
+        self, message: Message, content: str | tuple[ContentPart, ...], ctx: RenderContext
+    ) -> tuple[Piece, ...]:
+        if isinstance(content, str) or not any(isinstance(part, ImagePart) for part in content):
+            return super()._content_pieces(message, content, ctx)
+        strip = self._strips_thinking(message, ctx)
+        count = sum(isinstance(part, ImagePart) for part in content)
+        out = PieceList()
+        number = 0
+        before = ""  # the last non-empty text written since the previous image
+        for part in content:
+            if isinstance(part, TextPart):
+                out.add(part.text)
+                before = part.text or before
+            elif isinstance(part, ThinkingPart):
+                if not strip:
+                    out.extend(self._thinking_pieces(part.thinking))
+                    before = "</think>" if self.ultra else "\n"  # how the written block ends
+            else:
+                number += 1
+                newline = "\n" if before and not before.endswith("\n") else ""
+                label = f"<image {number}>" if count > 1 else ""
+                out.extend(split_control(self.tokenizer, f"{newline}{label}<img>"))
+                out.add(part)
+                out.extend(split_control(self.tokenizer, "</img>"))
+                before = ""
+        return out.to_tuple()
+
     # -- rendering --------------------------------------------------------------------------------------------
 
     def _header_suffix(self, message: Message, ctx: RenderContext) -> tuple[Piece, ...]:
@@ -240,10 +275,62 @@ class Nemotron3DisableThinkingRenderer(Nemotron3Renderer):
 @attrs.frozen(eq=False)
 class Nemotron3UltraRenderer(Nemotron3Renderer):
     """Nemotron-3 Ultra / 3.5 format: reasoning written ``<think>\\n{t}</think>`` without separators, plain
-    ``<think></think>`` for unwritten reasoning, a newline before tool calls."""
+    ``<think></think>`` for unwritten reasoning, a newline before tool calls; image parts as ``[\\n][<image N>]<img>``
+    + an image chunk + ``</img>``.
+
+    ``image_processor`` gives the number of positions of an image: a ``(width, height) -> int`` callable, or an
+    image processor with ``get_number_of_image_patches`` and ``merge_size`` (``patches // merge_size ** 2``, as
+    tinker-cookbook counts). Without one, image parts are a :class:`RenderError`. The image chunk keeps the
+    image's bytes and format (PNG or JPEG).
+    """
+
+    image_processor: object = None
+    _image_counter: list[ImageTokenCounter] = attrs.field(init=False, repr=False, factory=list)
 
     name: ClassVar[str] = "nemotron3_ultra"
     ultra: ClassVar[bool] = True
+    supports_images: ClassVar[bool] = True
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        counter = image_token_counter(self.image_processor)
+        if self.image_processor is not None and counter is None:
+            raise self._error(
+                "image_processor",
+                f"{type(self.image_processor).__name__} is neither a (width, height) -> int callable nor an image "
+                "processor with get_number_of_image_patches and merge_size.",
+                "pass a function giving an image's number of positions from its width and height.",
+            )
+        if counter is not None:
+            self._image_counter.append(counter)
+
+    def validate(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> None:
+        super().validate(messages, tools)
+        if self._image_counter:
+            return
+        for index, message in enumerate(messages):
+            for part_index, part in enumerate(message.content if isinstance(message.content, tuple) else ()):
+                if isinstance(part, ImagePart):
+                    raise self._error(
+                        f"messages[{index}].content[{part_index}]",
+                        "an image part, but this renderer was built without an image processor, so the image's "
+                        "number of positions is unknown.",
+                        "pass image_processor= (the model's image processor, or a (width, height) -> int function).",
+                    )
+
+    def image_tokens(self, image: ImagePart) -> int:
+        """Number of positions ``image`` occupies (from ``image_processor``)."""
+        size = image_size(image.data)
+        if size is None or not self._image_counter:
+            raise self._error("content", "the image's number of positions is unknown (unreadable or no processor).")
+        count = int(self._image_counter[0](*size))
+        if count < 1:
+            raise self._error(
+                "image_processor",
+                f"the image processor gave {count} positions for a {size[0]}x{size[1]} image.",
+                "pass an image processor that gives at least one position per image.",
+            )
+        return count
 
 
 @attrs.frozen(eq=False)

@@ -19,19 +19,17 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from tinkerflow.arrays import frozen_array
-from tinkerflow.chat import Conversation
+from tinkerflow.chat import Conversation, Message, ToolSpec
 from tinkerflow.render.assemble import assemble, encode_flat, encode_units, prefill_tokens
 from tinkerflow.render.plan import (
     ConversationLike,
     Plan,
     Unit,
     last_user_index,
-    message_contexts,
     plan_conversation,
     resolve_train_on,
-    suffix_context,
 )
-from tinkerflow.render.records import Piece, SupervisedExample, TrainOn, TrainOnWhat
+from tinkerflow.render.records import Piece, RenderContext, SupervisedExample, TrainOn, TrainOnWhat
 from tinkerflow.render.renderer import Renderer
 from tinkerflow.tokenizers import Tokenizer
 
@@ -158,46 +156,82 @@ def pack_chunk(renderer: Renderer, chunk: RenderedChunk, encoded: Sequence[Seque
             model_input, weights_T, _ = assemble(renderer, segments, plan.weights)
             images[index] = SupervisedExample(model_input=model_input, weights_T=frozen_array(weights_T))
         elif plan.boundary is not None:
-            start, stop = int(offsets[index]), int(offsets[index + 1])
             first_unit = int(plan_unit_ends[index])
-            lengths = np.diff(unit_token_ends[first_unit : first_unit + len(plan.units) + 1]).tolist()
-            length = _prompt_length(renderer, plan, tokens_N[start:stop].tolist(), lengths)
+            length = _prompt_length(renderer, plan, tokens_N, unit_token_ends, first_unit)
             if length:
+                start = int(offsets[index])
                 weights_N[start : start + length] = 0.0
     return PackedBatch(frozen_array(tokens_N), frozen_array(weights_N), frozen_array(offsets), images)
 
 
-def _prompt_length(renderer: Renderer, plan: Plan, flat: list[int], lengths: list[int]) -> int:
-    """Length of the prefix of ``flat`` equal to ``build_generation_prompt(messages[:boundary])``, or 0.
+_new_tuple = tuple.__new__
+
+
+def _prompt_context(plan: Plan, index: int, last_user: int) -> RenderContext:
+    """The context of message ``index`` when it is the last message of the prompt: as the full conversation
+    renders it (the plan's contexts, or built alone when the renderer's ``render_units`` fast path made the
+    units), with ``is_last`` set and no next message."""
+    if plan.contexts is not None:
+        return plan.contexts[index]._replace(is_last=True, next_message=None)
+    messages = plan.messages
+    previous = messages[index - 1] if index > 0 else None
+    in_last_turn = index > last_user_index(messages[:-1])
+    # RenderContext(idx, is_last, prev_message, next_message, last_user_index, in_last_assistant_turn, tools)
+    return _new_tuple(RenderContext, (index, True, previous, None, last_user, in_last_turn, plan.tools))
+
+
+def _suffix_context(prefix: tuple[Message, ...], tools: tuple[ToolSpec, ...], last_user: int) -> RenderContext:
+    """:func:`~tinkerflow.render.plan.suffix_context` of ``prefix`` given its last user index."""
+    return _new_tuple(RenderContext, (len(prefix), True, prefix[-1] if prefix else None, None, last_user, True, tools))
+
+
+def _ids_of(tokenizer: Tokenizer, pending: list[Unit]) -> list[int]:
+    """The ids of ``pending`` units, concatenated (the tokenizer only when they hold text)."""
+    if any(type(piece) is str and piece for unit in pending for piece in unit):
+        return encode_flat(tokenizer, pending)[0]
+    ids: list[int] = []
+    for unit in pending:
+        for piece in unit:
+            if type(piece) is int:
+                ids.append(piece)
+            elif type(piece) is tuple:
+                ids.extend(piece)
+    return ids
+
+
+def _prompt_length(
+    renderer: Renderer, plan: Plan, tokens_N: np.ndarray, unit_token_ends: np.ndarray, first_unit: int
+) -> int:
+    """Length of the prefix of the plan's tokens (``tokens_N`` from ``unit_token_ends[first_unit]``) equal to
+    ``build_generation_prompt(messages[:boundary])``, or 0.
 
     The prompt renders messages ``0..boundary-2`` exactly as the full conversation does (their contexts are
     equal), so only message ``boundary-1`` (now last) and the suffix are rendered again, and their encodings
-    are reused when their pieces did not change.
+    are reused when their pieces did not change; only the tokens after the shared part are compared.
     """
-    messages, contexts, units, first_unit_of = plan.messages, plan.contexts, plan.units, plan.first_unit_of
-    if contexts is None:
-        contexts = message_contexts(messages, last_user_index(messages[:-1]) + 1, plan.tools)
+    messages, units, first_unit_of = plan.messages, plan.units, plan.first_unit_of
     boundary = plan.boundary
     assert boundary is not None
     prefix = messages[:boundary]
-    shared_units = first_unit_of[boundary - 1] if boundary > 0 else first_unit_of[0]
-    start = sum(lengths[:shared_units])
+    last_user = last_user_index(messages)  # also the prefix's: the boundary message is an assistant message
     pending: list[Unit] = []
-    reused = 0
     if boundary > 0:
-        ctx = contexts[boundary - 1]._replace(is_last=True, next_message=None)
-        rendered = renderer.render_message(messages[boundary - 1], ctx)
         index = first_unit_of[boundary - 1]
+        rendered = renderer.render_message(messages[boundary - 1], _prompt_context(plan, boundary - 1, last_user))
         if rendered.header == units[index] and rendered.output == units[index + 1]:
-            reused = lengths[index] + lengths[index + 1]
+            shared = index + 2
         else:
+            shared = index
             pending.extend((rendered.header, rendered.output))
-    pending.append(renderer.generation_suffix("assistant", suffix_context(prefix, plan.tools)))
-    extra, _ = encode_flat(renderer.tokenizer, pending)
+    else:
+        shared = first_unit_of[0]
+    pending.append(renderer.generation_suffix("assistant", _suffix_context(prefix, plan.tools, last_user)))
+    extra = _ids_of(renderer.tokenizer, pending)
     extra.extend(prefill_tokens(renderer, prefix, None))
-    middle = start + reused
+    base = int(unit_token_ends[first_unit])
+    middle = int(unit_token_ends[first_unit + shared])
     end = middle + len(extra)
-    if flat[middle:end] != extra:
+    if end > int(unit_token_ends[first_unit + len(units)]) or tokens_N[middle:end].tolist() != extra:
         if renderer.disables_thinking:
             raise renderer._error(
                 f"messages[{boundary}].content",
@@ -206,4 +240,4 @@ def _prompt_length(renderer: Renderer, plan: Plan, flat: list[int], lengths: lis
                 "use the thinking variant of this renderer, or remove the thinking from the turn.",
             )
         return 0
-    return end
+    return end - base

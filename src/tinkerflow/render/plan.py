@@ -222,6 +222,10 @@ def plan_conversation(renderer: Renderer, conversation: ConversationLike, mode: 
             if trained_roles is None
             else [1.0 if message.role in trained_roles else 0.0 for message in messages]
         )
+    elif mode is TrainOnWhat.LAST_ASSISTANT_MESSAGE:  # the last message only, when it is (trained as) an assistant's
+        output_weights = [0.0] * count
+        if count and renderer.train_role(messages[-1]) == "assistant":
+            output_weights[-1] = 1.0
     else:
         train_role = renderer.train_role
         output_weights = [
@@ -238,6 +242,11 @@ def plan_conversation(renderer: Renderer, conversation: ConversationLike, mode: 
     if last_overlap:
         units.append(last_overlap)
         weights.append(output_weights[-1])
-    images = renderer.supports_images and any(type(piece) is ImagePart for unit in units for piece in unit)
+    # image pieces come from part content only, so text-only conversations skip the scan of every piece
+    images = (
+        renderer.supports_images
+        and any(type(message.content) is not str for message in messages)
+        and any(type(piece) is ImagePart for unit in units for piece in unit)
+    )
     boundary = _prompt_boundary(messages, mode)
     return Plan(messages, contexts, tools, units, weights, first_unit_of, boundary, images)
