@@ -22,6 +22,7 @@ first out.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
 import secrets
@@ -40,6 +41,7 @@ from tinkerflow.shell.backends.local.checkpoint import (
     read_meta,
     remove_partial_checkpoints,
 )
+from tinkerflow.shell.backends.local.forward import DEFAULT_CHUNK_TOKENS
 from tinkerflow.shell.backends.local.lora import LoraSetup, lora_targets
 from tinkerflow.shell.backends.local.models import (
     EMBEDDED_MODEL,
@@ -70,6 +72,15 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         dtype: weights' dtype; default bf16 on CUDA, fp32 on CPU (tests use fp64 for finite differences).
         max_tokens_per_batch: padded tokens per forward pass; larger batches run in several passes whose
             gradients add up (same result, bounded memory).
+        logprob_chunk_tokens: positions whose logits (``[chunk, vocab]``) are computed at once when training
+            (recomputed in the backward pass; same result, bounded memory).
+        checkpoint_layers: activation checkpointing of the decoder layers when training: a backward pass keeps
+            one hidden state per layer and position and runs each layer's forward again (same result, far less
+            memory, about a third more compute).
+        return_freed_memory: on glibc (Linux), have ``malloc`` give blocks of 1 MiB and more straight back to the
+            system when torch frees them (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, process-wide, set once). Without
+            it glibc keeps freed tensor memory in its heap, where fragmentation grew the resident size of an
+            8 x 512 SmolLM2 step by about 1.4 GB more than the live tensors (docs/backends.md).
     """
 
     def __init__(
@@ -78,7 +89,10 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         checkpoint_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        max_tokens_per_batch: int = 4096,
+        max_tokens_per_batch: int = 2048,
+        logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        checkpoint_layers: bool = True,
+        return_freed_memory: bool = True,
     ) -> None:
         self.checkpoint_dir = (
             pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else cache_root() / "checkpoints"
@@ -86,6 +100,16 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         self.device = resolve_device(device)
         self.dtype = dtype
         self.max_tokens_per_batch = positive_int(max_tokens_per_batch, "LocalBackend", "max_tokens_per_batch")
+        self.logprob_chunk_tokens = positive_int(logprob_chunk_tokens, "LocalBackend", "logprob_chunk_tokens")
+        if not isinstance(checkpoint_layers, bool):
+            raise ConfigError("LocalBackend", "checkpoint_layers", f"must be True or False, got {checkpoint_layers!r}.")
+        self.checkpoint_layers = checkpoint_layers
+        if not isinstance(return_freed_memory, bool):
+            raise ConfigError(
+                "LocalBackend", "return_freed_memory", f"must be True or False, got {return_freed_memory!r}."
+            )
+        if return_freed_memory:
+            return_freed_memory_to_system()
         self._bases: dict[str, BaseModel] = {}
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()
@@ -222,6 +246,28 @@ class _ContinuedRun(LocalTrainingClient):
 
     def save_weights_external(self, name: str, *, overwrite: bool = True) -> APIFuture[str]:
         return super().save_weights_external(name, overwrite=overwrite)
+
+
+#: glibc's ``mallopt`` parameter for the size from which ``malloc`` maps memory rather than using its heap.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_freed_memory_to_system() -> bool:
+    """Fix glibc's mmap threshold at 1 MiB (see ``LocalBackend(return_freed_memory=...)``); whether it was set.
+
+    Large tensors are then mapped and unmapped one by one, so memory torch frees leaves the process at once instead
+    of fragmenting the heap. A fixed threshold also turns off glibc's own raising of it. A no-op (``False``) where
+    the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
 
 
 def _check_name(name: object) -> None:

@@ -1,4 +1,4 @@
-"""Requests as tensors for the local backend: input checks, datum batches, micro-batches, padding. (Shell.)
+"""Requests as tensors for the local backend: input checks, datum batches, micro-batches, packing. (Shell.)
 
 Everything that checks a request runs in the caller's thread before anything is queued, so bad input raises from
 the submitting call and no weights change. The tensor helpers run on the clients' worker threads.
@@ -20,10 +20,11 @@ from tinkerflow.shell.backends.protocol import check_prompt
 
 __all__ = [
     "Batch",
+    "Packed",
     "encode_data",
-    "loss_inputs",
     "microbatches",
-    "padded",
+    "pack",
+    "packed_inputs",
     "prompt_tokens",
     "resolve_device",
     "to_numpy",
@@ -107,46 +108,71 @@ def encode_data(data: Sequence[Datum], base: BaseModel, where: str) -> Batch:
 
 
 def microbatches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Consecutive groups of datum indices whose padded size (count x longest) stays within ``budget`` tokens."""
+    """Groups of datum indices whose padded size (count x longest) stays within ``budget`` tokens.
+
+    Datums are taken longest first (ties in order), so each group holds sequences of similar length and the
+    decoder's padding stays small; a datum longer than ``budget`` is a group of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
     groups: list[list[int]] = []
     current: list[int] = []
-    longest = 0
-    for index, length in enumerate(lengths):
-        candidate = max(longest, length)
-        if current and candidate * (len(current) + 1) > budget:
+    for index in order:
+        # longest first: the group's first datum is its longest
+        if current and lengths[current[0]] * (len(current) + 1) > budget:
             groups.append(current)
-            current, candidate = [], length
+            current = []
         current.append(index)
-        longest = candidate
     if current:
         groups.append(current)
     return groups
 
 
-def padded(batch: Batch, group: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded input ids, targets and a validity mask for the datums ``group`` (padding never affects the
-    real positions: attention is causal)."""
-    longest = max(batch.inputs_D[index].size for index in group)
+@attrs.frozen(eq=False)
+class Packed:
+    """The datums ``group`` as one decoder input and, packed without padding, their real positions.
+
+    Attributes:
+        ids: right-padded input ids ``[D, T]`` for the decoder (padding never affects the real positions:
+            attention is causal).
+        positions: indices into the flattened ``[D * T]`` of the real positions, datum after datum (``[N]``).
+        targets: the target token of each real position (``[N]``).
+        offsets: where each datum's positions start in ``[N]``, and ``N`` last (``D + 1`` values).
+    """
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor
+    offsets: tuple[int, ...]
+
+    def split(self, values_N: torch.Tensor) -> list[torch.Tensor]:
+        """``values_N`` (one per real position) cut into one tensor per datum."""
+        return [values_N[start:end] for start, end in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+
+
+def pack(batch: Batch, group: Sequence[int], device: torch.device) -> Packed:
+    """The datums ``group`` as a :class:`Packed` on ``device``."""
+    lengths = [batch.inputs_D[index].size for index in group]
+    longest = max(lengths)
     ids = np.zeros((len(group), longest), dtype=np.int64)
-    targets = np.zeros((len(group), longest), dtype=np.int64)
-    mask = np.zeros((len(group), longest), dtype=bool)
     for row, index in enumerate(group):
-        length = batch.inputs_D[index].size
-        ids[row, :length] = batch.inputs_D[index]
-        targets[row, :length] = batch.data[index].target_tokens_T
-        mask[row, :length] = True
-    return torch.from_numpy(ids).to(device), torch.from_numpy(targets).to(device), torch.from_numpy(mask).to(device)
+        ids[row, : lengths[row]] = batch.inputs_D[index]
+    positions = np.concatenate([row * longest + np.arange(length) for row, length in enumerate(lengths)])
+    targets = np.concatenate([batch.data[index].target_tokens_T for index in group]).astype(np.int64)
+    offsets = (0, *np.cumsum(lengths).tolist())
+    return Packed(
+        ids=torch.from_numpy(ids).to(device),
+        positions=torch.from_numpy(positions.astype(np.int64)).to(device),
+        targets=torch.from_numpy(targets).to(device),
+        offsets=tuple(int(offset) for offset in offsets),
+    )
 
 
-def loss_inputs(
-    batch: Batch, group: Sequence[int], keys: Sequence[str], shape: torch.Size, device: torch.device
+def packed_inputs(
+    batch: Batch, group: Sequence[int], keys: Sequence[str], device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """The loss inputs ``keys`` of the datums ``group``, right-padded with zeros to ``shape``."""
+    """The loss inputs ``keys`` of the datums ``group``, packed like :func:`pack`'s positions (``[N]`` each)."""
     result: dict[str, torch.Tensor] = {}
     for key in keys:
-        array = np.zeros(tuple(shape), dtype=np.float32)
-        for row, index in enumerate(group):
-            values = batch.data[index].loss_inputs()[key]
-            array[row, : values.shape[0]] = values
-        result[key] = torch.from_numpy(array).to(device)
+        values = np.concatenate([batch.data[index].loss_inputs()[key] for index in group]).astype(np.float32)
+        result[key] = torch.from_numpy(values).to(device)
     return result

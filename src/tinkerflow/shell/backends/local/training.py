@@ -30,7 +30,7 @@ from tinkerflow.shell.backends.local.checkpoint import (
     read_weights,
     write_checkpoint,
 )
-from tinkerflow.shell.backends.local.forward import PlainHead, run_builtin, run_custom
+from tinkerflow.shell.backends.local.forward import PlainHead, checkpoint_layers, run_builtin, run_custom
 from tinkerflow.shell.backends.local.lora import LORA_ALPHA, LoraSetup, build_trainable
 from tinkerflow.shell.backends.local.models import BaseModel
 from tinkerflow.shell.backends.local.sampling import ModelSource, sampler_from_path, sampler_from_weights
@@ -54,11 +54,17 @@ __all__ = ["LocalTrainingClient", "TrainingHost"]
 
 
 class TrainingHost(ModelSource, Protocol):
-    """What a training client needs from its backend (the ``LocalBackend``): base models, the checkpoint directory
-    and the micro-batch budget."""
+    """What a training client needs from its backend (the ``LocalBackend``): base models, the checkpoint directory,
+    the micro-batch budget, the logprob chunk and activation checkpointing."""
 
     @property
     def max_tokens_per_batch(self) -> int: ...
+
+    @property
+    def logprob_chunk_tokens(self) -> int: ...
+
+    @property
+    def checkpoint_layers(self) -> bool: ...
 
 
 class LocalTrainingClient:
@@ -73,6 +79,8 @@ class LocalTrainingClient:
         self._worker = Worker(f"tinkerflow-{self.run_id}")
         self._model, self._params = build_trainable(base, lora, seed)
         self._head = PlainHead.of(self._model)
+        if backend.checkpoint_layers:
+            checkpoint_layers(self._model)
         self._optimizer = self._new_optimizer()
         self._steps = 0
         self._last_lr: float | None = None
@@ -105,7 +113,15 @@ class LocalTrainingClient:
         return self._worker.submit(
             lambda: self._diverged(
                 "forward_backward_custom",
-                lambda: run_custom(self._model, batch, self._groups(batch), loss_fn, device=self._base.device),
+                lambda: run_custom(
+                    self._model,
+                    batch,
+                    self._groups(batch),
+                    loss_fn,
+                    device=self._base.device,
+                    head=self._head,
+                    chunk=self._backend.logprob_chunk_tokens,
+                ),
             )
         )
 
@@ -204,9 +220,12 @@ class LocalTrainingClient:
         backward: bool,
         where: str,
     ) -> APIFuture[ForwardBackwardOutput]:
-        if loss_fn == "gspo":
+        if loss_fn == "stable_reinforce":
             raise ConfigError(
-                where, "loss_fn", "gspo is not implemented by the local backend.", "use ppo, cispo or TinkerBackend."
+                where,
+                "loss_fn",
+                "stable_reinforce is not implemented by the local backend: Tinker has not published its formula.",
+                "use TinkerBackend, or importance_sampling / ppo / cispo / gspo locally.",
             )
         name, config = check_builtin_loss(data, loss_fn, loss_fn_config, where)
         batch = encode_data(data, self._base, where)
@@ -221,6 +240,7 @@ class LocalTrainingClient:
                 config,
                 backward=backward,
                 device=self._base.device,
+                chunk=self._backend.logprob_chunk_tokens,
             )
 
         return self._worker.submit(lambda: self._diverged(where, run))
