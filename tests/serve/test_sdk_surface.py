@@ -30,7 +30,6 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 import tinker.types as tt  # noqa: E402  (after the importorskips)
 
 from tinkerflow import interop  # noqa: E402
-from tinkerflow.errors import ConfigError  # noqa: E402
 from tinkerflow.shell.backends.local import LocalBackend, LocalSamplingClient, LocalTrainingClient  # noqa: E402
 from tinkerflow.shell.backends.local.checkpoint import LocalPath  # noqa: E402
 from tinkerflow.shell.serve import rest as rest_module  # noqa: E402
@@ -56,11 +55,13 @@ LOSS_CONFIGS: Final[Mapping[str, dict[str, float] | None]] = {
     "ppo": {"clip_low_threshold": 0.5, "clip_high_threshold": 1.05},
     "cispo": {"clip_low_threshold": 0.5, "clip_high_threshold": 1.05},
     "dro": {"beta": 2.5},
+    "gspo": {"clip_low_threshold": 0.5, "clip_high_threshold": 1.05},
 }
 #: A different config of each configurable loss (to show the config reaches the loss).
 OTHER_CONFIGS: Final[Mapping[str, dict[str, float]]] = {
     "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
     "cispo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+    "gspo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
     "dro": {"beta": 0.1},
 }
 
@@ -273,27 +274,14 @@ def test_builtin_losses_forward_backward_and_optim_step_match_local(
     assert not np.isclose(again.metrics["loss:sum"], got.metrics["loss:sum"], rtol=1e-4)
 
 
-def test_gspo_is_refused_as_by_the_local_backend(make_pair: Callable[..., Pair]) -> None:
-    """The local backend has no gspo: it refuses it, and the server answers a 400 naming it (not a 5xx)."""
-    pair = make_pair()
-    data = tinker_data("gspo", 1)
-    with pytest.raises(ConfigError, match="gspo"):
-        pair.mine.forward_backward(local_data(data), "gspo")
-    with pytest.raises(tinker.BadRequestError, match="gspo") as caught:
-        pair.remote.forward_backward(data, "gspo").result()
-    assert caught.value.status_code == 400
-    # the run is unharmed: it still trains as the local one
-    train_both(pair, "cross_entropy", steps=1)
-
-
 def test_stable_reinforce_is_a_clear_client_error(make_pair: Callable[..., Pair]) -> None:
     pair = make_pair()
     with pytest.raises(tinker.APIStatusError, match="stable_reinforce") as caught:
         pair.remote.forward_backward(tinker_data("importance_sampling", 2), "stable_reinforce").result()
     assert 400 <= caught.value.status_code < 500
-    # the losses it offers instead are the ones the local backend runs (gspo is not one of them)
+    # the losses it offers instead are the ones the local backend runs (gspo is one of them)
     assert "cross_entropy" in str(caught.value)
-    assert "gspo" not in str(caught.value)
+    assert "gspo" in str(caught.value)
 
 
 def _custom_loss(data: Sequence[object], logprobs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

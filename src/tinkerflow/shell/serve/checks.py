@@ -18,10 +18,8 @@ if TYPE_CHECKING:
 __all__ = ["LOCAL_LOSSES", "builtin_loss", "float_config", "sdk_datums"]
 
 
-#: The losses the local backend computes (gspo is refused by it; stable_reinforce has no published formula).
-LOCAL_LOSSES: Final[tuple[LossFnType, ...]] = tuple(
-    loss for loss in BUILTIN_LOSSES if loss not in ("gspo", "stable_reinforce")
-)
+#: The losses the local backend computes (stable_reinforce is refused: its formula is not published).
+LOCAL_LOSSES: Final[tuple[LossFnType, ...]] = tuple(loss for loss in BUILTIN_LOSSES if loss != "stable_reinforce")
 
 
 def builtin_loss(name: str) -> LossFnType:
