@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinkerflow.chat import Message
 from tinkerflow.errors import ConfigError, ValidationError
@@ -248,3 +250,165 @@ def test_code_episode_in_the_real_sandbox(qwen: Renderer) -> None:
     run(env.initial_observation())
     final = run(env.step(action(qwen, f"```python\n{task.solution}```")))
     assert (final.reward, final.metrics["sandbox_ok"]) == (1.0, 1.0)
+
+
+# -- the text tool format and the one-step problem set (for renderers without a tool format) --------------------
+
+
+@pytest.fixture(scope="module")
+def chatml() -> Renderer:
+    """ChatML (the format of the embedded SmolLM2) on the Qwen3 vocabulary: no tool format."""
+    return get_renderer("chatml", offline_tokenizer("qwen3"))
+
+
+def text_action(renderer: Renderer, text: str, *, stop: bool = True) -> SampledSequence:
+    tokens = [*renderer.tokenizer.encode(text), *(renderer.stop_sequences().tokens[:1] if stop else ())]
+    return SampledSequence(
+        tokens_T=tokens, stop_reason="stop" if stop else "length", logprobs_T=np.full(len(tokens), -0.5)
+    )
+
+
+def test_one_step_problem_set() -> None:
+    from tinkerflow.rl.envs.sets.one_step_problems import ONE_STEP_PROBLEMS
+
+    problems = tool_use.word_problems("all", "one_step")
+    assert len(problems) == len(ONE_STEP_PROBLEMS) == 60
+    assert len({problem.question for problem in problems}) == 60
+    train, test = tool_use.word_problems("train", "one_step"), tool_use.word_problems("test", "one_step")
+    assert (len(train), len(test)) == (48, 12)
+    assert not {p.question for p in train} & {p.question for p in test}
+    for question, expression, answer in ONE_STEP_PROBLEMS:  # one calculator call solves each, exactly
+        assert evaluate(expression) == Fraction(answer), question
+        assert sum(expression.count(op) for op in "+-*/") == 1
+    examples = {question for question, _, _ in tool_use.TEXT_EXAMPLES}
+    assert not examples & {p.question for p in tool_use.word_problems("all", "one_step")}
+    assert all(evaluate(expression) == Fraction(answer) for _, expression, answer in tool_use.TEXT_EXAMPLES)
+    with pytest.raises(ConfigError, match="problem_set"):
+        tool_use.word_problems("all", "hard")  # type: ignore[arg-type]  # the bad value under test
+
+
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["calculator", "Calculator", " CALCULATOR ", "Answer", "calc", "note"]),
+            st.sampled_from([":", " : ", " "]),
+            st.sampled_from(["2+3", " 14 * 23 ", "", "x"]),
+        ),
+        max_size=5,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_text_tool_calls_are_lines_naming_a_tool(lines: list[tuple[str, str, str]]) -> None:
+    text = "\n".join(f"{name}{colon}{rest}" for name, colon, rest in lines)
+    calls = tool_use.text_tool_calls(text, ToolRegistry.of(CALCULATOR))
+    expected = [
+        rest.strip()
+        for name, colon, rest in lines
+        if name.strip().lower() == "calculator" and ":" in colon and rest.strip()
+    ]
+    assert [call.name for call in calls] == ["calculator"] * len(expected)
+    assert [call.arguments_dict() for call in calls] == [{"expression": value} for value in expected]
+
+
+def test_text_format_episode_on_a_renderer_without_tools(chatml: Renderer) -> None:
+    problem = tool_use.word_problems("train", "one_step")[0]  # 356 + 478
+    with pytest.raises(ConfigError, match="tool format"):
+        tool_use.make_env(chatml, problem)  # the native format needs the renderer's tool support
+    options = tool_use.WordProblemOptions(tool_format="text", fewshot=2)
+    env = tool_use.make_env(chatml, problem, options)
+    first, _ = run(env.initial_observation())
+    prompt = chatml.tokenizer.decode(first.to_tokens())
+    assert prompt.startswith("<|im_start|>system\n" + tool_use.TEXT_SYSTEM_PROMPT)
+    assert "calculator: 14 * 23<|im_end|>" in prompt
+    assert "calculator: 322<|im_end|>" in prompt
+    assert "96 * 15" not in prompt
+    assert prompt.count("<|im_start|>user") == 5
+    step = run(env.step(text_action(chatml, "calculator: 356 + 478")))
+    assert (step.reward, step.done, step.metrics["tool_calls"], step.metrics["tool_errors"]) == (0.0, False, 1.0, 0.0)
+    observation = step.next_observation.to_tokens().tolist()
+    assert chatml.tokenizer.decode(observation).endswith(
+        "<|im_start|>user\ncalculator: 834<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert observation[: first.length] == first.to_tokens().tolist()  # extends: one datum
+    final = run(env.step(text_action(chatml, "Answer: 834")))
+    assert (final.reward, final.done, final.metrics["correct"], final.metrics["used_tool"]) == (1.0, True, 1.0, 1.0)
+
+
+def test_text_format_errors_turn_cap_and_no_call(chatml: Renderer) -> None:
+    problem = tool_use.word_problems("test", "one_step")[0]
+    options = tool_use.WordProblemOptions(tool_format="text", max_turns=2)
+    env = tool_use.make_env(chatml, problem, options)
+    run(env.initial_observation())
+    step = run(env.step(text_action(chatml, "Let me see.\ncalculator: 487 +\ncalculator: 487 + 658")))
+    assert (step.metrics["tool_calls"], step.metrics["tool_errors"], step.done) == (2.0, 1.0, False)
+    reply = env.messages[-1]
+    assert reply.role == "user"
+    assert reply.text().startswith('calculator: {"error": "execution_failed"')
+    assert reply.text().endswith("\ncalculator: 1145")
+    capped = run(env.step(text_action(chatml, "calculator: 1145")))  # the cap grades the episode
+    assert (capped.done, capped.metrics["max_turns"], capped.metrics["used_tool"], capped.reward) == (
+        True, 1.0, 1.0, -0.1,
+    )  # fmt: skip
+    direct = tool_use.make_env(chatml, problem, options)
+    run(direct.initial_observation())
+    answered = run(direct.step(text_action(chatml, "Answer: 1145")))  # right without the tool: still correct
+    assert (answered.reward, answered.metrics["used_tool"]) == (1.0, 0.0)
+    cut = tool_use.make_env(chatml, problem, options)
+    run(cut.initial_observation())
+    assert run(cut.step(text_action(chatml, "calculator: 4", stop=False))).parse_error
+
+
+def test_text_format_options_are_checked(chatml: Renderer) -> None:
+    def pair(a: int, b: int) -> int:
+        """Add.
+
+        Args:
+            a: one.
+            b: two.
+        """
+        return a + b
+
+    with pytest.raises(ConfigError, match=r"tools\.pair"):
+        ToolUseEnv(chatml, [], ToolRegistry.of(pair), lambda messages: (0.0, {}), tool_format="text")
+    with pytest.raises(ConfigError, match="tool_format"):
+        ToolUseEnv(chatml, [], ToolRegistry.of(CALCULATOR), lambda m: (0.0, {}), tool_format="json")  # type: ignore[arg-type]  # the bad value under test
+    for bad in ({"fewshot": 1}, {"fewshot": 4, "tool_format": "text"}, {"fewshot": True, "tool_format": "text"}):
+        with pytest.raises(ConfigError, match="fewshot"):
+            tool_use.WordProblemOptions(**bad)  # type: ignore[arg-type]  # the bad values under test
+
+
+def test_text_format_dataset_draws_the_split(chatml: Renderer) -> None:
+    test = tool_use.dataset(
+        chatml, batch_size=6, group_size=2, n_batches=1, split="test", problem_set="one_step", tool_format="text",
+        fewshot=1,
+    )  # fmt: skip
+    held_out = {problem.question for problem in tool_use.word_problems("test", "one_step")}
+    for builder in test.get_batch(0):
+        envs = run(builder.make_envs())
+        assert len(envs) == 2
+        assert envs[0].messages[-1].text() in held_out
+        assert envs[0].messages[0].text() == tool_use.TEXT_SYSTEM_PROMPT
+
+
+def test_text_calls_cut_at_the_equals_sign_and_cut_off_turns_can_go_on(chatml: Renderer) -> None:
+    registry = ToolRegistry.of(CALCULATOR)
+    calls = tool_use.text_tool_calls("calculator: 3 * 4 = 12\ncalculator: = 5", registry, "=")
+    assert [call.arguments_dict() for call in calls] == [{"expression": "3 * 4"}]  # nothing before '=': no call
+    problem = tool_use.word_problems("train", "one_step")[0]  # 356 + 478
+    options = tool_use.WordProblemOptions(tool_format="text", end_on_parse_error=False)
+    env = tool_use.make_env(chatml, problem, options)
+    run(env.initial_observation())
+    cut = run(env.step(text_action(chatml, "calculator: 356 + 478 = 800\ncalculator: 1 + 2", stop=False)))
+    assert (cut.reward, cut.done, cut.parse_error, cut.metrics["tool_calls"]) == (-0.1, False, True, 1.0)
+    assert env.messages[-1].text() == "calculator: 834"  # the complete line ran, the cut last line did not
+    final = run(env.step(text_action(chatml, "Answer: 834")))
+    assert (final.reward, final.done, final.metrics["used_tool"]) == (1.0, True, 1.0)
+    again = tool_use.make_env(chatml, problem, options)
+    run(again.initial_observation())
+    equation = run(again.step(text_action(chatml, "So:\ncalculator: 356 + 478 = 81", stop=False)))
+    assert (equation.metrics["tool_calls"], again.messages[-1].text()) == (1.0, "calculator: 834")  # ended by '='
+    ended = tool_use.make_env(chatml, problem, tool_use.WordProblemOptions(tool_format="text"))
+    run(ended.initial_observation())
+    assert run(ended.step(text_action(chatml, "calculator: 356 + 478\nmore", stop=False))).done  # the default
+    with pytest.raises(ValidationError, match="end_on_parse_error"):
+        tool_use.WordProblemOptions(end_on_parse_error=0)  # type: ignore[arg-type]  # the bad value under test
