@@ -22,6 +22,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from tinkerflow.shell.backends.local import LocalBackend, LocalSamplingClient  # noqa: E402  (after importorskip)
+from tinkerflow.shell.backends.local import scheduler as scheduler_module  # noqa: E402
+from tinkerflow.shell.backends.local.invariant import (  # noqa: E402
+    ROW_MULTIPLE,
+    padded_rows,
+    row_attention,
+    row_lengths,
+)
 from tinkerflow.shell.backends.protocol import APIFuture  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,7 +104,7 @@ def _others(rng: np.random.Generator, count: int) -> list[tuple[list[int], int, 
     seed=st.integers(0, 2**40),
     others_seed=st.integers(0, 2**31),
 )
-def test_a_request_gets_the_same_tokens_alone_and_inside_a_batch_of_16(
+def test_a_request_gets_the_same_bits_alone_and_inside_a_batch_of_16(
     backend: LocalBackend,
     prompt: list[int],
     num_samples: int,
@@ -122,11 +129,12 @@ def test_a_request_gets_the_same_tokens_alone_and_inside_a_batch_of_16(
     for future in before + after:
         future.result()
     client.close()
+    assert client.scheduler.batch_invariant  # this machine's kernels passed the probe
     assert max(sizes) >= 16 + num_samples  # they did run as one batch
     assert _tokens(batched) == _tokens(alone)
     for mine, reference in zip(batched.sequences, alone.sequences, strict=True):
         assert mine.stop_reason == reference.stop_reason
-        np.testing.assert_allclose(mine.logprobs_T, reference.logprobs_T, atol=1e-5)
+        np.testing.assert_array_equal(mine.logprobs_T, reference.logprobs_T)  # bit for bit
 
 
 def _forward_logprobs(model: torch.nn.Module, tokens: list[int]) -> np.ndarray:
@@ -314,3 +322,86 @@ def test_concurrent_server_requests_are_batched_and_match_the_local_sampler(
         for mine, reference in zip(response.sequences, want.sequences, strict=True):
             np.testing.assert_allclose(mine.logprobs_T, reference.logprobs_T, atol=1e-5)
     local.close()
+
+
+def _max_rows_of_16_requests(client: LocalSamplingClient) -> int:
+    sizes: list[int] = []
+    client.scheduler.on_step = sizes.append
+    requests = _others(np.random.default_rng(3), 16)
+    with held(client):
+        futures = [_sample(client, *request) for request in requests]
+    for future in futures:
+        future.result()
+    client.close()
+    return max(sizes)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_without_invariant_kernels_a_deterministic_client_serves_one_request_at_a_time(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch, deterministic: bool
+) -> None:
+    monkeypatch.setattr(scheduler_module, "rows_are_invariant", lambda model, rows: False)
+    model = backend.base_model(TINY).build()
+    client = LocalSamplingClient(backend.base_model(TINY), model, "test", deterministic=deterministic)
+    largest = _max_rows_of_16_requests(client)
+    assert client.scheduler.batch_invariant is False
+    if deterministic:
+        assert largest <= 3  # one request's samples at a time
+    else:
+        assert largest > 16  # batched anyway (equal up to rounding)
+
+
+def test_the_engine_pads_decode_rows_to_a_multiple_of_four(backend: LocalBackend) -> None:
+    client = backend.create_sampling_client(base_model=TINY).result()
+    assert isinstance(client, LocalSamplingClient)
+    rows: list[int] = []
+    original = client.scheduler._forward
+
+    def counting(ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        rows.append(int(ids.shape[0]))
+        return original(ids, *args, **kwargs)
+
+    client.scheduler._forward = counting  # type: ignore[method-assign]  # observe the row counts the model sees
+    _max_rows_of_16_requests(client)
+    decode = [count for count in rows if count > 1]
+    assert decode
+    assert all(count % ROW_MULTIPLE == 0 for count in decode)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(0, 200))
+def test_padded_rows_is_the_next_multiple_of_four(rows: int) -> None:
+    padded = padded_rows(rows)
+    assert padded % ROW_MULTIPLE == 0
+    assert rows <= padded < rows + ROW_MULTIPLE
+
+
+@settings(max_examples=10, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6), seed=st.integers(0, 2**31))
+def test_row_attention_equals_each_row_alone_and_sdpa_up_to_rounding(lengths: list[int], seed: int) -> None:
+    """Rows left-padded to one length: each row's output equals its own keys alone, bit for bit, and a masked SDPA."""
+    generator = torch.Generator().manual_seed(seed)
+    heads, kv_heads, dim, width = 4, 2, 8, max(lengths)
+    query = torch.randn(len(lengths), heads, 1, dim, generator=generator)
+    key = torch.randn(len(lengths), kv_heads, width, dim, generator=generator)
+    value = torch.randn(len(lengths), kv_heads, width, dim, generator=generator)
+    module = torch.nn.Module()
+    with row_lengths(lengths):
+        batched, _ = row_attention(module, query, key, value, None, scaling=0.5)
+    for row, length in enumerate(lengths):
+        with row_lengths([length]):
+            alone, _ = row_attention(
+                module,
+                query[row : row + 1],
+                key[row : row + 1, :, width - length :],
+                value[row : row + 1, :, width - length :],
+                None,
+                scaling=0.5,
+            )
+        assert torch.equal(batched[row : row + 1], alone)
+        mask = torch.zeros(1, 1, 1, width, dtype=torch.bool)
+        mask[..., width - length :] = True
+        reference = torch.nn.functional.scaled_dot_product_attention(
+            query[row : row + 1], key[row : row + 1], value[row : row + 1], attn_mask=mask, scale=0.5, enable_gqa=True
+        ).transpose(1, 2)
+        torch.testing.assert_close(alone, reference, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import torch
@@ -131,16 +131,22 @@ class BatchCache:
     def rows(self) -> int:
         return int(self.mask.shape[0])
 
-    def merge(self, other: BatchCache) -> None:
-        """Append ``other``'s rows (both padded on the left to the longer length)."""
-        mine, theirs = _plain_layers(self.cache), _plain_layers(other.cache)
-        if mine is None or theirs is None or len(mine) != len(theirs):
+    def merge(self, *others: BatchCache) -> None:
+        """Append ``others``' rows, in order (all padded on the left to the longest length; one copy)."""
+        mine = _plain_layers(self.cache)
+        theirs = [_plain_layers(other.cache) for other in others]
+        if mine is None or any(layers is None or len(layers) != len(mine) for layers in theirs):
             raise ValueError("BatchCache.merge: these caches cannot be merged")
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        for layer, extra in zip(mine, theirs, strict=True):
-            layer.keys = torch.cat([_pad_columns(layer.keys, width, 2), _pad_columns(extra.keys, width, 2)])
-            layer.values = torch.cat([_pad_columns(layer.values, width, 2), _pad_columns(extra.values, width, 2)])
-        self.mask = torch.cat([_pad_columns(self.mask, width, 1), _pad_columns(other.mask, width, 1)])
+        width = max(cache.mask.shape[1] for cache in (self, *others))
+        for index, layer in enumerate(mine):
+            parts = [layer, *(cast("list[Any]", layers)[index] for layers in theirs)]
+            layer.keys = torch.cat([_pad_columns(part.keys, width, 2) for part in parts])
+            layer.values = torch.cat([_pad_columns(part.values, width, 2) for part in parts])
+        self.mask = torch.cat([_pad_columns(cache.mask, width, 1) for cache in (self, *others)])
+
+    def lengths(self) -> list[int]:
+        """Each row's count of real positions (its real keys are the last ones: rows are left-padded)."""
+        return cast("list[int]", self.mask.sum(dim=1).tolist())
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep ``rows`` (indices, in this order; repeats copy a row), then drop the leading columns no row uses."""

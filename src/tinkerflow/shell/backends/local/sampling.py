@@ -46,6 +46,10 @@ class LocalSamplingClient(SamplingClientBase[np.ndarray]):
         max_batch_rows: the most sequences decoded together (a larger request still runs, alone).
         max_batch_tokens: the most cache positions the running batch may reach (prompt plus ``max_tokens`` per
             sequence), which bounds its KV cache's memory.
+        deterministic: keep every request's tokens and logprobs independent of what is batched with it, bit for
+            bit (the default). Batching is then batch-invariant where this machine allows it
+            (:mod:`~tinkerflow.shell.backends.local.invariant`), else requests run one at a time; ``False`` batches
+            them anyway, equal only up to float rounding.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class LocalSamplingClient(SamplingClientBase[np.ndarray]):
         *,
         max_batch_rows: int = 64,
         max_batch_tokens: int = 65536,
+        deterministic: bool = True,
     ) -> None:
         self._base = base
         self._model = model
@@ -72,6 +77,7 @@ class LocalSamplingClient(SamplingClientBase[np.ndarray]):
             "cache" if "cache" in parameters else "past_key_values",
             max_rows=positive_int(max_batch_rows, "LocalSamplingClient", "max_batch_rows"),
             max_tokens=positive_int(max_batch_tokens, "LocalSamplingClient", "max_batch_tokens"),
+            deterministic=deterministic,
         )
 
     def get_tokenizer(self) -> Tokenizer:

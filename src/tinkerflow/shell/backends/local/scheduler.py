@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -33,13 +35,8 @@ import torch
 
 from tinkerflow.errors import ValidationError
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams, StopReason
-from tinkerflow.shell.backends.local.decoding import (
-    BatchCache,
-    choose_tokens,
-    left_padded,
-    output_cache,
-    score_prompt,
-)
+from tinkerflow.shell.backends.local.decoding import BatchCache, choose_tokens, output_cache, score_prompt
+from tinkerflow.shell.backends.local.invariant import padded_rows, row_lengths, rows_are_invariant, use_row_attention
 from tinkerflow.shell.backends.protocol import APIFuture
 from tinkerflow.tokenizers import Tokenizer
 
@@ -47,8 +44,7 @@ __all__ = ["SampleRequest", "Scheduler"]
 
 T = TypeVar("T")
 
-#: Padded prompt tokens per prefill forward pass (bounds the activations of a burst of new requests).
-_PREFILL_TOKENS = 4096
+_LOG = logging.getLogger(__name__)
 
 
 class SampleRequest:
@@ -152,6 +148,7 @@ class Scheduler:
         *,
         max_rows: int,
         max_tokens: int,
+        deterministic: bool = True,
         name: str = "tinkerflow-sampler",
     ) -> None:
         self._model = model
@@ -165,7 +162,9 @@ class Scheduler:
         self._queue: collections.deque[SampleRequest | _Job] = collections.deque()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.deterministic = deterministic
         self._mergeable: bool | None = None  # probed by the engine thread's first run
+        self._padded = False  # decode rows padded to a multiple of 4, attention row by row (batch-invariant)
         # the running batch (engine thread only)
         self._rows: list[_Row] = []
         self._cache: BatchCache | None = None
@@ -213,7 +212,7 @@ class Scheduler:
         try:
             with torch.inference_mode():
                 if self._mergeable is None:
-                    self._mergeable = self._probe()
+                    self._mergeable, self._padded = self._probe()
                 while True:
                     with self._lock:
                         if not self._queue and not self._rows:
@@ -234,13 +233,32 @@ class Scheduler:
                     item.future.set_exception(error)
             raise
 
-    def _probe(self) -> bool:
-        """Whether this model's KV cache can be spliced (a one-token forward pass, once per client)."""
+    @property
+    def batch_invariant(self) -> bool | None:
+        """Whether requests are batched batch-invariantly (None until the engine's first run probed it)."""
+        return None if self._mergeable is None else self._padded
+
+    def _probe(self) -> tuple[bool, bool]:
+        """``(batch requests together, batch-invariantly)``: the KV cache must splice (a one-token forward pass),
+        and, to be invariant, the attention must be replaceable and this machine's matrix products row-invariant
+        (:mod:`~tinkerflow.shell.backends.local.invariant`). Without invariance, a deterministic scheduler serves
+        one request at a time."""
         one = torch.zeros((1, 1), dtype=torch.long, device=self._device)
         try:
-            return BatchCache(output_cache(self._forward(one, torch.ones_like(one), one)), one).mergeable
+            if not BatchCache(output_cache(self._forward(one, torch.ones_like(one), one)), one).mergeable:
+                return False, False
         except Exception:  # a model that cannot run this cannot run requests either: they will say why
-            return False
+            return False, False
+        if use_row_attention(self._model) and rows_are_invariant(self._model, self.max_rows):
+            return True, True
+        if self.deterministic:
+            _LOG.warning(
+                "%s: this machine's matrix products are not batch-invariant for this model, so requests run one at a "
+                "time to keep results reproducible; pass deterministic=False to batch them anyway.",
+                self._name,
+            )
+            return False, False
+        return True, False
 
     def _take(self) -> list[SampleRequest | _Job]:
         """Queued work to admit now (under the lock): first in, first out, while the batch has room."""
@@ -271,41 +289,70 @@ class Scheduler:
                     item.future.set_exception(error)
             else:
                 fresh.append(item)
-        for group in _prefill_groups(fresh):
+        parts: list[tuple[SampleRequest, BatchCache, torch.Tensor]] = []
+        for request in fresh:
             try:
-                self._join(group)
+                parts.append((request, *self._prefill(request)))
             except Exception as error:
-                for request in group:
+                request.future.set_exception(error)
+        if parts:
+            try:
+                self._join(parts)
+            except Exception as error:
+                for request, _, _ in parts:
                     request.future.set_exception(error)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, **kwargs: object) -> Any:
         return self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
 
-    def _join(self, group: list[SampleRequest]) -> None:
-        """Prefill ``group`` in one forward pass and add its sequences to the running batch."""
-        ids, mask = left_padded([request.tokens for request in group], self._device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        scoring = group[0].prompt_scores  # such a request is prefilled alone
-        output = self._forward(ids, mask, positions, logits_to_keep=0 if scoring else 1)
+    def _prefill(self, request: SampleRequest) -> tuple[BatchCache, torch.Tensor]:
+        """Prefill one request's prompt alone (so its numbers never depend on other prompts): its cache row copied
+        for each sample, and the last position's logits per sample."""
+        ids = torch.from_numpy(request.tokens[None].astype(np.int64)).to(self._device)
+        mask = torch.ones_like(ids)
+        positions = torch.arange(ids.shape[1], device=self._device)[None]
+        output = self._forward(ids, mask, positions, logits_to_keep=0 if request.prompt_scores else 1)
         logits = cast("torch.Tensor", output.logits)
-        if scoring:
-            group[0].scored = score_prompt(logits[0].float(), ids[0], group[0].topk)
+        if request.prompt_scores:
+            request.scored = score_prompt(logits[0].float(), ids[0], request.topk)
         part = BatchCache(output_cache(output), mask)
-        counts = [request.num_samples for request in group]
         last = logits[:, -1].float()
-        if any(count > 1 for count in counts):
-            copies = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(counts)).to(self._device)
+        if request.num_samples > 1:
+            copies = torch.zeros(request.num_samples, dtype=torch.long, device=self._device)
             part.select(copies)
             last = last[copies]
+        return part, last
+
+    def _join(self, parts: list[tuple[SampleRequest, BatchCache, torch.Tensor]]) -> None:
+        """Add prefilled requests' sequences to the running batch (one copy of the cache)."""
         rows = [
-            _Row(request, sample, request.tokens.size) for request in group for sample in range(request.num_samples)
+            _Row(request, sample, request.tokens.size)
+            for request, _, _ in parts
+            for sample in range(request.num_samples)
         ]
+        caches = [part for _, part, _ in parts]
+        last = torch.cat([logits for _, _, logits in parts])
         if self._cache is None or self._logits is None:
-            self._cache, self._logits, self._rows = part, last, rows
+            cache, kept, self._logits, self._rows = caches[0], 0, last, rows
+            cache.merge(*caches[1:])
+            self._cache = cache
         else:
-            self._cache.merge(part)
+            kept = len(self._rows)
+            self._cache.merge(*caches)
             self._logits = torch.cat([self._logits, last])
             self._rows = self._rows + rows
+        if self._padded:
+            start = self._cache.rows - len(rows)
+            self._select([*range(kept), *range(start, start + len(rows))])
+
+    def _select(self, indices: list[int]) -> None:
+        """Keep the cache rows ``indices`` (in order) and, batch-invariantly, pad them with copies of the first to a
+        multiple of four rows (their results are discarded)."""
+        assert self._cache is not None
+        if self._padded and indices:
+            indices = indices + [indices[0]] * (padded_rows(len(indices)) - len(indices))
+        if indices != list(range(self._cache.rows)):
+            self._cache.select(torch.tensor(indices, device=self._device))
 
     def _step(self) -> None:
         """Draw a token for every sequence, retire the finished ones, decode one step for the rest."""
@@ -355,9 +402,8 @@ class Scheduler:
         if len(keep) < len(rows):
             self._rows = [rows[index] for index in keep]
             if keep and self._cache is not None:
-                where = torch.tensor(keep, device=logits.device)
-                self._cache.select(where)
-                chosen = chosen[where]
+                self._select(keep)
+                chosen = chosen[torch.tensor(keep, device=logits.device)]
         return chosen, finished
 
     def _decode(self, chosen: torch.Tensor) -> None:
@@ -365,10 +411,14 @@ class Scheduler:
             self._reset()
             return
         mask = self._cache.extend()
-        positions = torch.tensor([[row.position] for row in self._rows], device=self._device)
-        output = self._forward(chosen[:, None], mask, positions, **{self._cache_argument: self._cache.cache})
+        real, ghosts = len(self._rows), self._cache.rows - len(self._rows)
+        tokens = torch.cat([chosen, chosen[:1].expand(ghosts)])[:, None]
+        positions = torch.tensor([[row.position] for row in self._rows + self._rows[:1] * ghosts], device=self._device)
+        rowwise = row_lengths(self._cache.lengths()) if self._padded else contextlib.nullcontext()
+        with rowwise:
+            output = self._forward(tokens, mask, positions, **{self._cache_argument: self._cache.cache})
         self._cache.cache = output_cache(output)
-        self._logits = cast("torch.Tensor", output.logits)[:, -1].float()
+        self._logits = cast("torch.Tensor", output.logits)[:real, -1].float()
         for row in self._rows:
             row.position += 1
         if self.on_step is not None:
@@ -383,18 +433,3 @@ class Scheduler:
 
     def _reset(self) -> None:
         self._rows, self._cache, self._logits = [], None, None
-
-
-def _prefill_groups(requests: list[SampleRequest]) -> list[list[SampleRequest]]:
-    """Requests prefilled together: those wanting prompt logprobs alone, the others by length within a budget of
-    padded tokens."""
-    groups: list[list[SampleRequest]] = [[request] for request in requests if request.prompt_scores]
-    current: list[SampleRequest] = []
-    for request in sorted((r for r in requests if not r.prompt_scores), key=lambda r: r.tokens.size):
-        if current and (len(current) + 1) * request.tokens.size > _PREFILL_TOKENS:
-            groups.append(current)
-            current = []
-        current.append(request)
-    if current:
-        groups.append(current)
-    return groups
