@@ -11,7 +11,8 @@ greedy, no stop), in the same run, the sides taking turns (a round runs each sid
   (also timed without logits, and from the main thread: see ``_in_thread``).
 
 Each side's figure is its best round (tokens/s = N x new tokens / seconds). The greedy tokens of the sides are
-compared (agreement per token; float rounding in other batch shapes may flip a near-tie). Prints the figures and,
+compared (agreement per token: batched and one at a time are batch-invariant, so they agree on every token;
+``generate`` runs other matrix shapes, where float rounding may flip a near-tie). Prints the figures and,
 last, one JSON object. Usage: ``python benchmarks/bench_sampling.py [--requests 64] [--new-tokens 32]
 [--repeats 2] [--model NAME] [--sides batched,generate,...]``; ``--model tiny-llama`` is a smoke run.
 """
