@@ -36,6 +36,7 @@ from tinker.proto.request_conv import forward_backward_request_to_proto  # noqa:
 
 import tinkerflow.shell.backends.local.training as training_module  # noqa: E402
 from tinkerflow.shell.backends.local.sampling import LocalSamplingClient  # noqa: E402
+from tinkerflow.shell.backends.local.scheduler import Scheduler  # noqa: E402
 from tinkerflow.shell.serve.command import _parser  # noqa: E402
 from tinkerflow.shell.serve.errors import ServeError  # noqa: E402
 from tinkerflow.shell.serve.paths import parse_tinker_path  # noqa: E402
@@ -618,7 +619,7 @@ def test_a_full_queue_answers_429_and_the_request_succeeds_later(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = Gate()
-    monkeypatch.setattr(LocalSamplingClient, "_run_sample", gate.wrap(LocalSamplingClient._run_sample))
+    monkeypatch.setattr(Scheduler, "_prefill", gate.wrap(Scheduler._prefill))  # holds the engine thread
     config = ServerConfig(store=tmp_path / "store", max_pending=2, device="cpu")
     with (
         ServerThread(config) as server,
@@ -731,7 +732,7 @@ def test_work_finishing_after_a_stop_does_not_write_to_a_closed_store(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = Gate()
-    monkeypatch.setattr(LocalSamplingClient, "_run_sample", gate.wrap(LocalSamplingClient._run_sample))
+    monkeypatch.setattr(Scheduler, "_prefill", gate.wrap(Scheduler._prefill))  # holds the engine thread
     server = ServerThread(ServerConfig(store=tmp_path / "store", device="cpu"))
     server.start()
     board = server.engine.board

@@ -133,14 +133,16 @@ def make_config(kind: LoopKind, root: pathlib.Path, name: str) -> SLConfig | RLC
             steps=6,
             groups_per_batch=2,
             group_size=4,
-            learning_rate=2e-2,
+            # a step size and KL weight under which 6 steps of 2 x 4 samples learn clearly: with 2e-2 and a KL weight
+            # of 0.5 the held-out reward moved by less than its sampling noise (it rose or fell with the stream)
+            learning_rate=1e-1,
             lora_rank=4,
             max_tokens=6,
             eval_every=3,
-            eval_groups=2,
+            eval_groups=8,
             save_every=2,
             seed=3,
-            kl_coef=0.5,
+            kl_coef=0.05,
         )
     train, test = root / "dpo-train.jsonl", root / "dpo-test.jsonl"
     _write_jsonl(train, [{"prompt": f"q{i}?", "chosen": "yes!", "rejected": "no"} for i in range(22)])
