@@ -22,6 +22,7 @@ Prefill runs one request at a time, so a prompt's numbers never depend on other 
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
@@ -107,16 +108,23 @@ def use_row_attention(model: torch.nn.Module) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    found = (getattr(sub, "config", None) for sub in model.modules())  # a composite model may hold several
-    configs: list[Any] = [config for config in found if hasattr(config, "_attn_implementation")]  # PretrainedConfig
-    if not configs or any(config._attn_implementation not in ("sdpa", ROW_ATTENTION) for config in configs):
+    holders = [sub for sub in model.modules() if hasattr(getattr(sub, "config", None), "_attn_implementation")]
+    originals: dict[int, Any] = {id(sub.config): sub.config for sub in holders}  # PretrainedConfig (untyped)
+    if not originals or any(
+        config._attn_implementation not in ("sdpa", ROW_ATTENTION) for config in originals.values()
+    ):
         return False
     with _registered:
         if ROW_ATTENTION not in AttentionInterface._global_mapping:
             AttentionInterface.register(ROW_ATTENTION, row_attention)
             AttentionMaskInterface.register(ROW_ATTENTION, sdpa_mask)
-    for config in configs:
+    # the model's own copies of its configs: models built on the same base weights share the config object, and
+    # training models must keep plain SDPA
+    copies = {key: copy.copy(config) for key, config in originals.items()}
+    for config in copies.values():
         config._attn_implementation = ROW_ATTENTION
+    for sub in holders:
+        sub.config = copies[id(sub.config)]
     return True
 
 
