@@ -13,6 +13,7 @@ from tinkerflow.render.deepseek_v4_1 import (
     DeepSeekV41Renderer,
 )
 from tinkerflow.render.renderer import Renderer
+from tinkerflow.render.tml_v0 import TmlV0Renderer
 
 __all__ = ["FACTORIES"]
 
@@ -23,5 +24,6 @@ FACTORIES: Mapping[str, Callable[..., Renderer]] = MappingProxyType(
         "deepseekv4_1_max_reasoning": DeepSeekV41MaxReasoningRenderer,
         "deepseekv4_1_disable_thinking": DeepSeekV41DisableThinkingRenderer,
         "deepseekv4_1_preserve_thinking": DeepSeekV41PreserveThinkingRenderer,
+        "tml_v0": TmlV0Renderer,
     }
 )
