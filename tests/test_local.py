@@ -655,7 +655,8 @@ def test_bad_input_raises_before_any_weight_changes(backend: LocalBackend) -> No
         (ValidationError, lambda: client.forward_backward([good], "importance_sampling")),
         (ConfigError, lambda: client.forward_backward([good], "reinforce++")),  # type: ignore[arg-type]
         (ConfigError, lambda: client.forward_backward([good], "dro")),  # no beta
-        (ConfigError, lambda: client.forward_backward([good], "gspo")),
+        (ValidationError, lambda: client.forward_backward([good], "gspo")),  # no logprobs / advantages / ratio mask
+        (ConfigError, lambda: client.forward_backward([good], "stable_reinforce")),  # no published formula
         (ValidationError, lambda: client.forward_backward([], "cross_entropy")),
         (
             ValidationError,

@@ -88,7 +88,9 @@ def open_reference(
         raise ConfigError(
             "RLConfig", _field(config), f"the KL reference cannot be opened: {error}", "name an existing one."
         ) from error
-    check_tokenizer(config, reference, backend.get_tokenizer(config.base_model))
+    if config.kl_reference != "initial":  # the policy's own first weights share its tokenizer
+        policy = client.get_tokenizer() if client is not None else backend.get_tokenizer(config.base_model)
+        check_tokenizer(config, reference, policy)
     return reference
 
 
