@@ -17,6 +17,7 @@ from tinkerflow.render import (
     Termination,
     build_generation_prompt,
     build_supervised_example,
+    build_supervised_examples,
     get_renderer,
     parse_response,
 )
@@ -121,6 +122,27 @@ def test_tool_calls_results_and_later_system_messages() -> None:
     assert parsed.message.content == "x"
 
 
+def test_a_later_system_message_starts_the_last_turn() -> None:
+    """``turn_start`` counts a system message after the first as a user turn, so one example per turn covers only
+    the answer after it (the cookbook's rule); a leading system message does not count."""
+    chat = (
+        Message(role="system", content="S"),
+        Message(role="user", content="q"),
+        Message(role="assistant", content=(ThinkingPart("t"), TextPart("a"))),
+        Message(role="system", content="be brief"),
+        Message(role="assistant", content=(ThinkingPart("u"), TextPart("b"))),
+    )
+    r = renderer("deepseekv4_1")
+    assert r.turn_start(chat) == 4
+    assert r.turn_start(chat[:3]) == 2
+    assert r.turn_start(chat[:1]) == 0
+    examples = build_supervised_examples(r, chat, "last_assistant_turn")
+    assert [e.tokens_T.tolist() for e in examples] == [build_supervised_example(r, chat).tokens_T.tolist()]
+    assert len(build_supervised_examples(r, chat[:3], "last_assistant_turn")) == 1
+    _, weighted = decoded("deepseekv4_1", chat, "last_assistant_turn")
+    assert weighted == "u</think>b<｜end▁of▁sentence｜>"
+
+
 def test_generation_prompts() -> None:
     def prompt(name: str, messages: tuple[Message, ...]) -> str:
         return tokenizer().decode(build_generation_prompt(renderer(name), messages).to_tokens().tolist())
@@ -128,8 +150,8 @@ def test_generation_prompts() -> None:
     assert prompt("deepseekv4_1", ()) == f"<｜begin▁of▁sentence｜><｜System｜>{EFFORT}"
     assert prompt("deepseekv4_1", CHAT[:3]).endswith("<｜User｜>q2<｜Assistant｜><think>")
     assert prompt("deepseekv4_1_disable_thinking", CHAT[:3]).endswith("<｜User｜>q2<｜Assistant｜></think>")
-    tool_turn = (*CHAT[:1], Message(role="assistant", content="", tool_calls=(ToolCall(name="f", id="a"),)))
-    tool_turn += (Message(role="tool", content="r", tool_call_id="a"),)
+    calling = Message(role="assistant", content="", tool_calls=(ToolCall(name="f", id="a"),))
+    tool_turn = (*CHAT[:1], calling, Message(role="tool", content="r", tool_call_id="a"))
     assert prompt("deepseekv4_1", tool_turn).endswith("<｜User｜><tool_result>r</tool_result><｜Assistant｜><think>")
 
 

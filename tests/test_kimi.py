@@ -114,6 +114,51 @@ def test_turn_start_rule() -> None:
     assert kimi_turn_start((user, answer)) == 2
 
 
+def test_turn_start_hook() -> None:
+    """The renderers' turn_start is the Kimi rule; the base class keeps the default (after the last user)."""
+    answer = Message(role="assistant", content="a")
+    history = (CHAT[0], answer, Message(role="assistant", content="b"))
+    assert renderer("kimi_k25").turn_start(history) == kimi_turn_start(history) == 3
+    assert Renderer.turn_start(renderer("kimi_k25"), history) == 1
+
+
+def test_last_assistant_turn_trains_the_kimi_turn() -> None:
+    """An answer without tool calls ends a turn even without a user message after it (the cookbook's rule)."""
+    chat = (
+        Message(role="user", content="q"),
+        Message(role="assistant", content=(ThinkingPart("t1"), TextPart("a1"))),
+        Message(role="assistant", content=(ThinkingPart("t2"), TextPart("a2"))),
+    )
+    r = renderer("kimi_k2")
+    assert weighted(r, chat, "last_assistant_turn") == "<think>t2</think>a2<|im_end|>"  # K2: no prefill
+    assert "<think></think>a1<|im_end|>" in decoded(r, chat, "last_assistant_turn")
+    examples = build_supervised_examples(r, chat, "last_assistant_turn")
+    assert [r.tokenizer.decode(e.tokens_T.tolist()) for e in examples] == [decoded(r, chat)]
+    # a tool exchange is one turn: every assistant message of it is trained
+    call = ToolCall(name="f", arguments="{}", id="functions.f:0")
+    exchange = (
+        chat[0],
+        Message(role="assistant", content="c", tool_calls=(call,)),
+        Message(role="tool", content="42", tool_call_id="functions.f:0", name="f"),
+        chat[2],
+    )
+    trained = weighted(r, exchange, "last_assistant_turn")
+    assert trained.startswith("<think></think>c<|tool_calls_section_begin|>")
+    assert trained.endswith("<|im_end|><think>t2</think>a2<|im_end|>")
+    assert len(build_supervised_examples(r, exchange, "last_assistant_turn")) == 2
+
+
+def test_generation_prompt_after_an_answer_drops_its_reasoning() -> None:
+    """A prompt whose history ends with an answer without tool calls starts a new turn: the answer is history."""
+    chat = (Message(role="user", content="q"), Message(role="assistant", content=(ThinkingPart("t"), TextPart("a"))))
+    for name in NAMES[:3]:
+        r = renderer(name)
+        prompt = r.tokenizer.decode(build_generation_prompt(r, chat).to_tokens().tolist())
+        assert "<|im_assistant|>assistant<|im_middle|><think></think>a<|im_end|><|im_assistant|>" in prompt
+    kept = renderer("kimi_k26_preserve_thinking")
+    assert "<think>t</think>a" in kept.tokenizer.decode(build_generation_prompt(kept, chat).to_tokens().tolist())
+
+
 def test_generation_prompts_and_prefills() -> None:
     history = CHAT[:3]
     for name, end in [("kimi_k2", ""), ("kimi_k25", "<think>"), ("kimi_k25_disable_thinking", "<think></think>")]:
@@ -233,9 +278,7 @@ def test_parse_inverts_render(conversation: Conversation, name: str) -> None:
         assert last.thinking()
         return
     prompt = build_generation_prompt(r, history).to_tokens().tolist()
-    if (
-        full[: len(prompt)] != prompt
-    ):  # the history ends with an answer whose reasoning the prompt drops (the prompt difference)
+    if full[: len(prompt)] != prompt:  # the history ends with an answer: the prompt drops its reasoning (cookbook)
         return
     parsed = parse_response(r, full[len(prompt) :])
     assert parsed.termination is Termination.STOP_SEQUENCE

@@ -73,15 +73,6 @@ def v4_1_tokenizers() -> tuple[Tokenizer, Any]:
     return load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder), clean_up_tokenization_spaces=False)
 
 
-def later_system_after_last_user(conversation: Conversation) -> bool:
-    """A system message after the first message, after the last user message: DeepSeek V4.1 counts it as the
-    start of the last turn, tinkerflow's shared ``build_supervised_examples`` only user messages (see the note in
-    ``test_deepseek_v4_1_cookbook.py``)."""
-    messages = conversation.messages
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
-    return any(m.role == "system" and i > max(0, last_user) for i, m in enumerate(messages))
-
-
 def _without_added_tokens(tokenizer: Tokenizer) -> Callable[[str], bool]:
     """``without_spellings(tokenizer.added_tokens)``, answered without the 1,283-way pattern for text holding
     neither ``<`` nor ``｜`` (every added token holds one of them)."""
@@ -120,8 +111,7 @@ def check_v4_1(names: Sequence[str], profile: Profile, *, examples: int = EXAMPL
     """``_v061.check_family``'s comparison for each renderer of ``names`` on the same ``examples`` generated
     conversations (generated once: generation costs as much as comparing two renderers): supervised examples in
     every mode, ``customized`` with drawn flags, one-example-per-turn splits, prompts with prefills, parses of the
-    rendered last turn and its truncation. The split of ``last_assistant_turn`` is compared only without a later
-    system message after the last user message. Returns how many conversations each name was compared on."""
+    rendered last turn and its truncation. Returns how many conversations each name was compared on."""
     pairs = [pair(name) for name in names]
     seen = [0]
 
@@ -144,9 +134,7 @@ def check_v4_1(names: Sequence[str], profile: Profile, *, examples: int = EXAMPL
         seen[0] += 1
         if mode is TrainOnWhat.CUSTOMIZED:
             conversation = with_trainable(conversation, flags)
-        split = mode is TrainOnWhat.ALL_ASSISTANT_MESSAGES or (
-            mode is TrainOnWhat.LAST_ASSISTANT_TURN and not later_system_after_last_user(conversation)
-        )
+        split = mode in (TrainOnWhat.ALL_ASSISTANT_MESSAGES, TrainOnWhat.LAST_ASSISTANT_TURN)
         kept = attrs.evolve(conversation, messages=conversation.messages[: max(1, len(conversation.messages) - cut)])
         for renderer, reference in pairs:
             assert compare_example(None, renderer, reference, conversation, mode) is None, renderer.name  # type: ignore[arg-type]
@@ -215,7 +203,7 @@ def dsml_responses(draw: st.DrawFn, renderer: Renderer) -> list[int]:
     tokens: list[int] = []
     for item in draw(st.lists(items, max_size=14)):
         for piece in item if isinstance(item, list) else [item]:
-            tokens.extend([piece] if isinstance(piece, int) else tokenizer.encode(piece))
+            tokens.extend([piece] if isinstance(piece, int) else tokenizer.encode(str(piece)))
     if draw(st.booleans()):
         tokens.append(renderer.stop_sequences().tokens[0])
     return tokens

@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tinkerflow.chat import Conversation, Message, ToolCall
-from tinkerflow.render import Renderer, TrainOnWhat, build_generation_prompt, build_supervised_example
+from tinkerflow.render import Renderer, TrainOnWhat
 from tinkerflow.render.families_v061 import EXTRA_FACTORIES
 from tinkerflow.render.kimi import kimi_turn_start
+from tinkerflow.render.plan import last_user_index
 from tinkerflow.shell.io.tokenizers import load_tokenizer, offline_tokenizer, offline_tokenizer_dir
 from tinkerflow.tokenizers import Tokenizer
 
-from . import _cookbook as cb
 from ._compare import compare_example, compare_parse, compare_prompt, normalized
 from ._strategies import Profile, all_of, conversations, nfc_stable, texts, with_trainable, without_spellings
 from ._v061 import EXAMPLES, PREFILLS, quiet, qwen_profile, with_system_message
@@ -112,23 +112,23 @@ def pair(name: str) -> tuple[Renderer, Any]:
 
 
 def turn_rules_agree(messages: tuple[Message, ...]) -> bool:
-    """``last_assistant_turn`` trains the same messages under Kimi's turn rule (assistant messages after the last
-    one without tool calls) and tinkerflow's (after the last user message): no assistant message lies between
-    the two starts (the Kimi turn-rule difference in docs/rendering.md)."""
+    """The Kimi turn (after the last assistant message without tool calls) and the default one (after the last
+    user message) of all but the final message train the same messages under ``last_assistant_turn``: no
+    assistant message lies between the two starts. Where they do not, the Kimi rule decides the weights."""
     history = messages[:-1]
     kimi = kimi_turn_start(history)
-    ours = max((i for i, m in enumerate(history) if m.role == "user"), default=-1) + 1
-    return all(m.role != "assistant" for m in messages[min(kimi, ours) : max(kimi, ours)])
+    default = last_user_index(history) + 1
+    return all(m.role != "assistant" for m in messages[min(kimi, default) : max(kimi, default)])
 
 
 def prompt_rules_agree(messages: tuple[Message, ...]) -> bool:
-    """The generation prompt of ``messages`` keeps the reasoning the cookbook's keeps: it does unless the list
-    ends with an assistant message without tool calls and reasoning is kept from the turn before it (the Kimi
-    generation-prompt difference)."""
+    """The generation prompt of ``messages`` keeps the same reasoning under the Kimi turn and under the turn
+    that the supervised example of ``messages`` uses: it does unless the list ends with an assistant message
+    without tool calls and a message of the example's produced turn reasons (the prompt drops that reasoning)."""
     if not messages or messages[-1].role != "assistant" or messages[-1].tool_calls:
         return True
     kept = messages[kimi_turn_start(messages[:-1]) :]
-    return all(m.thinking() is None or not m.thinking() for m in kept if m.role == "assistant")
+    return all(not m.thinking() for m in kept if m.role == "assistant")
 
 
 def with_kimi_ids(conversation: Conversation) -> Conversation:
@@ -170,13 +170,14 @@ def check_kimi(
     adjust: Mapping[str, Callable[[Conversation], Conversation]] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Compare every ``(ours, cookbook)`` pair on the same ``examples`` generated conversations (asserts on the
-    first mismatch, naming the renderer). Returns, per renderer name, how many were compared: supervised
-    examples in full, ``last_assistant_turn`` examples compared on tokens only (the turn rules differ),
-    prompts compared in full and prompts checked against our own example (the prompt difference), parses.
-    ``adjust`` maps a renderer name to the documented change its conversations get (:func:`joined_text` for
-    ``kimi_k2``)."""
+    first mismatch, naming the renderer): supervised examples (ids and weights), generation prompts and parses,
+    all in full. Returns, per renderer name, how many conversations were compared, and how many of them the
+    Kimi turn rule (``Renderer.turn_start``) decided: a ``last_assistant_turn`` example whose turn does not start
+    after the last user message (``kimi_turn``), a prompt ending with an assistant message without tool calls
+    after reasoning (``kimi_prompt``). ``adjust`` maps a renderer name to the documented change its conversations
+    get (:func:`joined_text` for ``kimi_k2``)."""
     adjust = adjust or {}
-    keys = ("conversations", "examples", "turn_tokens_only", "prompts", "prompts_self")
+    keys = ("conversations", "kimi_turn", "kimi_prompt")
     counts = {renderer.name: dict.fromkeys(keys, 0) for renderer, _ in pairs}
 
     def compare(
@@ -189,25 +190,12 @@ def check_kimi(
     ) -> None:
         tally = counts[renderer.name]
         tally["conversations"] += 1
-        if mode is TrainOnWhat.LAST_ASSISTANT_TURN and not turn_rules_agree(conversation.messages):
-            ours = build_supervised_example(renderer, conversation, mode)
-            theirs, _ = cb.cookbook_example(reference, conversation, mode)
-            assert cb.layout(ours.model_input) == theirs
-            tally["turn_tokens_only"] += 1
-        else:
-            problem = compare_example(None, renderer, reference, conversation, mode)  # type: ignore[arg-type]
-            assert problem is None, problem
-            tally["examples"] += 1
-        if not getattr(renderer, "strip_thinking_from_history", True) or prompt_rules_agree(kept.messages):
-            problem = compare_prompt(renderer, reference, kept, prefill)
-            assert problem is None, problem
-            tally["prompts"] += 1
-        else:  # ours: the example's tokens (every message as in training), then the header and prefill
-            whole = TrainOnWhat.CUSTOMIZED if mode is TrainOnWhat.CUSTOMIZED else TrainOnWhat.ALL_TOKENS
-            example = build_supervised_example(renderer, kept, whole).tokens_T.tolist()
-            prompt = build_generation_prompt(renderer, kept, prefill=prefill).to_tokens().tolist()
-            assert prompt[: len(example)] == example
-            tally["prompts_self"] += 1
+        tally["kimi_turn"] += mode is TrainOnWhat.LAST_ASSISTANT_TURN and not turn_rules_agree(conversation.messages)
+        tally["kimi_prompt"] += not prompt_rules_agree(kept.messages)
+        problem = compare_example(None, renderer, reference, conversation, mode)  # type: ignore[arg-type]
+        assert problem is None, problem
+        problem = compare_prompt(renderer, reference, kept, prefill)
+        assert problem is None, problem
         problem = compare_parse(renderer, reference, conversation)
         assert problem is None, problem
 

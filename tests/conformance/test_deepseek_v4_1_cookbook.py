@@ -8,10 +8,9 @@ with the added tokens V4.1 renamed (``<｜System｜>`` at 128799 and eight image
 tml-renderers' compiled ``DeepSeekV41Tokenizer`` (every added token's id and spelling, ordinary encodings). Both
 renderers get the same vocabulary (ours via ``load_tokenizer(folder)``, the cookbook via ``AutoTokenizer``).
 
-Known gap (not a rendering difference): ``build_supervised_examples(..., "last_assistant_turn")`` starts the last
-turn after the last *user* message (tinkerflow's shared ``render/build.py``); the cookbook's V4.1 renderer also
-counts a later system message. Conversations with a system message after the last user message are left out of
-that split's comparison; ``test_turn_split_after_a_later_system_message`` pins both behaviours.
+A later system message starts the last turn (``DeepSeekV41Renderer.turn_start``, the cookbook's
+``_last_assistant_turn_start_index``): ``build_supervised_examples(..., "last_assistant_turn")`` is compared on
+every conversation, and ``test_turn_split_after_a_later_system_message`` checks it on the smallest case.
 """
 
 from __future__ import annotations
@@ -127,9 +126,9 @@ def test_turn_split_after_a_later_system_message() -> None:
     theirs = reference.build_supervised_examples(
         cb.to_cookbook_messages(reference, messages), train_on_what=CookbookTrainOnWhat.LAST_ASSISTANT_TURN
     )
-    assert (len(ours), len(theirs)) == (2, 1)  # the known gap: ours also trains the turn before the system message
-    assert cb.layout(ours[-1].model_input) == cb.layout(theirs[0][0])
-    assert ours[-1].weights_T.tolist() == theirs[0][1].tolist()
+    assert len(ours) == len(theirs) == 1  # the turn before the later system message is not trained
+    assert cb.layout(ours[0].model_input) == cb.layout(theirs[0][0])
+    assert ours[0].weights_T.tolist() == theirs[0][1].tolist()
 
 
 @pytest.mark.parametrize("name", ["deepseekv4_1", "deepseekv4_1_disable_thinking"])

@@ -9,11 +9,11 @@ control tokens (``<|im_user|>``, ``<|im_assistant|>``, ``<|im_system|>``, ``<|im
 tokens, ``[BOS]``, ``[EOS]``, the media tokens), spelled exactly; ``<|im_end|>``, ``<think>``, ``</think>`` are
 Qwen3's. Both renderers get the same vocabulary, so the comparison is structural, token for token.
 
-Documented differences the comparison accounts for (counted, never skipped silently): the turn rule
-(``last_assistant_turn`` where Kimi's turn, after the last assistant message without tool calls, and
-tinkerflow's, after the last user message, train different messages: tokens compared, weights follow
-tinkerflow's rule) and the generation prompt of a list ending with an assistant message without tool calls (ours
-keeps the reasoning of the turn it ends, as a supervised example writes it; the cookbook's drops it).
+Kimi's turn rule (the turn being produced starts after the last assistant message without tool calls:
+``KimiK2Renderer.turn_start``, the cookbook's ``_last_assistant_turn_start_index``) is compared exactly: the
+``last_assistant_turn`` weights where it and the default rule (after the last user message) differ, and the
+generation prompt of a list ending with an assistant message without tool calls (that turn's reasoning dropped).
+Both cases are counted and asserted to occur.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ NAMES = [
 def _assert_compared(counts: dict[str, dict[str, int]]) -> None:
     for name, tally in counts.items():
         assert tally["conversations"] >= EXAMPLES, (name, tally)
-        assert tally["examples"] >= EXAMPLES // 2, (name, tally)
-        assert tally["prompts"] >= EXAMPLES // 2, (name, tally)
+        # the cases the Kimi turn rule decides were reached (42 and 27 in 1,000 when first measured)
+        assert tally["kimi_turn"] >= EXAMPLES // 100, (name, tally)
+        assert tally["kimi_prompt"] >= EXAMPLES // 100, (name, tally)
 
 
 def test_kimi_renderers_match_cookbook() -> None:
@@ -66,7 +67,7 @@ def test_kimi_renderers_match_cookbook() -> None:
     text (difference 7), so K2 gets that content as one string."""
     pairs = [pair(name) for name in NAMES]
     counts = check_kimi(pairs, kimi_profile(), adjust={"kimi_k2": joined_text})
-    print(counts)  # what was compared in full / tokens only (turn rule) / against our own example (prompt), per name
+    print(counts)  # per name: conversations, and how many the Kimi turn rule decided (weights / prompt)
     _assert_compared(counts)
 
 

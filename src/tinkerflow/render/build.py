@@ -24,11 +24,11 @@ from tinkerflow.render.packing import packed_batches
 from tinkerflow.render.plan import (
     ConversationLike,
     Unit,
-    last_user_index,
     message_contexts,
     resolve_train_on,
     split_conversation,
     suffix_context,
+    turn_start_of,
 )
 from tinkerflow.render.records import ParsedResponse, RenderError, SupervisedExample, TrainOn, TrainOnWhat
 from tinkerflow.render.renderer import Renderer
@@ -91,7 +91,8 @@ def build_supervised_examples(
 ) -> tuple[SupervisedExample, ...]:
     """Supervised examples for a conversation: one when the renderer has the extension property, otherwise one
     per trained assistant message (each ending at that message, ``last_assistant_message`` weights), so every
-    turn is trained on exactly the context it was sampled from.
+    turn is trained on exactly the context it was sampled from. ``last_assistant_turn`` trains the assistant
+    messages from :meth:`Renderer.turn_start` on (of all messages but a final assistant message).
 
     Without the extension property only the assistant-only modes (``last_assistant_message``,
     ``last_assistant_turn``, ``all_assistant_messages``) can be split; others raise :class:`RenderError`.
@@ -104,7 +105,9 @@ def build_supervised_examples(
     if mode is TrainOnWhat.LAST_ASSISTANT_MESSAGE:
         candidates = range(len(messages) - 1, len(messages))
     elif mode is TrainOnWhat.LAST_ASSISTANT_TURN:
-        candidates = range(last_user_index(messages) + 1, len(messages))
+        # the renderer's last turn (Renderer.turn_start): the one a final assistant message ends, else the open one
+        history = messages[:-1] if messages and messages[-1].role == "assistant" else messages
+        candidates = range(turn_start_of(renderer, history), len(messages))
     elif mode is TrainOnWhat.ALL_ASSISTANT_MESSAGES:
         candidates = range(len(messages))
     else:
@@ -143,7 +146,7 @@ def build_generation_prompt(
         original, tools = split_conversation(conversation, where) if len(conversation) else ((), ())
     renderer.validate(original, tools)
     messages = renderer.prepare(original, tools)
-    contexts = message_contexts(messages, last_user_index(messages) + 1, tools)
+    contexts = message_contexts(messages, turn_start_of(renderer, messages), tools)
     units: list[Unit] = []
     bos = renderer.bos_tokens()
     if bos:

@@ -14,7 +14,8 @@ The template's turn structure, applied by :meth:`DeepSeekV41Renderer.prepare`:
 * consecutive user and tool messages form one user turn, written by its first message (texts joined by
   ``\\n\\n``, each tool result as ``<tool_result>...</tool_result>``, results sorted into the order of the calls
   they answer); the other messages of the turn write nothing;
-* a system message after the first is a user turn of its own (``<｜System｜>{text}``);
+* a system message after the first is a user turn of its own (``<｜System｜>{text}``), and so starts the last
+  assistant turn (:meth:`DeepSeekV41Renderer.turn_start`, used by ``build_supervised_examples``);
 * in thinking mode, assistant messages up to the last user turn (user, tool or later system message) lose their
   reasoning (their header ends in ``</think>``) unless tools are declared or ``strip_thinking_from_history=False``.
 
@@ -167,6 +168,15 @@ class DeepSeekV41Renderer(Renderer):
 
     def train_role(self, message: Message) -> str:
         return "system" if isinstance(message, _SystemTurn) else message.role
+
+    def turn_start(self, messages: Sequence[Message]) -> int:
+        """After the last user turn: a user message or a system message after the first (the template's and the
+        cookbook's rule; prepared later system messages already have role ``user``)."""
+        for index in range(len(messages) - 1, -1, -1):
+            role = messages[index].role
+            if role == "user" or (role == "system" and index > 0):
+                return index + 1
+        return 0
 
     # -- the turn structure ----------------------------------------------------------------------------------
 

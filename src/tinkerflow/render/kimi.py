@@ -15,9 +15,12 @@ messages)::
 * A conversation without a leading system message gets Kimi's default one ("You are Kimi, ...", weight 0 in
   ``customized``). Tools: K2 declares them as compact JSON (keys sorted), K2.5 / K2.6 in TypeScript style
   (:mod:`tinkerflow.render.kimi_tools`); with tools an empty system prompt becomes the default one.
-* Reasoning is kept only in the *turn being produced*: the assistant messages after the last assistant message
-  that made no tool call (the final message of a supervised example always keeps it). Earlier assistant
-  messages are written ``<think></think>{text}``. ``kimi_k26_preserve_thinking`` keeps every block.
+* The *turn being produced* starts after the last assistant message that made no tool call
+  (:meth:`KimiK2Renderer.turn_start`, the cookbook's ``_last_assistant_turn_start_index``): reasoning is kept
+  only there (in a supervised example the final message always keeps it; in a generation prompt ending with an
+  assistant message without tool calls none is kept), and ``last_assistant_turn`` trains the assistant messages
+  there. Earlier assistant messages are written ``<think></think>{text}``. ``kimi_k26_preserve_thinking`` keeps
+  every block.
 * Generation prompts: K2 ends at the assistant header; K2.5 / K2.6 add ``<think>`` (thinking on) or
   ``<think></think>`` (thinking off; a trained turn that reasons is then an error). Sampling stops at
   ``<|im_end|>``; ``[EOS]`` or no stop token is ``MALFORMED`` (the cookbook's reading).
@@ -25,11 +28,9 @@ messages)::
   the first complete section needs an id ``...:N`` (the function name is read from it: ``functions.NAME:N``)
   and JSON arguments. Text after the section is dropped, as the cookbook does.
 
-Differences from the cookbook (docs/rendering.md): ``last_assistant_turn`` trains the assistant messages after the
-last user message (the shared rule; the cookbook uses Kimi's produced turn), a generation prompt ending with an
-assistant message without tool calls keeps the reasoning of the turn it ends (as the supervised example writes
-it), ``kimi_k26_preserve_thinking`` has the extension property, parsed calls a ``ToolCall`` cannot hold are
-unparsed, images are refused.
+Differences from the cookbook (docs/rendering.md): ``build_supervised_examples`` uses the shared split,
+``kimi_k26_preserve_thinking`` has the extension property, parsed calls a ``ToolCall`` cannot hold are unparsed,
+images are refused.
 """
 
 from __future__ import annotations
@@ -90,12 +91,6 @@ def kimi_turn_start(messages: Sequence[Message]) -> int:
     return 0
 
 
-def _without_thinking(message: Message) -> Message:
-    if not isinstance(message.content, tuple) or not any(isinstance(p, ThinkingPart) for p in message.content):
-        return message
-    return attrs.evolve(message, content=tuple(p for p in message.content if not isinstance(p, ThinkingPart)))
-
-
 def _find(tokens: list[int], token: int, start: int) -> int:
     try:
         return tokens.index(token, start)
@@ -145,10 +140,14 @@ class KimiK2Renderer(Renderer):
                     "tools", f"a tool schema the Kimi declaration cannot write: {error}", "simplify the schema."
                 ) from error
 
+    def turn_start(self, messages: Sequence[Message]) -> int:
+        """:func:`kimi_turn_start`: the turn being produced starts after the last assistant message without tool
+        calls."""
+        return kimi_turn_start(messages)
+
     def prepare(self, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...]) -> tuple[Message, ...]:
         """The default system prompt when there is none; with tools a declaration message (a ``developer``
-        placeholder written as ``tool_declare``) and the system prompt first; reasoning dropped from assistant
-        messages before the produced turn (:func:`kimi_turn_start` of all but the final message)."""
+        placeholder written as ``tool_declare``) and the system prompt first."""
         customized = any(message.trainable is not None for message in messages)
         head: list[Message] = []
         rest = messages
@@ -161,14 +160,7 @@ class KimiK2Renderer(Renderer):
             head = [declare, Message(role="system", content=system or KIMI_DEFAULT_SYSTEM_PROMPT, trainable=flag)]
         elif not messages or messages[0].role != "system":
             head = [Message(role="system", content=KIMI_DEFAULT_SYSTEM_PROMPT)]
-        prepared = (*head, *rest)
-        if not self.strip_thinking_from_history:
-            return prepared
-        start = kimi_turn_start(prepared[:-1])
-        return tuple(
-            _without_thinking(message) if index < start and message.role == "assistant" else message
-            for index, message in enumerate(prepared)
-        )
+        return (*head, *rest) if head else rest
 
     # -- rendering --------------------------------------------------------------------------------------------
 
@@ -190,7 +182,7 @@ class KimiK2Renderer(Renderer):
         if role == "assistant":
             content = message.content
             thinking = ""
-            if isinstance(content, tuple):
+            if isinstance(content, tuple) and (ctx.in_last_assistant_turn or not self.strip_thinking_from_history):
                 thinking = "".join(part.thinking for part in content if isinstance(part, ThinkingPart))
             out = PieceList(ids["<think>"], thinking, ids["</think>"], text_of(message))
             if message.tool_calls:

@@ -167,17 +167,25 @@ def pack_chunk(renderer: Renderer, chunk: RenderedChunk, encoded: Sequence[Seque
 _new_tuple = tuple.__new__
 
 
-def _prompt_context(plan: Plan, index: int, last_user: int) -> RenderContext:
-    """The context of message ``index`` when it is the last message of the prompt: as the full conversation
-    renders it (the plan's contexts, or built alone when the renderer's ``render_units`` fast path made the
-    units), with ``is_last`` set and no next message."""
+def _prompt_context(plan: Plan, index: int, boundary: int, last_user: int, prompt_turn: int) -> RenderContext:
+    """The context of message ``index`` in the generation prompt of ``messages[:boundary]``: as the full
+    conversation renders it (the plan's contexts, or built alone when the renderer's ``render_units`` fast path
+    made the units), in the prompt's last assistant turn from ``prompt_turn`` on; the prompt's last message has
+    ``is_last`` set and no next message."""
+    is_last = index == boundary - 1
+    in_last_turn = index >= prompt_turn
     if plan.contexts is not None:
-        return plan.contexts[index]._replace(is_last=True, next_message=None)
+        context = plan.contexts[index]
+        if is_last:
+            return context._replace(is_last=True, next_message=None, in_last_assistant_turn=in_last_turn)
+        if context.in_last_assistant_turn != in_last_turn:
+            return context._replace(in_last_assistant_turn=in_last_turn)
+        return context
     messages = plan.messages
     previous = messages[index - 1] if index > 0 else None
-    in_last_turn = index > last_user_index(messages[:-1])
+    following = None if is_last else messages[index + 1]
     # RenderContext(idx, is_last, prev_message, next_message, last_user_index, in_last_assistant_turn, tools)
-    return _new_tuple(RenderContext, (index, True, previous, None, last_user, in_last_turn, plan.tools))
+    return _new_tuple(RenderContext, (index, is_last, previous, following, last_user, in_last_turn, plan.tools))
 
 
 def _suffix_context(prefix: tuple[Message, ...], tools: tuple[ToolSpec, ...], last_user: int) -> RenderContext:
@@ -206,23 +214,36 @@ def _prompt_length(
     ``build_generation_prompt(messages[:boundary])``, or 0.
 
     The prompt renders messages ``0..boundary-2`` exactly as the full conversation does (their contexts are
-    equal), so only message ``boundary-1`` (now last) and the suffix are rendered again, and their encodings
-    are reused when their pieces did not change; only the tokens after the shared part are compared.
+    equal, unless the renderer's :meth:`~tinkerflow.render.renderer.Renderer.turn_start` puts the prompt's last
+    turn elsewhere: then the messages from the earlier of the two starts are rendered again too), so only message
+    ``boundary-1`` (now last) and the suffix are rendered again, and their encodings are reused when their pieces
+    did not change; only the tokens after the shared part are compared.
     """
     messages, units, first_unit_of = plan.messages, plan.units, plan.first_unit_of
     boundary = plan.boundary
     assert boundary is not None
     prefix = messages[:boundary]
     last_user = last_user_index(messages)  # also the prefix's: the boundary message is an assistant message
+    # the prompt's last assistant turn: the plan's under the default rule (both start after the last user message
+    # before the boundary) and when the prompt is messages[:-1]; a family's own rule may start it elsewhere
+    prompt_turn = plan.turn_start
+    if boundary != len(messages) - 1 and type(renderer).turn_start is not Renderer.turn_start:
+        prompt_turn = renderer.turn_start(prefix)
     pending: list[Unit] = []
     if boundary > 0:
-        index = first_unit_of[boundary - 1]
-        rendered = renderer.render_message(messages[boundary - 1], _prompt_context(plan, boundary - 1, last_user))
-        if rendered.header == units[index] and rendered.output == units[index + 1]:
-            shared = index + 2
-        else:
-            shared = index
-            pending.extend((rendered.header, rendered.output))
+        # messages before `first` have the same context in the prompt as in the conversation
+        first = boundary - 1
+        if prompt_turn != plan.turn_start:
+            first = max(0, min(first, prompt_turn, plan.turn_start))
+        shared = first_unit_of[first]
+        for index in range(first, boundary):
+            context = _prompt_context(plan, index, boundary, last_user, prompt_turn)
+            rendered = renderer.render_message(messages[index], context)
+            unit = first_unit_of[index]
+            if not pending and rendered.header == units[unit] and rendered.output == units[unit + 1]:
+                shared = unit + 2
+            else:
+                pending.extend((rendered.header, rendered.output))
     else:
         shared = first_unit_of[0]
     pending.append(renderer.generation_suffix("assistant", _suffix_context(prefix, plan.tools, last_user)))

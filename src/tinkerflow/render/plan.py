@@ -26,6 +26,7 @@ __all__ = [
     "resolve_train_on",
     "split_conversation",
     "suffix_context",
+    "turn_start_of",
 ]
 
 ConversationLike: TypeAlias = Conversation | Sequence[Message]
@@ -78,6 +79,13 @@ def last_user_index(messages: Sequence[Message]) -> int:
         if messages[index].role == "user":
             return index
     return -1
+
+
+def turn_start_of(renderer: Renderer, messages: Sequence[Message]) -> int:
+    """``renderer.turn_start(messages)``; the default rule computed here without a method call."""
+    if type(renderer).turn_start is Renderer.turn_start:
+        return last_user_index(messages) + 1
+    return renderer.turn_start(messages)
 
 
 def message_contexts(
@@ -180,6 +188,7 @@ class Plan(NamedTuple):
 
     messages: tuple[Message, ...]
     contexts: list[RenderContext] | None  # None when the renderer's render_units fast path made the units
+    turn_start: int  # renderer.turn_start(messages[:-1]): the first message of the last assistant turn
     tools: tuple[ToolSpec, ...]
     units: list[Unit]
     weights: list[float]
@@ -205,10 +214,14 @@ def plan_conversation(renderer: Renderer, conversation: ConversationLike, mode: 
     count = len(messages)
     last = count - 1
     last_user = last_user_index(messages)
-    # the last user message of messages[:-1] (the turn being trained starts after it)
-    turn_start = (last_user if last_user < last else last_user_index(messages[:-1])) + 1
     contexts: list[RenderContext] | None = None
-    message_units = renderer.render_units(messages, last_user, tools)
+    message_units: list[Unit] | None = None
+    if type(renderer).turn_start is Renderer.turn_start:
+        # after the last user message of messages[:-1]; only the default rule has the render_units fast path
+        turn_start = (last_user if last_user < last else last_user_index(messages[:-1])) + 1
+        message_units = renderer.render_units(messages, last_user, tools)
+    else:
+        turn_start = renderer.turn_start(messages[:-1])
     last_overlap: Unit = ()
     if message_units is None:
         contexts = message_contexts(messages, turn_start, tools, last_user)
@@ -249,4 +262,4 @@ def plan_conversation(renderer: Renderer, conversation: ConversationLike, mode: 
         and any(type(piece) is ImagePart for unit in units for piece in unit)
     )
     boundary = _prompt_boundary(messages, mode)
-    return Plan(messages, contexts, tools, units, weights, first_unit_of, boundary, images)
+    return Plan(messages, contexts, turn_start, tools, units, weights, first_unit_of, boundary, images)

@@ -28,8 +28,8 @@ class Renderer:
 
     A family subclass sets the class-level flags and implements :meth:`render_message`,
     :meth:`generation_suffix` and :meth:`parse_response`; it may override :meth:`validate`,
-    :meth:`prepare`, :meth:`bos_tokens` and :meth:`generation_prefill`. See ``docs/rendering.md`` ("Adding a
-    renderer").
+    :meth:`prepare`, :meth:`turn_start`, :meth:`bos_tokens` and :meth:`generation_prefill`. See
+    ``docs/rendering.md`` ("Adding a renderer").
 
     Class-level flags:
         roles: the roles the family's format can write.
@@ -140,6 +140,22 @@ class Renderer:
         """The message list actually rendered (e.g. tools merged into a system message, a default system
         prompt added). Must be prefix-stable: ``prepare(m[:k])`` is a prefix of ``prepare(m)``."""
         return messages
+
+    def turn_start(self, messages: Sequence[Message]) -> int:
+        """Index of the first message of the turn being produced after ``messages`` (prepared messages, or the
+        caller's in :func:`~tinkerflow.render.build.build_supervised_examples`): from here on messages are in
+        the last assistant turn (``RenderContext.in_last_assistant_turn``, the ``last_assistant_turn`` weights).
+
+        The default is the message after the last user message (0 without one), the cookbook's rule. A family
+        whose template draws the line elsewhere overrides it (the cookbook's
+        ``_last_assistant_turn_start_index``); such a family gets no :meth:`render_units` fast path. Supervised
+        rendering calls it on all messages but the final one, a generation prompt on all of them; since it sees
+        both prepared and caller's messages, a family's rule must read the two alike.
+        """
+        for index in range(len(messages) - 1, -1, -1):
+            if messages[index].role == "user":
+                return index + 1
+        return 0
 
     def train_role(self, message: Message) -> str:
         """The role ``train_on`` modes see for a (prepared) message; messages a renderer adds itself may differ."""
