@@ -120,7 +120,8 @@ class RenderContext(NamedTuple):
         is_last: the final message of the list.
         prev_message / next_message: neighbours, ``None`` at the ends.
         last_user_index: index of the last user message of the list, -1 without one.
-        in_last_assistant_turn: the message belongs to the turn being produced (after the last user message).
+        in_last_assistant_turn: the message belongs to the turn being produced (from ``Renderer.turn_start``; by
+            default after the last user message).
         tools: the conversation's tool specs (families that declare tools in the system prompt write them).
     """
 
