@@ -5,6 +5,8 @@ greedy, no stop), in the same run, the sides taking turns (a round runs each sid
 
 * **batched**: the N ``sample`` calls submitted together to one ``LocalSamplingClient`` (as an RL loop or many
   ``tinkerflow serve`` clients do); its scheduler decodes them as one batch;
+* **batched_nondeterministic**: the same with ``LocalSamplingClient(..., deterministic=False)``: the model's own
+  batched attention instead of the batch-invariant row attention (equal only up to rounding);
 * **one at a time**: the same calls, each awaited before the next is sent (how a loop of ``.result()`` runs);
 * **generate**: transformers' batched ``model.generate`` on the same prompts, left-padded, ``max_new_tokens`` =
   ``min_new_tokens`` = 32, greedy, with ``output_logits`` so it returns each token's logprob as the sampler does
@@ -34,7 +36,14 @@ from tinkerflow import ModelInput, SamplingParams
 from tinkerflow.shell.backends.local import LocalBackend, LocalSamplingClient
 from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL, embedded_model_dir
 
-SIDES = ("batched", "one_at_a_time", "generate", "generate_no_logits", "generate_main_thread")
+SIDES = (
+    "batched",
+    "batched_nondeterministic",
+    "one_at_a_time",
+    "generate",
+    "generate_no_logits",
+    "generate_main_thread",
+)
 
 
 def _prompts(count: int, vocab: int, seed: int = 0) -> list[np.ndarray]:
@@ -124,8 +133,11 @@ def main() -> None:
         prompts = _prompts(count, vocab)
         batch_sizes: list[int] = []
         sampler.scheduler.on_step = batch_sizes.append
+        base = backend.base_model(arguments.model)
+        fast = LocalSamplingClient(base, base.build(), "fast", deterministic=False)
         sides: dict[str, Callable[[], list[list[int]]]] = {
             "batched": lambda: _batched(sampler, prompts, params),
+            "batched_nondeterministic": lambda: _batched(fast, prompts, params),
             "one_at_a_time": lambda: _one_at_a_time(sampler, prompts, params),
             "generate": lambda: _in_thread(lambda: _generate(model, prompts, new_tokens, logits=True)),
             "generate_no_logits": lambda: _in_thread(lambda: _generate(model, prompts, new_tokens, logits=False)),

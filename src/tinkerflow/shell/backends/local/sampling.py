@@ -49,7 +49,7 @@ class LocalSamplingClient(SamplingClientBase[np.ndarray]):
         deterministic: keep every request's tokens and logprobs independent of what is batched with it, bit for
             bit (the default). Batching is then batch-invariant where this machine allows it
             (:mod:`~tinkerflow.shell.backends.local.invariant`), else requests run one at a time; ``False`` batches
-            them anyway, equal only up to float rounding.
+            with the model's own attention (faster), equal only up to float rounding.
     """
 
     def __init__(

@@ -242,23 +242,24 @@ class Scheduler:
         """``(batch requests together, batch-invariantly)``: the KV cache must splice (a one-token forward pass),
         and, to be invariant, the attention must be replaceable and this machine's matrix products row-invariant
         (:mod:`~tinkerflow.shell.backends.local.invariant`). Without invariance, a deterministic scheduler serves
-        one request at a time."""
+        one request at a time; a scheduler made with ``deterministic=False`` batches with the model's own attention
+        (faster, equal only up to rounding)."""
         one = torch.zeros((1, 1), dtype=torch.long, device=self._device)
         try:
             if not BatchCache(output_cache(self._forward(one, torch.ones_like(one), one)), one).mergeable:
                 return False, False
         except Exception:  # a model that cannot run this cannot run requests either: they will say why
             return False, False
+        if not self.deterministic:
+            return True, False
         if use_row_attention(self._model) and rows_are_invariant(self._model, self.max_rows):
             return True, True
-        if self.deterministic:
-            _LOG.warning(
-                "%s: this machine's matrix products are not batch-invariant for this model, so requests run one at a "
-                "time to keep results reproducible; pass deterministic=False to batch them anyway.",
-                self._name,
-            )
-            return False, False
-        return True, False
+        _LOG.warning(
+            "%s: this machine's matrix products are not batch-invariant for this model, so requests run one at a "
+            "time to keep results reproducible; pass deterministic=False to batch them anyway.",
+            self._name,
+        )
+        return False, False
 
     def _take(self) -> list[SampleRequest | _Job]:
         """Queued work to admit now (under the lock): first in, first out, while the batch has room."""
