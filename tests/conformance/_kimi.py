@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,12 @@ from tinkerflow.render import Renderer, TrainOnWhat
 from tinkerflow.render.families_v061 import EXTRA_FACTORIES
 from tinkerflow.render.kimi import kimi_turn_start
 from tinkerflow.render.plan import last_user_index
-from tinkerflow.shell.io.tokenizers import load_tokenizer, offline_tokenizer, offline_tokenizer_dir
+from tinkerflow.shell.io.tokenizers import load_tokenizer
 from tinkerflow.tokenizers import Tokenizer
 
 from ._compare import compare_example, compare_parse, compare_prompt, normalized
 from ._strategies import Profile, all_of, conversations, nfc_stable, texts, with_trainable, without_spellings
-from ._v061 import EXAMPLES, PREFILLS, quiet, qwen_profile, with_system_message
+from ._v061 import EXAMPLES, PREFILLS, quiet, qwen3_vocabulary_with, qwen_profile, with_system_message
 
 KIMI_CONTROL = (
     "[BOS]",
@@ -66,19 +65,7 @@ PARSE_CONTROLS = [
 @functools.cache
 def kimi_test_tokenizer_dir() -> Path:
     """The offline Qwen3 ``tokenizer.json`` plus :data:`KIMI_CONTROL` (ids 151669..151683), EOS ``[EOS]``."""
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HFTokenizer
-
-    offline_tokenizer("qwen3")
-    source = offline_tokenizer_dir("qwen3")
-    folder = Path(tempfile.mkdtemp(prefix="tinkerflow-kimi-vocab-"))
-    backend = HFTokenizer.from_file(str(source / "tokenizer.json"))
-    backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in KIMI_CONTROL])
-    backend.save(str(folder / "tokenizer.json"))
-    config = json.loads((source / "tokenizer_config.json").read_text())
-    config["eos_token"] = "[EOS]"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
+    return qwen3_vocabulary_with(KIMI_CONTROL, "kimi", eos="[EOS]")
 
 
 @functools.cache

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import math
 import random
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,10 @@ from typing import Any
 import attrs
 
 from tinkerflow.chat import ContentPart, Conversation, ImagePart, Message, TextPart
-from tinkerflow.shell.io.tokenizers import load_tokenizer, offline_tokenizer, offline_tokenizer_dir
+from tinkerflow.shell.io.tokenizers import load_tokenizer
 from tinkerflow.tokenizers import Tokenizer
+
+from ._v061 import qwen3_vocabulary_with
 
 IMG_CONTROL = ("<img>", "</img>")
 
@@ -82,18 +82,7 @@ def with_images(conversation: Conversation) -> Conversation:
 @functools.cache
 def img_tokenizer_dir() -> Path:
     """The offline Qwen3 vocabulary plus ``<img>`` and ``</img>`` as special tokens (ids 151669, 151670)."""
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HFTokenizer
-
-    offline_tokenizer("qwen3")
-    source = offline_tokenizer_dir("qwen3")
-    folder = Path(tempfile.mkdtemp(prefix="tinkerflow-nemotron-img-vocab-"))
-    backend = HFTokenizer.from_file(str(source / "tokenizer.json"))
-    backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in IMG_CONTROL])
-    backend.save(str(folder / "tokenizer.json"))
-    config = json.loads((source / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
+    return qwen3_vocabulary_with(IMG_CONTROL, "nemotron-img")
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import json
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -193,25 +193,32 @@ GLM_CONTROL = (
 ``<tool_call>``, ``</tool_call>``, ``<tool_response>``, ``</tool_response>``)."""
 
 
+def qwen3_vocabulary_with(controls: Sequence[str], name: str, *, eos: str | None = None) -> Path:
+    """A test vocabulary folder: the offline Qwen3 ``tokenizer.json`` plus ``controls`` as special tokens (ids from
+    151669 on, in order), its ``tokenizer_config.json`` with ``eos_token`` set to ``eos`` when given."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    offline_tokenizer("qwen3")
+    source = offline_tokenizer_dir("qwen3")
+    folder = Path(tempfile.mkdtemp(prefix=f"tinkerflow-{name}-vocab-"))
+    backend = HFTokenizer.from_file(str(source / "tokenizer.json"))
+    backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in controls])
+    backend.save(str(folder / "tokenizer.json"))
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    if eos is not None:
+        config["eos_token"] = eos
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
 @functools.cache
 def glm_test_tokenizer_dir() -> Path:
     """A test vocabulary for GLM-5.3: the offline Qwen3 vocabulary plus :data:`GLM_CONTROL` as special tokens
     (ids 151669..151678), EOS ``<|endoftext|>``. No offline package carries GLM-5.3's vocabulary in Hugging Face
     form (tml-renderers 0.2.1 has a compiled ``GlmTokenizer``): it spells every GLM-5.3 control token exactly, so
     the comparison is structural, token for token (ordinary text is encoded by Qwen3's BPE in both renderers)."""
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HFTokenizer
-
-    offline_tokenizer("qwen3")
-    source = offline_tokenizer_dir("qwen3")
-    folder = Path(tempfile.mkdtemp(prefix="tinkerflow-glm5_3-vocab-"))
-    backend = HFTokenizer.from_file(str(source / "tokenizer.json"))
-    backend.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in GLM_CONTROL])
-    backend.save(str(folder / "tokenizer.json"))
-    config = json.loads((source / "tokenizer_config.json").read_text())
-    config["eos_token"] = "<|endoftext|>"
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
+    return qwen3_vocabulary_with(GLM_CONTROL, "glm5_3", eos="<|endoftext|>")
 
 
 @functools.cache
