@@ -25,7 +25,7 @@ __all__ = ["BatchCache", "choose_tokens", "left_padded", "output_cache", "score_
 _TOPK_PAD_LOGPROB: Final = -99999.0
 
 
-def output_cache(output: object) -> Any:
+def output_cache(output: object) -> object:
     """The KV cache a transformers forward pass returned (``cache`` from 5.2x on, ``past_key_values`` before)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
