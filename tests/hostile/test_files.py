@@ -177,7 +177,7 @@ CONFIG_FIXED: list[tuple[str, bytes | None, str, str]] = [
 def _config_path(tmp_path: pathlib.Path, data: bytes | None, command: str = "sl") -> pathlib.Path:
     path = tmp_path / "config.json"
     if data == b"<surrogate>":  # a lone surrogate (escaped, so the file is valid JSON) in run_dir
-        required = "" if command == "rl" else '"train_data": "d.jsonl", '
+        required = "" if command in ("rl", "distill", "rlhf") else '"train_data": "d.jsonl", '
         path.write_bytes(b"{" + required.encode() + b'"run_dir": "\\ud800"}')
     elif data == b"<folder>":
         path.mkdir()
@@ -186,7 +186,7 @@ def _config_path(tmp_path: pathlib.Path, data: bytes | None, command: str = "sl"
     return path
 
 
-@pytest.mark.parametrize("command", ["sl", "rl", "dpo"])
+@pytest.mark.parametrize("command", ["sl", "rl", "dpo", "distill", "rlhf"])
 @pytest.mark.parametrize(
     ("data", "message"),
     [pytest.param(*case[1:], id=case[0]) for case in CONFIG_FILES]
