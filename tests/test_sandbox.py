@@ -9,8 +9,11 @@ fork (``RLIMIT_NPROC``), a connection still fails (the network namespace), a wri
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -145,6 +148,22 @@ def test_output_is_capped(sandbox: PythonSandbox) -> None:
     assert flood.status == "killed"
     assert len(flood.stdout) == LIMITS.output_bytes
     assert elapsed < LIMITS.wall_s + SLACK_S
+
+
+def test_no_pipe_is_left_for_the_garbage_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain that stops early (too much output, the wall clock) still reads both pipes to their end on the run's
+    own loop: an open transport collected after ``asyncio.run`` closed its loop raises in ``__del__``."""
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(repr(unraisable.exc_value)))
+    # a small stream buffer pauses each pipe after 2 kB unread, so the leak, when there is one, is certain
+    small = functools.partial(asyncio.create_subprocess_exec, limit=1024)
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", small)
+    sandbox = PythonSandbox(SandboxLimits(cpu_s=2.0, wall_s=2.0, memory_bytes=256 * 2**20, output_bytes=4096))
+    flood = "import sys\nwhile True:\n    sys.stdout.write('x' * 100000)\n    sys.stderr.write('y' * 100000)"
+    result = sandbox.run_sync(flood)
+    gc.collect()
+    assert result.status in ("killed", "timeout")
+    assert seen == []
 
 
 def test_limits_are_validated() -> None:

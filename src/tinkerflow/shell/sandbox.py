@@ -65,6 +65,8 @@ MEMORY_EXIT: Final = 102
 NOBODY: Final = 65534
 _OPEN_FILES: Final = 64
 _CHUNK: Final = 65536
+#: How long the pipes are read to their end after the program's group was killed.
+_FINISH_S: Final = 2.0
 
 #: Standard-library modules imported before the program drops to ``nobody`` (a root parent's interpreter often
 #: lives where ``nobody`` cannot read, e.g. under ``/root``; other modules then fail to import).
@@ -198,6 +200,25 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+async def _finish_pipes(process: asyncio.subprocess.Process) -> None:
+    """Read both pipes to their end and let their transports close on this event loop.
+
+    A drain that stopped early (too much output, the wall clock) can leave a pipe transport paused and open; the
+    garbage collector would close it later, after ``asyncio.run`` closed the loop, and its ``__del__`` then raises
+    ``RuntimeError('Event loop is closed')`` (seen as an unraisable exception at interpreter exit). The program's
+    group is dead by now, so only what it left in the pipe buffers remains; a process that left the group and
+    still holds a pipe is not waited for past ``_FINISH_S``.
+    """
+
+    async def finish(reader: asyncio.StreamReader | None) -> None:
+        while reader is not None and await reader.read(_CHUNK):
+            pass
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(finish(process.stdout), finish(process.stderr)), _FINISH_S)
+    await asyncio.sleep(0)  # the transports' connection_lost callbacks run on the next turn of the loop
+
+
 def _status(code: int, timed_out: bool, overflowed: bool, limits: SandboxLimits) -> tuple[SandboxStatus, str]:
     if timed_out:
         return "timeout", f"wall-clock limit of {limits.wall_s:g} s"
@@ -309,6 +330,7 @@ class PythonSandbox:
             _kill_group(process)  # also ends anything the program left behind in its group
             with contextlib.suppress(ProcessLookupError):
                 await process.wait()
+            await _finish_pipes(process)
         code = process.returncode if process.returncode is not None else -signal.SIGKILL
         status, detail = _status(code, timed_out, overflowed, limits)
         truncated = out.total > len(out.data) or err.total > len(err.data)
