@@ -26,8 +26,15 @@ from tinkerflow.shell.backends.local import scheduler as scheduler_module  # noq
 from tinkerflow.shell.backends.local.invariant import (  # noqa: E402
     ROW_MULTIPLE,
     padded_rows,
+    prefill_width,
     row_attention,
     row_lengths,
+)
+from tinkerflow.shell.backends.local.scheduler import (  # noqa: E402
+    PREFILL_PADDING,
+    PREFILL_TOKENS,
+    SampleRequest,
+    _prefill_groups,
 )
 from tinkerflow.shell.backends.protocol import APIFuture  # noqa: E402
 
@@ -216,7 +223,8 @@ def test_a_multi_sample_prompt_is_prefilled_once_and_its_samples_stop_individual
     monkeypatch.setattr(sampler.scheduler, "_forward", spy)
     stopped_params = SamplingParams(max_tokens=24, temperature=1.5, seed=11, stop_tokens=(stop,))
     stopped = _sample(sampler, prompt, 8, stopped_params).result()
-    assert shapes[0] == (1, len(prompt))  # one prefill of the prompt for the 8 samples
+    width = prefill_width(len(prompt)) if sampler.scheduler.batch_invariant else len(prompt)
+    assert shapes[0] == (1, width)  # one prefill of the prompt for the 8 samples
     assert all(shape[1] == 1 for shape in shapes[1:])
     assert [shape[0] for shape in shapes[1:]] == sorted((shape[0] for shape in shapes[1:]), reverse=True)
     assert len({shape[0] for shape in shapes[1:]}) > 1  # stopped samples left the batch
@@ -340,7 +348,7 @@ def _max_rows_of_16_requests(client: LocalSamplingClient) -> int:
 def test_without_invariant_kernels_a_deterministic_client_serves_one_request_at_a_time(
     backend: LocalBackend, monkeypatch: pytest.MonkeyPatch, deterministic: bool
 ) -> None:
-    monkeypatch.setattr(scheduler_module, "rows_are_invariant", lambda model, rows: False)
+    monkeypatch.setattr(scheduler_module, "rows_are_invariant", lambda model, rows, **limits: False)
     model = backend.base_model(TINY).build()
     client = LocalSamplingClient(backend.base_model(TINY), model, "test", deterministic=deterministic)
     largest = _max_rows_of_16_requests(client)
@@ -358,14 +366,15 @@ def test_the_engine_pads_decode_rows_to_a_multiple_of_four(backend: LocalBackend
     original = client.scheduler._forward
 
     def counting(ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        rows.append(int(ids.shape[0]))
+        if ids.shape[1] == 1:  # a decode step (a prefill's rows are prompts, its row count is width x prompts)
+            rows.append(int(ids.shape[0]))
         return original(ids, *args, **kwargs)
 
     client.scheduler._forward = counting  # type: ignore[method-assign]  # observe the row counts the model sees
     _max_rows_of_16_requests(client)
-    decode = [count for count in rows if count > 1]
-    assert decode
-    assert all(count % ROW_MULTIPLE == 0 for count in decode)
+    decode = [count for count in rows if count > 1]  # not the engine's one-token probe of the cache
+    assert max(decode) > ROW_MULTIPLE
+    assert all(count % ROW_MULTIPLE == 0 for count in decode), decode
 
 
 @settings(max_examples=30, deadline=None)
@@ -405,6 +414,94 @@ def test_row_attention_equals_each_row_alone_and_sdpa_up_to_rounding(lengths: li
             query[row : row + 1], key[row : row + 1], value[row : row + 1], attn_mask=mask, scale=0.5, enable_gqa=True
         ).transpose(1, 2)
         torch.testing.assert_close(alone, reference, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6), seed=st.integers(0, 2**31))
+def test_a_left_padded_prefill_attends_each_prompt_as_alone(lengths: list[int], seed: int) -> None:
+    """Prefill rows (as many queries as keys, left-padded): each prompt's outputs equal its own causal attention
+    alone, bit for bit; the padding positions' outputs are zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    heads, kv_heads, dim, width = 4, 2, 8, prefill_width(max(lengths))
+    query = torch.randn(len(lengths), heads, width, dim, generator=generator)
+    key = torch.randn(len(lengths), kv_heads, width, dim, generator=generator)
+    value = torch.randn(len(lengths), kv_heads, width, dim, generator=generator)
+    module = torch.nn.Module()
+    with row_lengths(lengths):
+        batched, _ = row_attention(module, query, key, value, None, scaling=0.5)
+    assert batched.shape == (len(lengths), width, heads, dim)
+    for row, length in enumerate(lengths):
+        start = width - length
+        with row_lengths(None):
+            alone, _ = row_attention(
+                module,
+                query[row : row + 1, :, start:],
+                key[row : row + 1, :, start:],
+                value[row : row + 1, :, start:],
+                None,
+                scaling=0.5,
+            )
+        assert torch.equal(batched[row : row + 1, start:], alone)
+        assert not batched[row, :start].any()
+
+
+def test_prompts_admitted_together_share_prefill_passes(
+    sampler: LocalSamplingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve prompts of varied lengths queued together share prefill passes (grouped by length), not one each."""
+    prefills: list[tuple[int, ...]] = []
+    forward = sampler.scheduler._forward
+
+    def spy(ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if ids.shape[1] > 1:
+            prefills.append(tuple(ids.shape))
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(sampler.scheduler, "_forward", spy)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, VOCAB, int(rng.integers(2, 30))).tolist() for _ in range(12)]
+    params = SamplingParams(max_tokens=3, temperature=0.0)
+    with held(sampler):
+        futures = [_sample(sampler, prompt, 1, params) for prompt in prompts]
+    for future in futures:
+        future.result()
+    assert sum(count for count, _ in prefills) == 12
+    assert len(prefills) < 6
+    if sampler.scheduler.batch_invariant:
+        assert all(width % ROW_MULTIPLE == 0 for _, width in prefills)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 3000), max_size=40),
+    scores=st.lists(st.booleans(), max_size=40),
+    padded=st.booleans(),
+)
+def test_prefill_groups_partition_the_requests_within_the_budget(
+    lengths: list[int], scores: list[bool], padded: bool
+) -> None:
+    requests = [
+        SampleRequest(
+            np.zeros(length, dtype=np.int64),
+            1,
+            SamplingParams(max_tokens=1),
+            max_tokens=1,
+            seed=0,
+            prompt_scores=index < len(scores) and scores[index],
+            topk=0,
+            first_id=0,
+        )
+        for index, length in enumerate(lengths)
+    ]
+    groups = _prefill_groups(requests, padded)
+    assert sorted(id(request) for group in groups for request in group) == sorted(id(r) for r in requests)
+    for group in groups:
+        assert all(group)
+        if any(request.prompt_scores for request in group):
+            assert len(group) == 1
+        widths = [prefill_width(r.tokens.size) if padded else r.tokens.size for r in group]
+        real = sum(r.tokens.size for r in group)
+        assert len(group) == 1 or max(widths) * len(group) <= min(PREFILL_TOKENS, (1 + PREFILL_PADDING) * real)
 
 
 WIDER = "tiny-llama:hidden=128,layers=2,heads=4,kv_heads=2,intermediate=256,vocab=300,context=256"

@@ -17,11 +17,15 @@ rows. Two measures make a row's result the same whatever else runs beside it, bi
   its own key positions, contiguous, as the sequence alone does. Outside the sampler's engine (training, a plain
   forward pass) it is transformers' ``sdpa`` attention, the one it replaces.
 
-Prefill runs one request at a time, so a prompt's numbers never depend on other prompts either.
+Prompts admitted together are prefilled in one left-padded forward pass whose numbers, per prompt, equal its
+prefill alone: the width is a multiple of four (so every matrix product has a row count the probe checked),
+attention runs per prompt over its own positions (:class:`row_lengths` with each prompt's length), and the
+unembedding sees the last four positions of each row (:func:`prefill_width`, :data:`PREFILL_LOGITS`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Callable, Sequence
@@ -29,16 +33,40 @@ from typing import Any, Final, cast
 
 import torch
 
-__all__ = ["ROW_ATTENTION", "padded_rows", "row_lengths", "rows_are_invariant", "use_row_attention"]
+from tinkerflow.shell.backends.local.openmp import single_threaded
+
+__all__ = [
+    "PREFILL_LOGITS",
+    "ROW_ATTENTION",
+    "padded_rows",
+    "prefill_width",
+    "row_lengths",
+    "rows_are_invariant",
+    "use_row_attention",
+]
 
 #: The attention implementation name this module registers with transformers.
 ROW_ATTENTION: Final = "tinkerflow_rows"
+
+#: Rows with at most this many queries attend on one OpenMP thread (their calls are too small to share).
+SMALL_ROW_QUERIES: Final = 128
 
 #: Row counts are padded to a multiple of this.
 ROW_MULTIPLE: Final = 4
 
 _state = threading.local()
 _registered = threading.Lock()
+
+
+#: Positions per row whose logits a batch-invariant prefill computes (only the last is used): the unembedding's row
+#: count is then a multiple of four for any number of prompts.
+PREFILL_LOGITS: Final = ROW_MULTIPLE
+
+
+def prefill_width(longest: int) -> int:
+    """The padded width of a batch-invariant prefill whose longest prompt has ``longest`` tokens (a multiple of
+    :data:`ROW_MULTIPLE`, so the decoder's row count, width times prompts, is one too)."""
+    return padded_rows(max(longest, 1))
 
 
 def padded_rows(rows: int) -> int:
@@ -79,21 +107,49 @@ def row_attention(
     if not getattr(_state, "active", False):
         return _fallback(module)(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     lengths: list[int] | None = _state.lengths
-    rows, _, queries, _ = query.shape
+    queries = query.shape[2]
     keys = key.shape[2]
+    if 1 < queries < keys:
+        raise ValueError(f"row attention: {queries} queries over {keys} keys (a prefill has as many as keys)")
     groups = query.shape[1] // key.shape[1]
+    return _rows(query, key, value, lengths, queries, groups, scaling), None
+
+
+def _rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    lengths: list[int] | None,
+    queries: int,
+    groups: int,
+    scaling: float | None,
+) -> torch.Tensor:
+    rows, keys = query.shape[0], key.shape[2]
+    spans = [keys if lengths is None else lengths[row] for row in range(rows)]
+    # a small row's call (every decode step's, a short prompt's) runs on one OpenMP thread (see ``openmp``),
+    # decided by the row's own size, so a row gets the same bits alone or batched; one switch for a batch of them
+    cpu = query.device.type == "cpu"
+    every_row_small = cpu and min(queries, max(spans)) <= SMALL_ROW_QUERIES
     outputs = []
-    for row in range(rows):
-        length = keys if lengths is None else lengths[row]
-        first = keys - length
-        q = query[row : row + 1].contiguous()
-        k = key[row : row + 1, :, first:].contiguous()
-        v = value[row : row + 1, :, first:].contiguous()
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=queries > 1, scale=scaling, enable_gqa=groups > 1
-        )
-        outputs.append(out)
-    return torch.cat(outputs).transpose(1, 2).contiguous(), None
+    with single_threaded() if every_row_small else contextlib.nullcontext():
+        for row, length in enumerate(spans):
+            first = keys - length
+            # a decode step's one query, or a left-padded prefill's last ``length`` queries (its real positions)
+            tail = min(queries, length)
+            # views, not copies: SDPA gives a strided slice the bits of the same values contiguous (the tests
+            # compare against each row alone, whose keys are contiguous), and copying cost 40% of the attention
+            q = query[row : row + 1, :, queries - tail :]
+            k = key[row : row + 1, :, first:]
+            v = value[row : row + 1, :, first:]
+            small = cpu and tail <= SMALL_ROW_QUERIES and not every_row_small
+            with single_threaded() if small else contextlib.nullcontext():
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, is_causal=tail > 1, scale=scaling, enable_gqa=groups > 1
+                )
+            if tail < queries:  # the padding positions' outputs: zeros (no real position attends to them)
+                out = torch.cat([out.new_zeros((1, out.shape[1], queries - tail, out.shape[3])), out], dim=2)
+            outputs.append(out)
+    return torch.cat(outputs).transpose(1, 2).contiguous()
 
 
 def _fallback(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
@@ -128,10 +184,11 @@ def use_row_attention(model: torch.nn.Module) -> bool:
     return True
 
 
-def rows_are_invariant(model: torch.nn.Module, max_rows: int, *, seed: int = 0) -> bool:
+def rows_are_invariant(model: torch.nn.Module, max_rows: int, *, max_tokens: int = 0, seed: int = 0) -> bool:
     """Whether this machine's matrix products give a row the same bits for every padded row count up to
-    ``max_rows``, for each distinct ``nn.Linear`` shape of ``model`` (checked on random data of that shape, the
-    output width capped at 4096 columns: the kernels block rows, not columns, by ``M``)."""
+    ``max_rows`` (decode steps), and for a sample of padded counts up to ``max_tokens`` (prefills: powers of two,
+    their neighbours and halfway points), for each distinct ``nn.Linear`` shape of ``model`` (checked on random
+    data of that shape, the output width capped at 4096 columns: the kernels block rows, not columns, by ``M``)."""
     shapes = sorted(
         {
             (min(module.out_features, 4096), module.in_features, module.weight.dtype, module.weight.device)
@@ -140,7 +197,12 @@ def rows_are_invariant(model: torch.nn.Module, max_rows: int, *, seed: int = 0) 
         },
         key=str,
     )
-    counts = sorted({ROW_MULTIPLE, 2 * ROW_MULTIPLE, *range(3 * ROW_MULTIPLE, padded_rows(max_rows) + 1, 4)})
+    wanted = {ROW_MULTIPLE, 2 * ROW_MULTIPLE, *range(3 * ROW_MULTIPLE, padded_rows(max_rows) + 1, ROW_MULTIPLE)}
+    power = 64
+    while power <= padded_rows(max_tokens):
+        wanted |= {power - ROW_MULTIPLE, power, power + ROW_MULTIPLE, power + power // 2}
+        power *= 2
+    counts = sorted(count for count in wanted if count <= max(padded_rows(max_rows), padded_rows(max_tokens)))
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         for out_features, in_features, dtype, device in shapes:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import numpy as np
 import torch
@@ -36,7 +36,14 @@ import torch
 from tinkerflow.errors import ValidationError
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams, StopReason
 from tinkerflow.shell.backends.local.decoding import BatchCache, choose_tokens, output_cache, score_prompt
-from tinkerflow.shell.backends.local.invariant import padded_rows, row_lengths, rows_are_invariant, use_row_attention
+from tinkerflow.shell.backends.local.invariant import (
+    PREFILL_LOGITS,
+    padded_rows,
+    prefill_width,
+    row_lengths,
+    rows_are_invariant,
+    use_row_attention,
+)
 from tinkerflow.shell.backends.protocol import APIFuture
 from tinkerflow.tokenizers import Tokenizer
 
@@ -45,6 +52,12 @@ __all__ = ["SampleRequest", "Scheduler"]
 T = TypeVar("T")
 
 _LOG = logging.getLogger(__name__)
+
+#: Padded prompt positions per prefill forward pass: the prompts admitted together are prefilled in groups of about
+#: this size (a longer prompt alone).
+PREFILL_TOKENS: Final = 2048
+#: A prefill group's padding, at most this fraction of its prompts' own positions (one prompt alone excepted).
+PREFILL_PADDING: Final = 0.25
 
 
 class SampleRequest:
@@ -252,7 +265,7 @@ class Scheduler:
             return False, False
         if not self.deterministic:
             return True, False
-        if use_row_attention(self._model) and rows_are_invariant(self._model, self.max_rows):
+        if use_row_attention(self._model) and rows_are_invariant(self._model, self.max_rows, max_tokens=PREFILL_TOKENS):
             return True, True
         _LOG.warning(
             "%s: this machine's matrix products are not batch-invariant for this model, so requests run one at a "
@@ -290,45 +303,70 @@ class Scheduler:
                     item.future.set_exception(error)
             else:
                 fresh.append(item)
-        parts: list[tuple[SampleRequest, BatchCache, torch.Tensor]] = []
-        for request in fresh:
-            try:
-                parts.append((request, *self._prefill(request)))
-            except Exception as error:
-                request.future.set_exception(error)
+        parts: list[tuple[list[SampleRequest], BatchCache, torch.Tensor]] = []
+        for group in _prefill_groups(fresh, self._padded):
+            parts.extend(self._prefill_or_fail(group))
         if parts:
             try:
                 self._join(parts)
             except Exception as error:
-                for request, _, _ in parts:
-                    request.future.set_exception(error)
+                for requests, _, _ in parts:
+                    for request in requests:
+                        request.future.set_exception(error)
+
+    def _prefill_or_fail(
+        self, group: list[SampleRequest]
+    ) -> list[tuple[list[SampleRequest], BatchCache, torch.Tensor]]:
+        """``group`` prefilled together; when that fails, each request alone, so an error fails only its own."""
+        try:
+            return [(group, *self._prefill(group))]
+        except Exception as error:
+            if len(group) == 1:
+                group[0].future.set_exception(error)
+                return []
+        return [part for request in group for part in self._prefill_or_fail([request])]
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, **kwargs: object) -> Any:
         return self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
 
-    def _prefill(self, request: SampleRequest) -> tuple[BatchCache, torch.Tensor]:
-        """Prefill one request's prompt alone (so its numbers never depend on other prompts): its cache row copied
-        for each sample, and the last position's logits per sample."""
-        ids = torch.from_numpy(request.tokens[None].astype(np.int64)).to(self._device)
-        mask = torch.ones_like(ids)
-        positions = torch.arange(ids.shape[1], device=self._device)[None]
-        output = self._forward(ids, mask, positions, logits_to_keep=0 if request.prompt_scores else 1)
+    def _prefill(self, requests: list[SampleRequest]) -> tuple[BatchCache, torch.Tensor]:
+        """Prefill ``requests``' prompts in one forward pass, left-padded: the cache rows and the last position's
+        logits, one per sequence (a prompt's row copied for each of its samples). Batch-invariantly, a prompt's
+        numbers equal its prefill alone (see :mod:`~tinkerflow.shell.backends.local.invariant`)."""
+        lengths = [int(request.tokens.size) for request in requests]
+        width = prefill_width(max(lengths)) if self._padded else max(lengths)
+        ids = np.zeros((len(requests), width), dtype=np.int64)
+        positions = np.zeros((len(requests), width), dtype=np.int64)
+        for row, (request, length) in enumerate(zip(requests, lengths, strict=True)):
+            ids[row, width - length :] = request.tokens
+            positions[row, width - length :] = np.arange(length)
+        ids_t = torch.from_numpy(ids).to(self._device)
+        mask = (torch.arange(width)[None] >= torch.tensor([width - length for length in lengths])[:, None]).long()
+        mask = mask.to(self._device)
+        scores = requests[0].prompt_scores  # such a request is prefilled alone
+        keep = 0 if scores else (PREFILL_LOGITS if self._padded else 1)
+        rowwise = row_lengths(lengths) if self._padded else contextlib.nullcontext()
+        with rowwise:
+            output = self._forward(ids_t, mask, torch.from_numpy(positions).to(self._device), logits_to_keep=keep)
         logits = cast("torch.Tensor", output.logits)
-        if request.prompt_scores:
-            request.scored = score_prompt(logits[0].float(), ids[0], request.topk)
-        part = BatchCache(output_cache(output), mask)
+        if scores:
+            start = width - lengths[0]
+            requests[0].scored = score_prompt(logits[0, start:].float(), ids_t[0, start:], requests[0].topk)
+        cache = BatchCache(output_cache(output), mask)
         last = logits[:, -1].float()
-        if request.num_samples > 1:
-            copies = torch.zeros(request.num_samples, dtype=torch.long, device=self._device)
-            part.select(copies)
-            last = last[copies]
-        return part, last
+        copies = [row for row, request in enumerate(requests) for _ in range(request.num_samples)]
+        if copies != list(range(len(requests))):
+            index = torch.tensor(copies, device=self._device)
+            cache.select(index)
+            last = last[index]
+        return cache, last
 
-    def _join(self, parts: list[tuple[SampleRequest, BatchCache, torch.Tensor]]) -> None:
+    def _join(self, parts: list[tuple[list[SampleRequest], BatchCache, torch.Tensor]]) -> None:
         """Add prefilled requests' sequences to the running batch (one copy of the cache)."""
         rows = [
             _Row(request, sample, request.tokens.size)
-            for request, _, _ in parts
+            for requests, _, _ in parts
+            for request in requests
             for sample in range(request.num_samples)
         ]
         caches = [part for _, part, _ in parts]
@@ -434,3 +472,24 @@ class Scheduler:
 
     def _reset(self) -> None:
         self._rows, self._cache, self._logits = [], None, None
+
+
+def _prefill_groups(requests: list[SampleRequest], padded: bool) -> list[list[SampleRequest]]:
+    """``requests`` grouped for prefill: one that wants prompt logprobs alone (it needs every position's logits),
+    the others shortest first, each group's padded positions within :data:`PREFILL_TOKENS` and at most
+    :data:`PREFILL_PADDING` more than its prompts' own positions (prompts of similar lengths share a pass)."""
+    groups = [[request] for request in requests if request.prompt_scores]
+    group: list[SampleRequest] = []
+    real = 0
+    for request in sorted((r for r in requests if not r.prompt_scores), key=lambda r: r.tokens.size):
+        size = int(request.tokens.size)
+        width = prefill_width(size) if padded else size  # the widest so far: shortest first
+        positions = width * (len(group) + 1)
+        if group and (positions > PREFILL_TOKENS or positions > (1 + PREFILL_PADDING) * (real + size)):
+            groups.append(group)
+            group, real = [], 0
+        group.append(request)
+        real += size
+    if group:
+        groups.append(group)
+    return groups
