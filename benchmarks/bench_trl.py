@@ -12,7 +12,8 @@ memory: TRL's ``SFTConfig.gradient_checkpointing`` (True) and LocalBackend's ``c
 
 The TRL side needs ``trl`` (``pip install trl`` or the ``bench`` extra); without it the benchmark prints why and
 reports tinkerflow's figures only. Last line: one JSON object (tokens/s, ratio LocalBackend / TRL, peak MB).
-Usage: ``python benchmarks/bench_trl.py [--steps N] [--rounds N] [--no-checkpointing]``.
+``--keep-freed-memory`` runs LocalBackend with ``return_freed_memory=False``.
+Usage: ``python benchmarks/bench_trl.py [--steps N] [--rounds N] [--no-checkpointing] [--keep-freed-memory]``.
 """
 
 from __future__ import annotations
@@ -54,14 +55,19 @@ def _rows(vocab: int) -> tuple[Any, Any]:
     return tokens, mask
 
 
-def _tinkerflow(steps: int, checkpointing: bool) -> dict[str, float]:
+def _tinkerflow(steps: int, checkpointing: bool, return_freed: bool = True) -> dict[str, float]:
     import numpy as np
 
     from tinkerflow import AdamParams, Datum, ModelInput
     from tinkerflow.shell.backends.local import LocalBackend
     from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL
 
-    backend = LocalBackend(checkpoint_dir=tempfile.mkdtemp(), device="cpu", checkpoint_layers=checkpointing)
+    backend = LocalBackend(
+        checkpoint_dir=tempfile.mkdtemp(),
+        device="cpu",
+        checkpoint_layers=checkpointing,
+        return_freed_memory=return_freed,
+    )
     client = backend.create_lora_training_client(EMBEDDED_MODEL, rank=RANK, seed=0, train_unembed=False).result()
     tokens, mask = _rows(client.get_info().vocab_size or 49152)
     data = [
@@ -139,16 +145,18 @@ def _trl(steps: int, checkpointing: bool) -> dict[str, float]:
     return {"step_s": statistics.median(times[1:]), "peak_mb": _peak_mb()}
 
 
-def _child(side: str, steps: int, checkpointing: bool) -> dict[str, float]:
-    result = _tinkerflow(steps, checkpointing) if side == "tinkerflow" else _trl(steps, checkpointing)
+def _child(side: str, steps: int, checkpointing: bool, return_freed: bool) -> dict[str, float]:
+    result = _tinkerflow(steps, checkpointing, return_freed) if side == "tinkerflow" else _trl(steps, checkpointing)
     result["tokens_per_s"] = BATCH * LENGTH / result["step_s"]
     return result
 
 
-def _run(side: str, steps: int, checkpointing: bool) -> dict[str, float]:
+def _run(side: str, steps: int, checkpointing: bool, return_freed: bool) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", side, "--steps", str(steps)]
     if not checkpointing:
         command.append("--no-checkpointing")
+    if not return_freed:
+        command.append("--keep-freed-memory")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "src")])}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
@@ -162,11 +170,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per side (the first is a warm-up)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-checkpointing", action="store_true")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="LocalBackend(return_freed_memory=False): faster, larger peak (see docs/backends.md)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     steps, checkpointing = max(arguments.steps, 2), not arguments.no_checkpointing
     if arguments.child:
-        print(json.dumps(_child(arguments.child, steps, checkpointing)))
+        print(json.dumps(_child(arguments.child, steps, checkpointing, not arguments.keep_freed_memory)))
         return
     sides = ["tinkerflow"]
     if importlib.util.find_spec("trl") is None:
@@ -176,7 +189,7 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {}
     for number in range(arguments.rounds):
         for side in sides if number % 2 == 0 else sides[::-1]:
-            result = _run(side, steps, checkpointing)
+            result = _run(side, steps, checkpointing, not arguments.keep_freed_memory)
             load = os.getloadavg()[0]
             print(
                 f"{side}: {result['tokens_per_s']:.0f} tokens/s, peak RSS {result['peak_mb']:.0f} MB (load {load:.1f})"
@@ -190,6 +203,7 @@ def main() -> None:
         "steps": steps,
         "rounds": arguments.rounds,
         "activation_checkpointing": checkpointing,
+        "return_freed_memory": not arguments.keep_freed_memory,
         "load_average": round(os.getloadavg()[0], 2),
     }
     for side, result in best.items():
