@@ -152,10 +152,16 @@ def _forward_logprobs(model: torch.nn.Module, tokens: list[int]) -> np.ndarray:
 
 @settings(max_examples=4, deadline=None)
 @given(others_seed=st.integers(0, 2**31))
-def test_sampled_logprobs_equal_a_forward_pass_under_batching(backend: LocalBackend, others_seed: int) -> None:
-    client = backend.create_sampling_client(base_model=TINY).result()
-    assert isinstance(client, LocalSamplingClient)
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_sampled_logprobs_equal_a_forward_pass_under_batching(
+    backend: LocalBackend, others_seed: int, deterministic: bool
+) -> None:
+    """Batch-invariant or not (``deterministic=False``: the model's own attention over left-padded prompts and
+    rows), each sampled token's logprob is a plain forward pass's of the same weights."""
     model = backend.base_model(TINY).build()
+    client = LocalSamplingClient(
+        backend.base_model(TINY), backend.base_model(TINY).build(), "t", deterministic=deterministic
+    )
     requests = _others(np.random.default_rng(others_seed), 16)
     with held(client):
         futures = [_sample(client, *request) for request in requests]
