@@ -4,9 +4,9 @@ A :class:`Scheduler` owns one model and one engine thread. Each loop of the thre
 
 1. **admits** queued work, first in, first out: a job (a prompt scoring) runs at once; sample requests join the
    running batch while it has room (``max_rows`` sequences, ``max_tokens`` cache positions, prompt plus
-   ``max_tokens`` per sequence). The prompts admitted together are prefilled in one padded forward pass (a request
-   that wants prompt logprobs alone, as it needs every position's logits); a request's prompt is prefilled once and
-   its KV cache row copied for its ``num_samples`` sequences;
+   ``max_tokens`` per sequence). The prompts admitted together are prefilled in left-padded forward passes, grouped
+   by length (:func:`_prefill_groups`; a request that wants prompt logprobs alone, as it needs every position's
+   logits); a request's prompt is prefilled once and its KV cache row copied for its ``num_samples`` sequences;
 2. **draws** one token for every sequence of the batch. The randomness is the request's: a generator seeded from
    its seed draws one uniform per sequence of the request at each step, so the tokens a request gets do not depend on
    what else is batched with it (up to float rounding of the logits in a different batch shape), and a sequence's
