@@ -12,8 +12,9 @@ memory: TRL's ``SFTConfig.gradient_checkpointing`` (True) and LocalBackend's ``c
 
 The TRL side needs ``trl`` (``pip install trl`` or the ``bench`` extra); without it the benchmark prints why and
 reports tinkerflow's figures only. Last line: one JSON object (tokens/s, ratio LocalBackend / TRL, peak MB).
-``--keep-freed-memory`` runs LocalBackend with ``return_freed_memory=False``.
-Usage: ``python benchmarks/bench_trl.py [--steps N] [--rounds N] [--no-checkpointing] [--keep-freed-memory]``.
+``--keep-freed-memory`` runs LocalBackend with ``return_freed_memory=False``, ``--max-tokens-per-batch N`` with that
+pass size. Usage: ``python benchmarks/bench_trl.py [--steps N] [--rounds N] [--no-checkpointing]
+[--keep-freed-memory] [--max-tokens-per-batch N]``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def _rows(vocab: int) -> tuple[Any, Any]:
     return tokens, mask
 
 
-def _tinkerflow(steps: int, checkpointing: bool, return_freed: bool = True) -> dict[str, float]:
+def _tinkerflow(
+    steps: int, checkpointing: bool, return_freed: bool = True, pass_tokens: int = 2048
+) -> dict[str, float]:
     import numpy as np
 
     from tinkerflow import AdamParams, Datum, ModelInput
@@ -67,6 +70,7 @@ def _tinkerflow(steps: int, checkpointing: bool, return_freed: bool = True) -> d
         device="cpu",
         checkpoint_layers=checkpointing,
         return_freed_memory=return_freed,
+        max_tokens_per_batch=pass_tokens,
     )
     client = backend.create_lora_training_client(EMBEDDED_MODEL, rank=RANK, seed=0, train_unembed=False).result()
     tokens, mask = _rows(client.get_info().vocab_size or 49152)
@@ -145,14 +149,18 @@ def _trl(steps: int, checkpointing: bool) -> dict[str, float]:
     return {"step_s": statistics.median(times[1:]), "peak_mb": _peak_mb()}
 
 
-def _child(side: str, steps: int, checkpointing: bool, return_freed: bool) -> dict[str, float]:
-    result = _tinkerflow(steps, checkpointing, return_freed) if side == "tinkerflow" else _trl(steps, checkpointing)
+def _child(side: str, steps: int, checkpointing: bool, return_freed: bool, pass_tokens: int) -> dict[str, float]:
+    if side == "tinkerflow":
+        result = _tinkerflow(steps, checkpointing, return_freed, pass_tokens)
+    else:
+        result = _trl(steps, checkpointing)
     result["tokens_per_s"] = BATCH * LENGTH / result["step_s"]
     return result
 
 
-def _run(side: str, steps: int, checkpointing: bool, return_freed: bool) -> dict[str, float]:
-    command = [sys.executable, __file__, "--child", side, "--steps", str(steps)]
+def _run(side: str, steps: int, checkpointing: bool, return_freed: bool, pass_tokens: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child", side, "--steps", str(steps), "--max-tokens-per-batch"]
+    command.append(str(pass_tokens))
     if not checkpointing:
         command.append("--no-checkpointing")
     if not return_freed:
@@ -175,11 +183,13 @@ def main() -> None:
         action="store_true",
         help="LocalBackend(return_freed_memory=False): faster, larger peak (see docs/backends.md)",
     )
+    parser.add_argument("--max-tokens-per-batch", type=int, default=2048, help="LocalBackend's padded tokens per pass")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     steps, checkpointing = max(arguments.steps, 2), not arguments.no_checkpointing
     if arguments.child:
-        print(json.dumps(_child(arguments.child, steps, checkpointing, not arguments.keep_freed_memory)))
+        freed, pass_tokens = not arguments.keep_freed_memory, arguments.max_tokens_per_batch
+        print(json.dumps(_child(arguments.child, steps, checkpointing, freed, pass_tokens)))
         return
     sides = ["tinkerflow"]
     if importlib.util.find_spec("trl") is None:
@@ -189,7 +199,7 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {}
     for number in range(arguments.rounds):
         for side in sides if number % 2 == 0 else sides[::-1]:
-            result = _run(side, steps, checkpointing, not arguments.keep_freed_memory)
+            result = _run(side, steps, checkpointing, not arguments.keep_freed_memory, arguments.max_tokens_per_batch)
             load = os.getloadavg()[0]
             print(
                 f"{side}: {result['tokens_per_s']:.0f} tokens/s, peak RSS {result['peak_mb']:.0f} MB (load {load:.1f})"
@@ -204,6 +214,7 @@ def main() -> None:
         "rounds": arguments.rounds,
         "activation_checkpointing": checkpointing,
         "return_freed_memory": not arguments.keep_freed_memory,
+        "max_tokens_per_batch": arguments.max_tokens_per_batch,
         "load_average": round(os.getloadavg()[0], 2),
     }
     for side, result in best.items():
