@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
-from _common import emit
+from _common import ROOT, emit, run_child
 
 BATCH, LENGTH, RANK = 8, 512, 32
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _peak_mb() -> float:
@@ -117,12 +114,7 @@ def _run_child(workload: str, chunk: int | None, budget: int | None, rl_steps: i
         command += ["--chunk", str(chunk)]
     if budget is not None:
         command += ["--budget", str(budget)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "src")])}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode:
-        raise SystemExit(f"{workload} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_child(command, workload)
 
 
 def main() -> None:

@@ -23,23 +23,20 @@ import argparse
 import importlib.util
 import json
 import os
-import pathlib
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from typing import Any
 
-from _common import emit
+from _common import emit, run_child
 
 BATCH, LENGTH, RANK, ALPHA, LR = 8, 512, 32, 32, 1e-4
 #: TRL (1.16) refuses an adapter on ``lm_head`` (its fused log-probabilities read ``lm_head.weight`` directly), so
 #: both sides adapt the attention and MLP projections only (LocalBackend: ``train_unembed=False``).
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _peak_mb() -> float:
@@ -165,12 +162,7 @@ def _run(side: str, steps: int, checkpointing: bool, return_freed: bool, pass_to
         command.append("--no-checkpointing")
     if not return_freed:
         command.append("--keep-freed-memory")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "src")])}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode:
-        raise SystemExit(f"{side} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_child(command, side)
 
 
 def main() -> None:
