@@ -3,6 +3,7 @@ memory, the option's checks, and bf16 bases with fp32 adapters (the GPU configur
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import Callable, Sequence
 
@@ -102,7 +103,10 @@ def test_checkpoint_layers_without_layers_is_a_no_op() -> None:
     assert checkpoint_layers(torch.nn.Linear(2, 2)) == 0
 
 
-@pytest.mark.parametrize(("option", "value"), [("checkpoint_layers", 1), ("logprob_chunk_tokens", 0)])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("checkpoint_layers", 1), ("logprob_chunk_tokens", 0), ("return_freed_memory", "sometimes")],
+)
 def test_memory_options_are_checked(tmp_path: pathlib.Path, option: str, value: object) -> None:
     with pytest.raises(ConfigError, match=option):
         LocalBackend(checkpoint_dir=tmp_path, device="cpu", **{option: value})  # type: ignore[arg-type]
@@ -128,3 +132,65 @@ def test_bf16_base_trains_fp32_adapters(tmp_path: pathlib.Path) -> None:
     client.close()
     reference.close()
     backend.close()
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "custom"])
+def test_trimming_between_passes_runs_once_per_micro_batch_and_changes_nothing(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, loss: str
+) -> None:
+    """``return_freed_memory="between_passes"`` trims the heap before every forward/backward micro-batch (here
+    3 of them, twice each for a custom loss over several micro-batches) and gives the same bits as not trimming."""
+    from tinkerflow.shell.backends.local import heap
+
+    calls: list[bool] = []
+    plain = heap.trim
+    monkeypatch.setattr(heap, "trim", lambda: calls.append(plain()) or True)
+    data = _data([20, 25, 30])  # 40 tokens per pass: one datum each
+    results = []
+    for mode in (False, "between_passes"):
+        backend, client = _client(tmp_path / str(mode), return_freed_memory=mode, max_tokens_per_batch=40)
+        if loss == "custom":
+            out = client.forward_backward_custom(data, lambda _data, lps: (sum(lp.sum() for lp in lps), {})).result()
+        else:
+            out = client.forward_backward(data, "cross_entropy").result()
+        results.append((list(out.logprobs_D), client.get_gradients().result()))
+        client.close()
+        backend.close()
+    assert len(calls) == (6 if loss == "custom" else 3)
+    (lp_a, grads_a), (lp_b, grads_b) = results
+    for a, b in zip(lp_a, lp_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name in grads_a:
+        np.testing.assert_array_equal(grads_a[name], grads_b[name], err_msg=name)
+
+
+def test_heap_helpers_report_what_they_did() -> None:
+    """On glibc, ``trim`` gives back free pages held in the middle of the heap (blocks freed below one still in
+    use, which ``free`` alone keeps), and ``map_large_blocks`` is accepted; elsewhere both are no-ops that say so."""
+    import ctypes
+    import platform
+
+    from tinkerflow.shell.backends.local import heap
+
+    if platform.libc_ver()[0] != "glibc":
+        assert heap.trim() is False
+        assert heap.map_large_blocks() is False
+        return
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def resident_mib() -> float:
+        return int(pathlib.Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    blocks = [libc.malloc(64 << 10) for _ in range(1024)]  # 64 MiB in 64 KiB heap blocks (below any mmap threshold)
+    for block in blocks:
+        ctypes.memset(block, 1, 64 << 10)  # resident
+    for block in blocks[:-1]:  # the last stays in use, so the freed ones are not at the heap's top
+        libc.free(block)
+    before = resident_mib()
+    assert heap.trim() is True
+    assert resident_mib() < before - 48
+    libc.free(blocks[-1])
+    assert heap.map_large_blocks() is True

@@ -22,18 +22,18 @@ first out.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pathlib
 import secrets
 import threading
-from typing import TYPE_CHECKING, Unpack
+from typing import TYPE_CHECKING, Literal, Unpack
 
 import torch
 
 from tinkerflow._validate import int_at_least, positive_int
 from tinkerflow.errors import ConfigError
 from tinkerflow.shell.backends.base import BackendBase, LoraOptions, LoraSpec
+from tinkerflow.shell.backends.local import heap
 from tinkerflow.shell.backends.local.batches import resolve_device
 from tinkerflow.shell.backends.local.checkpoint import (
     LocalPath,
@@ -77,10 +77,13 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         checkpoint_layers: activation checkpointing of the decoder layers when training: a backward pass keeps
             one hidden state per layer and position and runs each layer's forward again (same result, far less
             memory, about a third more compute).
-        return_freed_memory: on glibc (Linux), have ``malloc`` give blocks of 1 MiB and more straight back to the
-            system when torch frees them (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, process-wide, set once). Without
-            it glibc keeps freed tensor memory in its heap, where fragmentation grew the resident size of an
-            8 x 512 SmolLM2 step by about 1.4 GB more than the live tensors (docs/backends.md).
+        return_freed_memory: how freed tensor memory goes back to the system on glibc (Linux); without help glibc
+            keeps it in a fragmented heap, which grew the resident size of an 8 x 512 SmolLM2 step by about
+            1.2 GB more than the live tensors (:mod:`~tinkerflow.shell.backends.local.heap`, docs/backends.md).
+            ``True``: blocks of 1 MiB and more go back as soon as torch frees them (``mallopt``, process-wide,
+            set once): the lowest peak, slower steps. ``"between_passes"``: the heap's free pages go back before
+            each forward/backward micro-batch (``malloc_trim``): faster, a higher peak in fp32 (about the same in
+            bf16). ``False``: glibc's defaults.
     """
 
     def __init__(
@@ -92,7 +95,7 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         max_tokens_per_batch: int = 2048,
         logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         checkpoint_layers: bool = True,
-        return_freed_memory: bool = True,
+        return_freed_memory: bool | Literal["between_passes"] = True,
     ) -> None:
         self.checkpoint_dir = (
             pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else cache_root() / "checkpoints"
@@ -104,12 +107,15 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         if not isinstance(checkpoint_layers, bool):
             raise ConfigError("LocalBackend", "checkpoint_layers", f"must be True or False, got {checkpoint_layers!r}.")
         self.checkpoint_layers = checkpoint_layers
-        if not isinstance(return_freed_memory, bool):
+        if not isinstance(return_freed_memory, bool) and return_freed_memory != "between_passes":
             raise ConfigError(
-                "LocalBackend", "return_freed_memory", f"must be True or False, got {return_freed_memory!r}."
+                "LocalBackend",
+                "return_freed_memory",
+                f'must be True, False or "between_passes", got {return_freed_memory!r}.',
             )
-        if return_freed_memory:
-            return_freed_memory_to_system()
+        self.trim_between_passes = return_freed_memory == "between_passes"
+        if return_freed_memory is True:
+            heap.map_large_blocks()
         self._bases: dict[str, BaseModel] = {}
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()
@@ -246,28 +252,6 @@ class _ContinuedRun(LocalTrainingClient):
 
     def save_weights_external(self, name: str, *, overwrite: bool = True) -> APIFuture[str]:
         return super().save_weights_external(name, overwrite=overwrite)
-
-
-#: glibc's ``mallopt`` parameter for the size from which ``malloc`` maps memory rather than using its heap.
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def return_freed_memory_to_system() -> bool:
-    """Fix glibc's mmap threshold at 1 MiB (see ``LocalBackend(return_freed_memory=...)``); whether it was set.
-
-    Large tensors are then mapped and unmapped one by one, so memory torch frees leaves the process at once instead
-    of fragmenting the heap. A fixed threshold also turns off glibc's own raising of it. A no-op (``False``) where
-    the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
 
 
 def _check_name(name: object) -> None:

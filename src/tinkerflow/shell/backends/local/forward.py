@@ -199,16 +199,20 @@ def run_builtin(
     backward: bool,
     device: torch.device,
     chunk: int = DEFAULT_CHUNK_TOKENS,
+    before_pass: Callable[[], object] | None = None,
 ) -> ForwardBackwardOutput:
     """A built-in loss over ``batch`` in the micro-batches ``groups``; with ``backward``, its gradient accumulates.
 
     The loss runs on the real positions only (packed, :func:`~tinkerflow.shell.backends.local.batches.pack`), the
-    unembedding in chunks of ``chunk`` positions (:func:`chunked_logprobs`).
+    unembedding in chunks of ``chunk`` positions (:func:`chunked_logprobs`). ``before_pass`` (if any) runs before
+    each micro-batch.
     """
     keys = [key for key in losses.LOSS_INPUTS[loss_fn] if key != "target_tokens"]
     logprobs_D: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(batch.data)
     total = 0.0
+    between = before_pass if before_pass is not None else _nothing
     for group in groups:
+        between()
         packed = pack(batch, group, device)
         with torch.set_grad_enabled(backward):
             inputs = packed_inputs(batch, group, keys, device)
@@ -225,6 +229,10 @@ def run_builtin(
     return ForwardBackwardOutput(
         loss_fn_outputs=tuple(LossFnOutput(logprobs_T=lp) for lp in logprobs_D), metrics={"loss:sum": total}
     )
+
+
+def _nothing() -> None:
+    pass
 
 
 def check_finite_outputs(logprobs_D: Sequence[np.ndarray]) -> None:
@@ -267,16 +275,20 @@ def run_custom(
     device: torch.device,
     head: PlainHead | None = None,
     chunk: int = DEFAULT_CHUNK_TOKENS,
+    before_pass: Callable[[], object] | None = None,
 ) -> ForwardBackwardOutput:
     """A custom loss of the per-datum logprobs: its gradient in the logprobs is back-propagated through the model.
 
     One micro-batch keeps its graph between the two passes; several are run again for the backward pass (with
-    autograd only where the loss's gradient is non-zero). Logprobs are packed and chunked as in :func:`run_builtin`.
+    autograd only where the loss's gradient is non-zero). Logprobs are packed and chunked, and ``before_pass`` runs,
+    as in :func:`run_builtin`.
     """
+    between = before_pass if before_pass is not None else _nothing
     keep_graph = len(groups) == 1
     graphs: list[tuple[Packed, torch.Tensor]] = []
     leaves: list[torch.Tensor] = [torch.zeros(0)] * len(batch.data)
     for group in groups:
+        between()
         packed = pack(batch, group, device)
         with torch.set_grad_enabled(keep_graph):
             logprobs = packed_logprobs(model, head, packed, None, chunk)
@@ -294,6 +306,7 @@ def run_custom(
         if keep_graph:
             packed, logprobs = graphs[number]
         else:
+            between()
             packed = pack(batch, group, device)
             logprobs = packed_logprobs(model, head, packed, upstream != 0, chunk)
         surrogate_loss = (logprobs * upstream.to(logprobs.dtype)).sum()

@@ -19,6 +19,7 @@ import torch
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 from tinkerflow.losses import LossFnType
+from tinkerflow.shell.backends.local import heap
 from tinkerflow.shell.backends.local.batches import Batch, encode_data, microbatches, to_numpy
 from tinkerflow.shell.backends.local.checkpoint import (
     OPTIMIZER_FILE,
@@ -55,7 +56,7 @@ __all__ = ["LocalTrainingClient", "TrainingHost"]
 
 class TrainingHost(ModelSource, Protocol):
     """What a training client needs from its backend (the ``LocalBackend``): base models, the checkpoint directory,
-    the micro-batch budget, the logprob chunk and activation checkpointing."""
+    the micro-batch budget, the logprob chunk, activation checkpointing and heap trimming between passes."""
 
     @property
     def max_tokens_per_batch(self) -> int: ...
@@ -65,6 +66,9 @@ class TrainingHost(ModelSource, Protocol):
 
     @property
     def checkpoint_layers(self) -> bool: ...
+
+    @property
+    def trim_between_passes(self) -> bool: ...
 
 
 class LocalTrainingClient:
@@ -121,6 +125,7 @@ class LocalTrainingClient:
                     device=self._base.device,
                     head=self._head,
                     chunk=self._backend.logprob_chunk_tokens,
+                    before_pass=self._before_pass(),
                 ),
             )
         )
@@ -241,6 +246,7 @@ class LocalTrainingClient:
                 backward=backward,
                 device=self._base.device,
                 chunk=self._backend.logprob_chunk_tokens,
+                before_pass=self._before_pass(),
             )
 
         return self._worker.submit(lambda: self._diverged(where, run))
@@ -259,6 +265,9 @@ class LocalTrainingClient:
                 f"the last at learning rate {self._last_lr:g}: training diverged ({error.problem})",
                 "lower the learning rate, or clip gradients (AdamParams.grad_clip_norm).",
             ) from error
+
+    def _before_pass(self) -> Callable[[], object] | None:
+        return heap.trim if self._backend.trim_between_passes else None
 
     def _groups(self, batch: Batch) -> list[list[int]]:
         return microbatches([tokens.size for tokens in batch.inputs_D], self._backend.max_tokens_per_batch)
