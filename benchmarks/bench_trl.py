@@ -12,9 +12,11 @@ memory: TRL's ``SFTConfig.gradient_checkpointing`` (True) and LocalBackend's ``c
 
 The TRL side needs ``trl`` (``pip install trl`` or the ``bench`` extra); without it the benchmark prints why and
 reports tinkerflow's figures only. Last line: one JSON object (tokens/s, ratio LocalBackend / TRL, peak MB).
-``--keep-freed-memory`` runs LocalBackend with ``return_freed_memory=False``, ``--max-tokens-per-batch N`` with that
-pass size. Usage: ``python benchmarks/bench_trl.py [--steps N] [--rounds N] [--no-checkpointing]
-[--keep-freed-memory] [--max-tokens-per-batch N]``.
+``--return-freed-memory false|between_passes`` runs LocalBackend with that ``return_freed_memory``,
+``--max-tokens-per-batch N`` with that pass size; ``--dtype bf16`` loads the base in bf16 on both sides (fp32
+adapters on both: LocalBackend's own, peft's default; TRL with ``bf16=True``). Usage:
+``python benchmarks/bench_trl.py [--steps N] [--rounds N] [--no-checkpointing] [--return-freed-memory MODE]
+[--max-tokens-per-batch N] [--dtype fp32|bf16]``.
 """
 
 from __future__ import annotations
@@ -53,8 +55,18 @@ def _rows(vocab: int) -> tuple[Any, Any]:
     return tokens, mask
 
 
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+#: ``--return-freed-memory`` choices and the ``LocalBackend(return_freed_memory=...)`` each stands for.
+FREED: dict[str, bool | str] = {"true": True, "false": False, "between_passes": "between_passes"}
+
+
 def _tinkerflow(
-    steps: int, checkpointing: bool, return_freed: bool = True, pass_tokens: int = 2048
+    steps: int, checkpointing: bool, return_freed: str = "true", pass_tokens: int = 2048, dtype: str = "fp32"
 ) -> dict[str, float]:
     import numpy as np
 
@@ -66,8 +78,9 @@ def _tinkerflow(
         checkpoint_dir=tempfile.mkdtemp(),
         device="cpu",
         checkpoint_layers=checkpointing,
-        return_freed_memory=return_freed,
+        return_freed_memory=FREED[return_freed],
         max_tokens_per_batch=pass_tokens,
+        dtype=_dtype(dtype),
     )
     client = backend.create_lora_training_client(EMBEDDED_MODEL, rank=RANK, seed=0, train_unembed=False).result()
     tokens, mask = _rows(client.get_info().vocab_size or 49152)
@@ -90,8 +103,7 @@ def _tinkerflow(
     return {"step_s": statistics.median(times[1:]), "peak_mb": _peak_mb()}
 
 
-def _trl(steps: int, checkpointing: bool) -> dict[str, float]:
-    import torch
+def _trl(steps: int, checkpointing: bool, dtype: str = "fp32") -> dict[str, float]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -112,7 +124,7 @@ def _trl(steps: int, checkpointing: bool) -> dict[str, float]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(str(embedded_model_dir()), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(embedded_model_dir()), dtype=_dtype(dtype))
         tokens, mask = _rows(int(model.config.vocab_size))
         # LENGTH input positions, as on the tinkerflow side (the model shifts the labels itself)
         dataset = Dataset.from_dict(
@@ -131,7 +143,7 @@ def _trl(steps: int, checkpointing: bool) -> dict[str, float]:
                 max_length=LENGTH,
                 completion_only_loss=True,
                 gradient_checkpointing=checkpointing,
-                bf16=False,
+                bf16=dtype == "bf16",
                 fp16=False,
                 use_cpu=True,
                 save_strategy="no",
@@ -146,22 +158,23 @@ def _trl(steps: int, checkpointing: bool) -> dict[str, float]:
     return {"step_s": statistics.median(times[1:]), "peak_mb": _peak_mb()}
 
 
-def _child(side: str, steps: int, checkpointing: bool, return_freed: bool, pass_tokens: int) -> dict[str, float]:
+def _child(side: str, arguments: argparse.Namespace) -> dict[str, float]:
+    steps, checkpointing = max(arguments.steps, 2), not arguments.no_checkpointing
     if side == "tinkerflow":
-        result = _tinkerflow(steps, checkpointing, return_freed, pass_tokens)
+        freed, pass_tokens = arguments.return_freed_memory, arguments.max_tokens_per_batch
+        result = _tinkerflow(steps, checkpointing, freed, pass_tokens, arguments.dtype)
     else:
-        result = _trl(steps, checkpointing)
+        result = _trl(steps, checkpointing, arguments.dtype)
     result["tokens_per_s"] = BATCH * LENGTH / result["step_s"]
     return result
 
 
-def _run(side: str, steps: int, checkpointing: bool, return_freed: bool, pass_tokens: int) -> dict[str, float]:
-    command = [sys.executable, __file__, "--child", side, "--steps", str(steps), "--max-tokens-per-batch"]
-    command.append(str(pass_tokens))
-    if not checkpointing:
+def _run(side: str, arguments: argparse.Namespace) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child", side, "--steps", str(arguments.steps), "--dtype", arguments.dtype]
+    command += ["--max-tokens-per-batch", str(arguments.max_tokens_per_batch)]
+    if arguments.no_checkpointing:
         command.append("--no-checkpointing")
-    if not return_freed:
-        command.append("--keep-freed-memory")
+    command += ["--return-freed-memory", arguments.return_freed_memory]
     return run_child(command, side)
 
 
@@ -171,17 +184,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-checkpointing", action="store_true")
     parser.add_argument(
-        "--keep-freed-memory",
-        action="store_true",
-        help="LocalBackend(return_freed_memory=False): faster, larger peak (see docs/backends.md)",
+        "--return-freed-memory",
+        choices=list(FREED),
+        default="true",
+        help="LocalBackend's return_freed_memory (see docs/backends.md)",
     )
     parser.add_argument("--max-tokens-per-batch", type=int, default=2048, help="LocalBackend's padded tokens per pass")
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="base weights' dtype on both sides (bf16: fp32 adapters on both, TRL with bf16=True)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     steps, checkpointing = max(arguments.steps, 2), not arguments.no_checkpointing
     if arguments.child:
-        freed, pass_tokens = not arguments.keep_freed_memory, arguments.max_tokens_per_batch
-        print(json.dumps(_child(arguments.child, steps, checkpointing, freed, pass_tokens)))
+        print(json.dumps(_child(arguments.child, arguments)))
         return
     sides = ["tinkerflow"]
     if importlib.util.find_spec("trl") is None:
@@ -191,7 +210,7 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {}
     for number in range(arguments.rounds):
         for side in sides if number % 2 == 0 else sides[::-1]:
-            result = _run(side, steps, checkpointing, not arguments.keep_freed_memory, arguments.max_tokens_per_batch)
+            result = _run(side, arguments)
             load = os.getloadavg()[0]
             print(
                 f"{side}: {result['tokens_per_s']:.0f} tokens/s, peak RSS {result['peak_mb']:.0f} MB (load {load:.1f})"
@@ -205,8 +224,9 @@ def main() -> None:
         "steps": steps,
         "rounds": arguments.rounds,
         "activation_checkpointing": checkpointing,
-        "return_freed_memory": not arguments.keep_freed_memory,
+        "return_freed_memory": arguments.return_freed_memory,
         "max_tokens_per_batch": arguments.max_tokens_per_batch,
+        "dtype": arguments.dtype,
         "load_average": round(os.getloadavg()[0], 2),
     }
     for side, result in best.items():
