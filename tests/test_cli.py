@@ -150,9 +150,37 @@ def test_the_backend_is_closed_with_how_the_command_ended(
         def get_tokenizer(self, base_model: str) -> object:
             raise RuntimeError("no tokenizer here")
 
-    monkeypatch.setattr(cli, "_backend", lambda kind, run_dir: Backend())
+    monkeypatch.setattr(cli, "_backend", lambda config: Backend())
     config = tmp_path / "sl.json"
     config.write_text(json.dumps({"train_data": str(tmp_path / "train.jsonl"), "run_dir": str(tmp_path / "run")}))
     with pytest.raises(RuntimeError, match="no tokenizer here"):
         main(["sl", str(config), "--dry-run"])
     assert exits == [RuntimeError]
+
+
+def test_the_local_backend_gets_the_configs_local_options(tmp_path: pathlib.Path) -> None:
+    """``local.*`` fields of a run config reach the LocalBackend the command line makes."""
+    import torch
+
+    import tinkerflow.cli as cli
+    from tinkerflow.config import LocalOptions
+    from tinkerflow.shell.backends.local.backend import LocalBackend
+
+    options = LocalOptions(
+        dtype="bfloat16",
+        device="cpu",
+        max_tokens_per_batch=1024,
+        logprob_chunk_tokens=64,
+        checkpoint_layers=False,
+        return_freed_memory="between_passes",
+    )
+    config = SLConfig(train_data="x.jsonl", run_dir=str(tmp_path / "run"), local=options)
+    with cli._backend(config) as backend:
+        assert isinstance(backend, LocalBackend)
+        assert (backend.dtype, backend.device.type) == (torch.bfloat16, "cpu")
+        assert (backend.max_tokens_per_batch, backend.logprob_chunk_tokens) == (1024, 64)
+        assert (backend.checkpoint_layers, backend.trim_between_passes) == (False, True)
+        assert backend.checkpoint_dir == tmp_path / "run" / "checkpoints"
+    with cli._backend(SLConfig(train_data="x.jsonl", run_dir=str(tmp_path / "run"))) as backend:
+        assert isinstance(backend, LocalBackend)
+        assert (backend.dtype, backend.max_tokens_per_batch, backend.trim_between_passes) == (None, 2048, False)

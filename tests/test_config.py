@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinkerflow.config import SLConfig, apply_overrides, config_to_dict
+from tinkerflow.config import LocalOptions, SLConfig, apply_overrides, config_to_dict
 from tinkerflow.errors import ConfigError, TinkerflowError
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.rl.config import RLConfig
@@ -30,6 +30,15 @@ configs = st.builds(
     seed=st.integers(0, 2**31),
     bad_rows=st.sampled_from(["raise", "skip"]),
     log_to=st.lists(st.sampled_from(["wandb", "tensorboard"]), unique=True, max_size=2).map(tuple),
+    local=st.builds(
+        LocalOptions,
+        dtype=st.sampled_from(["auto", "float32", "bfloat16", "float16"]),
+        device=st.sampled_from([None, "cpu", "cuda:1"]),
+        max_tokens_per_batch=st.integers(1, 1 << 20),
+        logprob_chunk_tokens=st.integers(1, 4096),
+        checkpoint_layers=st.booleans(),
+        return_freed_memory=st.sampled_from([True, False, "between_passes"]),
+    ),
 )
 hf_configs = st.builds(
     SLConfig,
@@ -139,3 +148,36 @@ def test_configs_are_built_by_keyword(cls: type) -> None:
     positional value is refused rather than landing in whichever field happens to come first."""
     with pytest.raises(TypeError):
         cls("train.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        (["local.dtype=fp8"], "local.dtype", "fp8"),
+        (["local.return_freed_memory=yes"], "local.return_freed_memory", "between_passes"),
+        (["local.max_tokens_per_batch=0"], "local.max_tokens_per_batch", "positive"),
+        (["local.logprob_chunk_tokens=-3"], "local.logprob_chunk_tokens", "positive"),
+        (["local.checkpoint_layers=1"], "local.checkpoint_layers", "true or false"),
+        (["local.device="], "local.device", "name"),
+        (["backend=tinker", "local.dtype=bfloat16"], "local", "backend is 'tinker'"),
+    ],
+)
+def test_local_options_refuse_bad_values_naming_the_field(overrides: list[str], field: str, message: str) -> None:
+    """Every run config carries the local backend's options; a bad one is a typed error naming ``local.<field>``
+    (the tinker backend refuses options it would ignore)."""
+    data = config_to_dict(RLConfig())
+    with pytest.raises(TinkerflowError, match=message) as info:
+        apply_overrides(data, overrides, RLConfig)
+    assert f"RLConfig.{field}" in str(info.value)
+
+
+def test_local_options_overrides_reach_every_run_config() -> None:
+    overrides = ["local.dtype=bfloat16", "local.return_freed_memory=between_passes", "local.max_tokens_per_batch=1024"]
+    expected = LocalOptions(dtype="bfloat16", return_freed_memory="between_passes", max_tokens_per_batch=1024)
+    for cls, base in ((RLConfig, RLConfig()), (SLConfig, SLConfig(train_data="x.jsonl"))):
+        config = apply_overrides(config_to_dict(base), overrides, cls)
+        assert config.local == expected
+        assert from_json(to_json(config), cls) == config
+    assert apply_overrides(config_to_dict(RLConfig()), ["local.return_freed_memory=false"], RLConfig).local == (
+        LocalOptions(return_freed_memory=False)
+    )

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.helpers import assert_cli_refuses
 
-from tinkerflow.config import RunConfig, SLConfig
+from tinkerflow.config import LocalOptions, RunConfig, SLConfig
 from tinkerflow.errors import ConfigError
 from tinkerflow.preference.config import DPOConfig
 from tinkerflow.rl.config import RLConfig
@@ -138,6 +138,22 @@ def test_resume_refuses_a_changed_value_naming_every_changed_field(
     assert all(text in message for text in named)
     assert message.count(" -> ") == len(named)
     assert (tmp_path / "config.json").read_text() == to_json(config, indent=2)  # the refused config is not written
+
+
+def test_resume_accepts_changed_memory_settings_but_not_a_changed_dtype(tmp_path: pathlib.Path) -> None:
+    """The local backend's memory settings never change results, so a resumed run may change them (e.g. a smaller
+    ``max_tokens_per_batch`` after running out of memory); config.json then holds the new ones. Its dtype changes
+    the numbers: refused, named."""
+    config = SLConfig(train_data="a.jsonl", batch_size=4)
+    _checkpointed(tmp_path, config)
+    neutral = LocalOptions(
+        max_tokens_per_batch=512, logprob_chunk_tokens=64, checkpoint_layers=False, return_freed_memory="between_passes"
+    )
+    _open(tmp_path, attrs.evolve(config, local=neutral))
+    assert (tmp_path / "config.json").read_text() == to_json(attrs.evolve(config, local=neutral), indent=2)
+    with pytest.raises(RunDirError, match=r'changed: local\.dtype: "auto" -> "bfloat16"\)') as info:
+        _open(tmp_path, attrs.evolve(config, local=attrs.evolve(neutral, dtype="bfloat16", max_tokens_per_batch=7)))
+    assert "max_tokens_per_batch" not in str(info.value)
 
 
 def test_resume_refuses_a_config_json_that_no_longer_loads(tmp_path: pathlib.Path) -> None:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Final, TypeVar, cast
 import attrs
 
 from tinkerflow._validate import JsonTextError, read_json_text
-from tinkerflow.config import SLConfig
+from tinkerflow.config import RunConfig, SLConfig
 from tinkerflow.config_fields import (
     REQUIRED,
     check_known_keys,
@@ -132,12 +132,25 @@ def _print_config(config: object) -> None:
     print(to_json(config, indent=2))
 
 
-def _backend(kind: str, run_dir: str) -> LocalBackend | TinkerBackend:
-    """The backend a config names: the local one (checkpoints under the run directory) or the Tinker service."""
-    if kind == "local":
+def _backend(config: RunConfig) -> LocalBackend | TinkerBackend:
+    """The backend a config names: the local one (checkpoints under the run directory, with the config's ``local``
+    options) or the Tinker service."""
+    if config.backend == "local":
+        import torch
+
         from tinkerflow.shell.backends.local.backend import LocalBackend
 
-        return LocalBackend(checkpoint_dir=pathlib.Path(run_dir) / "checkpoints")
+        options = config.local
+        dtype: torch.dtype | None = None if options.dtype == "auto" else getattr(torch, options.dtype)
+        return LocalBackend(
+            checkpoint_dir=pathlib.Path(config.run_dir) / "checkpoints",
+            device=options.device,
+            dtype=dtype,
+            max_tokens_per_batch=options.max_tokens_per_batch,
+            logprob_chunk_tokens=options.logprob_chunk_tokens,
+            checkpoint_layers=options.checkpoint_layers,
+            return_freed_memory=options.return_freed_memory,
+        )
     from tinkerflow.shell.backends.tinker import TinkerBackend
 
     return TinkerBackend()
@@ -154,23 +167,21 @@ def _renderer(backend: LocalBackend | TinkerBackend, base_model: str, name: str 
 
 
 def _execute(
-    names: tuple[Sequence[str], str, str, str, str | None],
+    config: RunConfig,
     prepare: Callable[[Renderer], tuple[D, str]],
     train: Callable[[LocalBackend | TinkerBackend, Renderer, D], str],
     dry_run: bool,
 ) -> int:
-    """The flow every command shares. ``names`` are the config's ``(log_to, backend, run_dir, base_model,
-    renderer)``: the sinks are checked first (a missing wandb/tensorboard package fails before any loading or
-    training), then the backend is made and the renderer built on its tokenizer; ``prepare`` loads and checks the
-    data and says what it found, and unless ``dry_run``, ``train`` runs and says what came of it. The backend is
-    closed at the end as a context manager, so a Tinker session ends as ``success``, ``errored`` or
-    ``interrupted``."""
+    """The flow every command shares, for the run ``config``: its sinks are checked first (a missing
+    wandb/tensorboard package fails before any loading or training), then the backend is made and the renderer
+    built on its tokenizer; ``prepare`` loads and checks the data and says what it found, and unless ``dry_run``,
+    ``train`` runs and says what came of it. The backend is closed at the end as a context manager, so a Tinker
+    session ends as ``success``, ``errored`` or ``interrupted``."""
     from tinkerflow.shell.io.sinks import check_sinks
 
-    log_to, backend_name, run_dir, base_model, renderer_name = names
-    check_sinks(log_to)
-    with _backend(backend_name, run_dir) as backend:  # closing says how it ended (a Tinker session's status)
-        renderer = _renderer(backend, base_model, renderer_name)
+    check_sinks(config.log_to)
+    with _backend(config) as backend:  # closing says how it ended (a Tinker session's status)
+        renderer = _renderer(backend, config.base_model, config.renderer)
         prepared, summary = prepare(renderer)
         print(summary)
         if dry_run:
@@ -209,8 +220,7 @@ def _run_sl(config: SLConfig, dry_run: bool) -> int:
             lines.append(f"export it: tinkerflow export {config.run_dir} --out {config.run_dir}/export --format hf")
         return "\n".join(lines)
 
-    names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
-    return _execute(names, prepare, train, dry_run)
+    return _execute(config, prepare, train, dry_run)
 
 
 def _run_dpo(config: DPOConfig, dry_run: bool) -> int:
@@ -236,8 +246,7 @@ def _run_dpo(config: DPOConfig, dry_run: bool) -> int:
             )
         return "\n".join(lines)
 
-    names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
-    return _execute(names, prepare, train, dry_run)
+    return _execute(config, prepare, train, dry_run)
 
 
 def _run_rl(config: RLConfig, dry_run: bool) -> int:
@@ -267,8 +276,7 @@ def _run_rl(config: RLConfig, dry_run: bool) -> int:
             )
         return "\n".join(lines)
 
-    names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
-    return _execute(names, prepare, train, dry_run)
+    return _execute(config, prepare, train, dry_run)
 
 
 def _run_distill(config: DistillConfig, dry_run: bool) -> int:

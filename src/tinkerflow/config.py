@@ -29,9 +29,11 @@ from tinkerflow.supervised import LRSchedule, Reduction
 __all__ = [
     "HF_DISK_PREFIX",
     "HF_PREFIX",
+    "RESULT_NEUTRAL_FIELDS",
     "BackendName",
     "BadRowPolicy",
     "DataConfig",
+    "LocalOptions",
     "RunConfig",
     "SLConfig",
     "SinkName",
@@ -99,6 +101,60 @@ def linear_decay(final_ratio: float) -> Callable[[], LRSchedule]:
     return functools.partial(LRSchedule, kind="linear", warmup_steps=0, final_ratio=final_ratio)
 
 
+#: Weights' dtypes the local backend takes by name (``auto``: bf16 on CUDA, fp32 on CPU).
+LocalDtype: TypeAlias = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@attrs.frozen(kw_only=True)
+class LocalOptions:
+    """Settings of the local backend (``LocalBackend``'s arguments of the same names; docs/backends.md measures
+    them). Only ``dtype`` and ``device`` change results; the others trade speed for memory with the same numbers.
+
+    Attributes:
+        dtype: the base weights' dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``float32``, ``bfloat16`` or
+            ``float16``; LoRA weights and optimizer state stay fp32. On CPUs with AVX-512 bf16 (AMD Zen 4,
+            Intel Sapphire Rapids) ``bfloat16`` trains about 1.5x faster than ``float32``.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...; ``null``: CUDA when available.
+        max_tokens_per_batch: padded tokens per forward/backward pass; larger batches run in several passes whose
+            gradients add up (same result, bounded memory).
+        logprob_chunk_tokens: positions whose ``[chunk, vocab]`` logits exist at once when training.
+        checkpoint_layers: activation checkpointing of the decoder layers (far less memory, about a third more
+            compute).
+        return_freed_memory: how freed tensor memory goes back to the system (glibc): ``true`` (the lowest peak,
+            slower steps), ``between_passes`` (faster; in fp32 a higher peak) or ``false`` (glibc's defaults).
+    """
+
+    dtype: LocalDtype = "auto"
+    device: str | None = None
+    max_tokens_per_batch: int = 2048
+    logprob_chunk_tokens: int = 256
+    checkpoint_layers: bool = True
+    return_freed_memory: Literal[True, False, "between_passes"] = True
+
+    def __attrs_post_init__(self) -> None:
+        where = "LocalOptions"
+        if self.dtype not in get_args(LocalDtype):
+            raise ConfigError(where, "dtype", f"unknown dtype {self.dtype!r}.", f"use one of {get_args(LocalDtype)}.")
+        optional_name(self.device, where, "device")
+        for field in ("max_tokens_per_batch", "logprob_chunk_tokens"):
+            int_at_least(getattr(self, field), where, field, 1)
+        if not isinstance(self.checkpoint_layers, bool):
+            raise ConfigError(where, "checkpoint_layers", f"must be true or false, got {self.checkpoint_layers!r}.")
+        if not isinstance(self.return_freed_memory, bool) and self.return_freed_memory != "between_passes":
+            raise ConfigError(
+                where,
+                "return_freed_memory",
+                f"must be true, false or 'between_passes', got {self.return_freed_memory!r}.",
+            )
+
+
+#: Config fields a resumed run may change: they bound memory and speed, never the numbers.
+RESULT_NEUTRAL_FIELDS: Final = frozenset(
+    f"local.{name}"
+    for name in ("max_tokens_per_batch", "logprob_chunk_tokens", "checkpoint_layers", "return_freed_memory")
+)
+
+
 def field_order(*names: str) -> Callable[[type, list[attrs.Attribute[Any]]], list[attrs.Attribute[Any]]]:
     """An attrs ``field_transformer`` that puts a record's fields (its own and inherited ones) in the order
     ``names`` gives, so the JSON layout of a config does not depend on which base declares a field."""
@@ -134,6 +190,8 @@ class RunConfig:
             (event files in ``run_dir/tensorboard``); each needs its package installed (checked before training).
         evals: evaluations run before training, every ``every`` (or ``eval_every``) steps and at the end, each a
             record ``{"name", "kind", "data", ...}`` (see docs/evals.md); logged as ``<name>/<kind>``.
+        local: settings of the local backend (dtype, device, memory); with ``backend=tinker`` they must keep their
+            defaults (the service decides).
     """
 
     base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -148,9 +206,18 @@ class RunConfig:
     run_dir: str = "runs/run"
     log_to: tuple[SinkName, ...] = attrs.field(default=(), converter=_sink_names)
     evals: tuple[EvalSpec, ...] = attrs.field(default=(), converter=_eval_specs)
+    local: LocalOptions = attrs.field(factory=LocalOptions)
 
     def __attrs_post_init__(self) -> None:
         where = type(self).__name__
+        require_type(self.local, LocalOptions, where, "local")
+        if self.backend == "tinker" and self.local != LocalOptions():
+            raise ConfigError(
+                where,
+                "local",
+                "sets local backend options, but backend is 'tinker'.",
+                "remove local, or use backend=local.",
+            )
         check_unique_names(self.evals, where)
         for field in ("base_model", "run_dir"):
             non_empty_str(getattr(self, field), where, field, "give a value (see the field's documentation).")
@@ -278,7 +345,7 @@ class DataConfig(RunConfig):
         "train_data", "base_model", "backend", "renderer", "test_data", "test_fraction", "hf_split", "hf_test_split",
         "hf_subset", "hf_messages_field", "train_on", "max_length", "reduction", "batch_size", "epochs", "max_steps",
         "learning_rate", "lr_schedule", "lora_rank", "seed", "eval_every", "save_every", "keep_last", "keep_every",
-        "num_samples_shown", "sample_max_tokens", "bad_rows", "run_dir", "log_to", "evals",
+        "num_samples_shown", "sample_max_tokens", "bad_rows", "run_dir", "log_to", "evals", "local",
     ),
 )  # fmt: skip
 class SLConfig(DataConfig):

@@ -30,7 +30,7 @@ _WHERE = "DPOConfig"
         "train_data", "test_data", "test_fraction", "hf_split", "hf_test_split", "hf_subset", "layout", "base_model",
         "backend", "renderer", "reference_model", "train_on", "max_length", "ties", "beta", "learning_rate",
         "lr_schedule", "batch_size", "epochs", "max_steps", "lora_rank", "seed", "eval_every", "save_every",
-        "keep_last", "keep_every", "bad_rows", "run_dir", "log_to", "evals",
+        "keep_last", "keep_every", "bad_rows", "run_dir", "log_to", "evals", "local",
     ),
 )  # fmt: skip
 class DPOConfig(DataConfig):

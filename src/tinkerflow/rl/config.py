@@ -34,7 +34,7 @@ EnvArg: TypeAlias = int | float | str | bool
         "kl_reference_model", "kl_mode", "substeps", "mode", "max_staleness",
         "concurrency", "episode_timeout_s", "max_turns", "on_failure", "max_retries", "eval_every", "eval_groups",
         "save_every",
-        "seed", "log_to", "run_dir", "evals", "keep_last", "keep_every",
+        "seed", "log_to", "run_dir", "evals", "keep_last", "keep_every", "local",
     ),
 )  # fmt: skip
 class RLConfig(RunConfig):

@@ -26,7 +26,7 @@ _RENAMED = {"kl_reference_model": "teacher_model", "kl_reference_path": "teacher
         "teacher_model", "teacher_checkpoint", "prompts", "test_prompts", "env", "env_args", "base_model", "backend",
         "renderer", "group_size", "groups_per_batch", "steps", "learning_rate", "lora_rank", "max_tokens",
         "temperature", "loss", "kl_coef", "kl_discount", "substeps", "concurrency", "episode_timeout_s", "eval_every",
-        "eval_groups", "save_every", "seed", "log_to", "run_dir", "evals", "keep_last", "keep_every",
+        "eval_groups", "save_every", "seed", "log_to", "run_dir", "evals", "keep_last", "keep_every", "local",
     ),
 )  # fmt: skip
 class DistillConfig(RunConfig):

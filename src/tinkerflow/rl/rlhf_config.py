@@ -36,7 +36,7 @@ _RM_FIELDS = {
         "rm_batch_size", "rm_epochs", "rm_max_steps", "rm_learning_rate", "rm_max_length", "both_orders",
         "group_size", "groups_per_batch", "steps", "learning_rate", "max_tokens", "temperature", "loss", "kl_coef",
         "format_coef", "opponents", "eval_limit", "eval_every", "save_every", "seed", "log_to", "run_dir", "evals",
-        "keep_last", "keep_every",
+        "keep_last", "keep_every", "local",
     ),
 )  # fmt: skip
 class RLHFConfig(RunConfig):

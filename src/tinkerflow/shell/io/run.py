@@ -41,7 +41,7 @@ from typing import Protocol, TextIO, runtime_checkable
 
 import attrs
 
-from tinkerflow.config import RunConfig, SinkName
+from tinkerflow.config import RESULT_NEUTRAL_FIELDS, RunConfig, SinkName
 from tinkerflow.config_fields import config_differences, config_to_dict
 from tinkerflow.errors import TinkerflowError, ValidationError
 from tinkerflow.serde import structure, to_json
@@ -75,7 +75,9 @@ CONFIG_FILE = "config.json"
 
 
 def check_resumable_config(config_file: pathlib.Path, config: object) -> None:
-    """Raise :class:`RunDirError` unless the run saved in ``config_file`` has the same config as ``config``.
+    """Raise :class:`RunDirError` unless the run saved in ``config_file`` has the same config as ``config``, but for
+    the fields that never change results (:data:`~tinkerflow.config.RESULT_NEUTRAL_FIELDS`: the local backend's
+    memory settings), which a resumed run may change.
 
     The saved JSON is structured into ``config``'s class (fields added since take their defaults) and compared
     field by field, nested records included; the error names every changed field with its old and new value.
@@ -94,7 +96,7 @@ def check_resumable_config(config_file: pathlib.Path, config: object) -> None:
             f"{where}: holds a run with another config ({CONFIG_FILE} does not load as a "
             f"{type(config).__name__}: {error}); {fix}"
         ) from error
-    changes = config_differences(saved, config)
+    changes = [change for change in config_differences(saved, config) if change.field not in RESULT_NEUTRAL_FIELDS]
     if changes:
         listed = "; ".join(str(change) for change in changes)
         raise RunDirError(f"{where}: holds a run with another config (changed: {listed}); {fix}")

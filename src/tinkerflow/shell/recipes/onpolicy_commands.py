@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from tinkerflow.chat import Conversation
+from tinkerflow.config import RunConfig
 from tinkerflow.preference.records import LabeledComparison
 from tinkerflow.render import Renderer
 from tinkerflow.rl.distill_config import DistillConfig
@@ -19,16 +20,13 @@ __all__ = ["Execute", "run_distill_command", "run_rlhf_command"]
 
 D = TypeVar("D")
 
-#: ``(log_to, backend, run_dir, base_model, renderer)`` of a config, as the shared flow reads them.
-Names = tuple[Sequence[str], str, str, str, str | None]
-
 
 class Execute(Protocol):
     """The command line's shared flow (:func:`tinkerflow.cli._execute`)."""
 
     def __call__(
         self,
-        names: Names,
+        config: RunConfig,
         prepare: Callable[[Renderer], tuple[D, str]],
         train: Callable[[Backend, Renderer, D], str],
         dry_run: bool,
@@ -73,8 +71,7 @@ def run_distill_command(config: DistillConfig, dry_run: bool, execute: Execute) 
             lines.append(f"held-out reward: before {_rate(before)} -> after {_rate(after)}")
         return "\n".join(lines)
 
-    names: Names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
-    return execute(names, prepare, train, dry_run)
+    return execute(config, prepare, train, dry_run)
 
 
 def _prompts(config: RLHFConfig, train: Sequence[LabeledComparison]) -> list[Conversation]:
@@ -123,5 +120,4 @@ def run_rlhf_command(config: RLHFConfig, dry_run: bool, execute: Execute) -> int
             ]
         )
 
-    names: Names = (config.log_to, config.backend, config.run_dir, config.base_model, config.renderer)
-    return execute(names, prepare, train, dry_run)
+    return execute(config, prepare, train, dry_run)
