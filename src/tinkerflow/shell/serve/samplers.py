@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from tinkerflow.errors import TinkerflowError
-from tinkerflow.shell.backends.local import LocalBackend, LocalSamplingClient
+from tinkerflow.shell.backends.local import LocalBackend
+from tinkerflow.shell.backends.local.backend import AnySamplingClient
 from tinkerflow.shell.backends.local.checkpoint import LocalPath, read_meta
 from tinkerflow.shell.backends.protocol import APIFuture
 from tinkerflow.shell.serve.errors import ServeError
@@ -60,7 +61,7 @@ def chain(first: APIFuture[A], then: Callable[[A], APIFuture[B]]) -> APIFuture[B
     return APIFuture(out)
 
 
-def close_later(samplers: list[APIFuture[LocalSamplingClient]]) -> None:
+def close_later(samplers: list[APIFuture[AnySamplingClient]]) -> None:
     """Close loaded samplers on a background thread, each after its queued work (never on the event loop)."""
     if not samplers:
         return
@@ -85,9 +86,9 @@ class SamplerPool:
         self.max_loaded = max_loaded
         self._lock = threading.Lock()
         # least recently used first; an RL loop makes a new sampler every step, so only the last few stay loaded
-        self._loaded: collections.OrderedDict[str, APIFuture[LocalSamplingClient]] = collections.OrderedDict()
+        self._loaded: collections.OrderedDict[str, APIFuture[AnySamplingClient]] = collections.OrderedDict()
 
-    def _keep(self, sampler_id: str, sampler: APIFuture[LocalSamplingClient]) -> APIFuture[LocalSamplingClient]:
+    def _keep(self, sampler_id: str, sampler: APIFuture[AnySamplingClient]) -> APIFuture[AnySamplingClient]:
         """Hold ``sampler`` (or the one already held under the id) as the most recently used; past ``max_loaded``
         the least recently used are dropped and closed in the background once their queued work is done."""
         with self._lock:
@@ -122,12 +123,12 @@ class SamplerPool:
         self._store.add_sampler(SamplerRecord(sampler_id, session_id, served, model_path, time.time()))
         return sampler_id
 
-    def adopt(self, sampler_id: str, session_id: str, sampler: APIFuture[LocalSamplingClient], base_model: str) -> None:
+    def adopt(self, sampler_id: str, session_id: str, sampler: APIFuture[AnySamplingClient], base_model: str) -> None:
         """Register a sampler made from a training run's current weights (lost on restart)."""
         self._keep(sampler_id, sampler)
         self._store.add_sampler(SamplerRecord(sampler_id, session_id, base_model, None, time.time(), from_run=True))
 
-    def get(self, sampler_id: object) -> APIFuture[LocalSamplingClient]:
+    def get(self, sampler_id: object) -> APIFuture[AnySamplingClient]:
         """The (maybe still loading) sampler of a session; reloads a stored session after a restart.
 
         Raises:
@@ -158,13 +159,13 @@ class SamplerPool:
         local = None if record.model_path is None else to_local(record.model_path, "model_path")
         return self._keep(sampler_id, self._load(source, local))
 
-    def release(self, sampler_ids: list[str]) -> list[APIFuture[LocalSamplingClient]]:
+    def release(self, sampler_ids: list[str]) -> list[APIFuture[AnySamplingClient]]:
         """Forget the loaded samplers of ``sampler_ids`` (a stored session reloads on its next request); returns
         them so the caller can close them off the event loop."""
         with self._lock:
             return [self._loaded.pop(sampler_id) for sampler_id in sampler_ids if sampler_id in self._loaded]
 
-    def release_all(self) -> list[APIFuture[LocalSamplingClient]]:
+    def release_all(self) -> list[APIFuture[AnySamplingClient]]:
         """Forget every loaded sampler (the server is stopping); returns them to close."""
         with self._lock:
             loaded = list(self._loaded.values())
@@ -177,7 +178,7 @@ class SamplerPool:
             raise ServeError(404, "sampler_id", f"no sampling session {sampler_id!r} on this server.")
         return record
 
-    def _load(self, source: str | None, local_path: str | None) -> APIFuture[LocalSamplingClient]:
+    def _load(self, source: str | None, local_path: str | None) -> APIFuture[AnySamplingClient]:
         try:
             if local_path is not None:
                 return self._backend.create_sampling_client(model_path=local_path)

@@ -26,7 +26,8 @@ import os
 import pathlib
 import secrets
 import threading
-from typing import TYPE_CHECKING, Literal, Unpack
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal, TypeAlias, Unpack
 
 import torch
 
@@ -52,16 +53,26 @@ from tinkerflow.shell.backends.local.models import (
 )
 from tinkerflow.shell.backends.local.sampling import LocalSamplingClient, sampler_from_path
 from tinkerflow.shell.backends.local.training import LocalTrainingClient
+from tinkerflow.shell.backends.local.vllm_engine import (
+    SamplingEngine,
+    VllmEngines,
+    VllmOption,
+    VllmSamplingClient,
+    check_engine_choice,
+)
 from tinkerflow.shell.backends.protocol import APIFuture, Worker
 from tinkerflow.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
     from tinkerflow.shell.backends.protocol import Backend, SamplingClient, TrainingClient
 
-__all__ = ["LocalBackend", "LocalSamplingClient", "LocalTrainingClient"]
+__all__ = ["AnySamplingClient", "LocalBackend", "LocalSamplingClient", "LocalTrainingClient"]
+
+#: What the backend's ``create_sampling_client`` gives: the local engine's client, or vLLM's (``sampling_engine``).
+AnySamplingClient: TypeAlias = LocalSamplingClient | VllmSamplingClient
 
 
-class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
+class LocalBackend(BackendBase[LocalTrainingClient, AnySamplingClient]):
     """Tinker's semantics on this machine. See the module docstring. ``create_lora_training_client`` and
     ``create_sampling_client`` check their arguments in :class:`~tinkerflow.shell.backends.base.BackendBase`.
 
@@ -84,6 +95,14 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
             set once): the lowest peak, slower steps. ``"between_passes"``: the heap's free pages go back before
             each forward/backward micro-batch (``malloc_trim``): faster, a higher peak in fp32 (about the same in
             bf16). ``False``: glibc's defaults.
+        sampling_engine: what serves the backend's sampling clients (``create_sampling_client``): ``"local"``
+            (the default: the torch engine of :mod:`~tinkerflow.shell.backends.local.sampling`) or ``"vllm"``
+            (vLLM's async engine, one per base model, LoRA checkpoints as vLLM adapters; needs
+            ``pip install 'tinkerflow[vllm]'`` and a GPU; see :mod:`~tinkerflow.shell.backends.local.vllm_engine`
+            and docs/backends.md). Checked, with vLLM's presence, when the backend is created.
+        vllm_options: with ``"vllm"``, more vLLM ``AsyncEngineArgs`` fields (names to str/int/float/bool values),
+            e.g. ``{"gpu_memory_utilization": 0.6}`` (default 0.4, leaving room for the training model on the same
+            GPU), ``max_lora_rank``, ``max_loras``, ``max_logprobs``, ``enforce_eager``.
     """
 
     def __init__(
@@ -96,7 +115,10 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         checkpoint_layers: bool = True,
         return_freed_memory: bool | Literal["between_passes"] = True,
+        sampling_engine: SamplingEngine = "local",
+        vllm_options: Mapping[str, VllmOption] | None = None,
     ) -> None:
+        options = check_engine_choice(sampling_engine, vllm_options)
         self.checkpoint_dir = (
             pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else cache_root() / "checkpoints"
         )
@@ -120,6 +142,8 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()
         self._worker = Worker("tinkerflow-local")
+        self.sampling_engine: SamplingEngine = sampling_engine
+        self._vllm = VllmEngines(options, self.checkpoint_dir) if sampling_engine == "vllm" else None
 
     def __enter__(self) -> LocalBackend:
         return self
@@ -128,8 +152,11 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         self.close()
 
     def close(self) -> None:
-        """Finish queued client creations and stop the backend's worker thread."""
+        """Finish queued client creations and stop the backend's worker thread (and its vLLM engines, cancelling
+        their requests in flight)."""
         self._worker.close()
+        if self._vllm is not None:
+            self._vllm.close()
 
     def base_model(self, name: str) -> BaseModel:
         """The base model ``name``, loaded once per backend (thread-safe)."""
@@ -222,12 +249,26 @@ class LocalBackend(BackendBase[LocalTrainingClient, LocalSamplingClient]):
         hidden leftover that :meth:`remove_partial_checkpoints` removes."""
         return delete_checkpoint(self.checkpoint_dir, path)
 
-    def _sampling_client_from_path(self, model_path: str) -> APIFuture[LocalSamplingClient]:
-        parsed = LocalPath.parse(model_path)
-        return self._worker.submit(lambda: sampler_from_path(parsed, self))
+    @property
+    def samples_from_checkpoints(self) -> bool:
+        """Whether sampling clients read their weights from a checkpoint on disk (vLLM) rather than from memory."""
+        return self._vllm is not None
 
-    def _sampling_client_from_model(self, base_model: str) -> APIFuture[LocalSamplingClient]:
-        def job() -> LocalSamplingClient:
+    def sampler_at(self, path: LocalPath) -> AnySamplingClient:
+        """A sampling client of the checkpoint at ``path``, made on the calling thread by the backend's engine (the
+        training clients' ``create_sampling_client`` and ``save_weights_and_get_sampling_client`` use it too)."""
+        return self._vllm.client_from_path(path, self) if self._vllm is not None else sampler_from_path(path, self)
+
+    def _sampling_client_from_path(self, model_path: str) -> APIFuture[AnySamplingClient]:
+        parsed = LocalPath.parse(model_path)
+        return self._worker.submit(lambda: self.sampler_at(parsed))
+
+    def _sampling_client_from_model(self, base_model: str) -> APIFuture[AnySamplingClient]:
+        vllm = self._vllm
+        if vllm is not None:
+            return self._worker.submit(lambda: vllm.client_from_model(base_model, self))
+
+        def job() -> AnySamplingClient:
             base = self.base_model(base_model)
             return LocalSamplingClient(base, base.build(), base_model)
 

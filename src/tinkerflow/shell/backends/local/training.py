@@ -34,7 +34,7 @@ from tinkerflow.shell.backends.local.checkpoint import (
 from tinkerflow.shell.backends.local.forward import PlainHead, checkpoint_layers, run_builtin, run_custom
 from tinkerflow.shell.backends.local.lora import LORA_ALPHA, LoraSetup, build_trainable
 from tinkerflow.shell.backends.local.models import BaseModel
-from tinkerflow.shell.backends.local.sampling import ModelSource, sampler_from_path, sampler_from_weights
+from tinkerflow.shell.backends.local.sampling import ModelSource, sampler_from_weights
 from tinkerflow.shell.backends.protocol import (
     APIFuture,
     CustomLossFn,
@@ -69,6 +69,11 @@ class TrainingHost(ModelSource, Protocol):
 
     @property
     def trim_between_passes(self) -> bool: ...
+
+    @property
+    def samples_from_checkpoints(self) -> bool: ...
+
+    def sampler_at(self, path: LocalPath) -> SamplingClient: ...
 
 
 class LocalTrainingClient:
@@ -152,13 +157,25 @@ class LocalTrainingClient:
         return self._worker.submit(lambda: self._run_load(parsed, with_optimizer=with_optimizer))
 
     def create_sampling_client(self, model_path: str) -> APIFuture[SamplingClient]:
+        """A sampling client of the checkpoint ``model_path``, served by the backend's sampling engine (after this
+        client's earlier requests, such as the save that wrote it)."""
         parsed = LocalPath.parse(model_path)
-        return self._worker.submit(lambda: sampler_from_path(parsed, self._backend))
+        return self._worker.submit(lambda: self._backend.sampler_at(parsed))
 
     def save_weights_and_get_sampling_client(self) -> APIFuture[SamplingClient]:
-        return self._worker.submit(
-            lambda: sampler_from_weights(self._base, self._lora, self._weights(), str(self.run_id))
-        )
+        """A sampling client of the current weights: merged in memory for the local engine; for an engine that
+        reads checkpoints (vLLM), saved first as ``sampler_weights/ephemeral-<random>``."""
+        if not self._backend.samples_from_checkpoints:
+            return self._worker.submit(
+                lambda: sampler_from_weights(self._base, self._lora, self._weights(), str(self.run_id))
+            )
+
+        def job() -> SamplingClient:
+            path = LocalPath(run_id=self.run_id, kind="sampler_weights", name=f"ephemeral-{uuid.uuid4().hex[:12]}")
+            self._run_save(path, optimizer=False, overwrite=False)
+            return self._backend.sampler_at(path)
+
+        return self._worker.submit(job)
 
     def get_info(self) -> ModelInfo:
         return ModelInfo(
