@@ -160,10 +160,13 @@ def test_the_backend_is_closed_with_how_the_command_ended(
 
 def test_the_local_backend_gets_the_configs_local_options(tmp_path: pathlib.Path) -> None:
     """``local.*`` fields of a run config reach the LocalBackend the command line makes."""
+    import importlib.util
+
     import torch
 
     import tinkerflow.cli as cli
     from tinkerflow.config import LocalOptions
+    from tinkerflow.errors import ConfigError
     from tinkerflow.shell.backends.local.backend import LocalBackend
 
     options = LocalOptions(
@@ -175,6 +178,7 @@ def test_the_local_backend_gets_the_configs_local_options(tmp_path: pathlib.Path
         return_freed_memory="between_passes",
     )
     config = SLConfig(train_data="x.jsonl", run_dir=str(tmp_path / "run"), local=options)
+    assert options.sampling_engine == "local"
     with cli._backend(config) as backend:
         assert isinstance(backend, LocalBackend)
         assert (backend.dtype, backend.device.type) == (torch.bfloat16, "cpu")
@@ -184,3 +188,11 @@ def test_the_local_backend_gets_the_configs_local_options(tmp_path: pathlib.Path
     with cli._backend(SLConfig(train_data="x.jsonl", run_dir=str(tmp_path / "run"))) as backend:
         assert isinstance(backend, LocalBackend)
         assert (backend.dtype, backend.max_tokens_per_batch, backend.trim_between_passes) == (None, 2048, False)
+        assert backend.sampling_engine == "local"
+    vllm = SLConfig(
+        train_data="x.jsonl",
+        local=LocalOptions(sampling_engine="vllm", vllm_options={"gpu_memory_utilization": 0.6}),
+    )
+    if importlib.util.find_spec("vllm") is None:  # the engine choice reaches the backend, which checks for vLLM
+        with pytest.raises(ConfigError, match=r"sampling_engine.*pip install 'tinkerflow\[vllm\]'"):
+            cli._backend(vllm)

@@ -160,6 +160,8 @@ def test_configs_are_built_by_keyword(cls: type) -> None:
         (["local.checkpoint_layers=1"], "local.checkpoint_layers", "true or false"),
         (["local.device="], "local.device", "name"),
         (["backend=tinker", "local.dtype=bfloat16"], "local", "backend is 'tinker'"),
+        (["local.sampling_engine=sglang"], "local.sampling_engine", "vllm"),
+        (['local.vllm_options={"enforce_eager": true}'], "local.vllm_options", "sampling_engine=vllm"),
     ],
 )
 def test_local_options_refuse_bad_values_naming_the_field(overrides: list[str], field: str, message: str) -> None:

@@ -150,6 +150,8 @@ def _backend(config: RunConfig) -> LocalBackend | TinkerBackend:
             logprob_chunk_tokens=options.logprob_chunk_tokens,
             checkpoint_layers=options.checkpoint_layers,
             return_freed_memory=options.return_freed_memory,
+            sampling_engine=options.sampling_engine,
+            vllm_options=options.vllm_options or None,
         )
     from tinkerflow.shell.backends.tinker import TinkerBackend
 

@@ -122,6 +122,10 @@ class LocalOptions:
             compute).
         return_freed_memory: how freed tensor memory goes back to the system (glibc): ``true`` (the lowest peak,
             slower steps), ``between_passes`` (faster; in fp32 a higher peak) or ``false`` (glibc's defaults).
+        sampling_engine: what samples (rollouts, shown samples, evaluations): ``local`` (torch) or ``vllm`` (vLLM's
+            engine on a GPU; needs ``pip install 'tinkerflow[vllm]'``; see docs/backends.md).
+        vllm_options: with ``sampling_engine=vllm``, more vLLM engine arguments (e.g.
+            ``{"gpu_memory_utilization": 0.6}``).
     """
 
     dtype: LocalDtype = "auto"
@@ -130,9 +134,16 @@ class LocalOptions:
     logprob_chunk_tokens: int = 256
     checkpoint_layers: bool = True
     return_freed_memory: Literal[True, False, "between_passes"] = True
+    sampling_engine: Literal["local", "vllm"] = "local"
+    vllm_options: dict[str, str | int | float | bool] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         where = "LocalOptions"
+        if self.sampling_engine not in ("local", "vllm"):
+            raise ConfigError(where, "sampling_engine", f"must be 'local' or 'vllm', got {self.sampling_engine!r}.")
+        require_type(self.vllm_options, dict, where, "vllm_options")
+        if self.vllm_options and self.sampling_engine != "vllm":
+            raise ConfigError(where, "vllm_options", "only apply with sampling_engine=vllm.", "set it, or remove them.")
         if self.dtype not in get_args(LocalDtype):
             raise ConfigError(where, "dtype", f"unknown dtype {self.dtype!r}.", f"use one of {get_args(LocalDtype)}.")
         optional_name(self.device, where, "device")
