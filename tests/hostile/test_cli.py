@@ -5,6 +5,7 @@ malformed options), never a traceback, never training anything."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 
@@ -83,7 +84,33 @@ OVERRIDES: list[tuple[str, str, list[str], str]] = [
     ("dpo chat data", "dpo", ["train_data=<sl-data>"], "d.jsonl:1.row: fits no preference layout"),
     ("sl preference data", "sl", ["train_data=<dpo-data>"], "p.jsonl:1.prompt: is not a known key of a chat row"),
     ("sl test_data is train_data", "sl", ["test_data=<sl-data>"], "SLConfig.test_data: is the training data itself"),
+    ("local dtype fp8", "sl", ["local.dtype=fp8"], "SLConfig.local.dtype: must be one of \"auto\", \"float32\""),
+    # found bugs (fixed): an unknown device was a raw RuntimeError traceback from torch, and a CUDA device the machine
+    # lacks passed the dry run, to fail at the first tensor
+    ("local device tpu9", "sl", ["local.device=tpu9"], "LocalBackend.device: 'tpu9' is not a device"),
+    ("local device cuda:99", "rl", ["local.device=cuda:99"], "LocalBackend.device: 'cuda:99': this machine has"),
+    ("local device empty", "sl", ["local.device="], "SLConfig.local.device: is empty. Fix: give a name, or null"),
+    ("local max_tokens_per_batch 0", "sl", ["local.max_tokens_per_batch=0"],
+     "SLConfig.local.max_tokens_per_batch: must be a positive int"),
+    ("local logprob_chunk_tokens -1", "dpo", ["local.logprob_chunk_tokens=-1"],
+     "DPOConfig.local.logprob_chunk_tokens: must be a positive int"),
+    ("local checkpoint_layers 2", "rl", ["local.checkpoint_layers=2"], "RLConfig.local.checkpoint_layers: must be"),
+    ("local return_freed_memory yes", "rl", ["local.return_freed_memory=yes"],
+     "RLConfig.local.return_freed_memory: must be one of true, false, \"between_passes\""),
+    ("local options on tinker", "dpo", ["backend=tinker", "local.dtype=bfloat16"],
+     "DPOConfig.local: sets local backend options, but backend is 'tinker'"),
+    ("local sampling_engine sglang", "sl", ["local.sampling_engine=sglang"],
+     "SLConfig.local.sampling_engine: must be one of \"local\", \"vllm\""),
+    ("local vllm_options without vllm", "rl", ['local.vllm_options={"enforce_eager": true}'],
+     "RLConfig.local.vllm_options: only apply with sampling_engine=vllm"),
+    ("local vllm_options a list", "rl", ["local.sampling_engine=vllm", "local.vllm_options=[1]"],
+     "RLConfig.local.vllm_options: must be"),
 ]  # fmt: skip
+if importlib.util.find_spec("vllm") is None:  # the engine is checked when the backend is made, before any work
+    OVERRIDES.append(
+        ("local vllm not installed", "sl", ["local.sampling_engine=vllm"],
+         "LocalBackend.sampling_engine: \"vllm\" needs the vllm package")
+    )  # fmt: skip
 
 
 def _resolve(override: str, tmp: str) -> str:

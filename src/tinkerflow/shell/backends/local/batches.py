@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tinkerflow.datum import Datum
-from tinkerflow.errors import ValidationError
+from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.shell.backends.local.models import BaseModel
 from tinkerflow.shell.backends.protocol import check_prompt
@@ -41,10 +41,26 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or CUDA when available and the CPU otherwise."""
+    """``device``, or CUDA when available and the CPU otherwise; a device torch does not know, or a CUDA device
+    this machine lacks, is a :class:`ConfigError` naming ``device`` (not a crash at the first tensor)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(
+            "LocalBackend", "device", f"{device!r} is not a device ({error}).", "use cpu, cuda or cuda:N."
+        ) from error
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ConfigError(
+                "LocalBackend",
+                "device",
+                f"{device!r}: this machine has {count} CUDA device(s).",
+                "use cpu, or a CUDA device it has.",
+            )
+    return resolved
 
 
 def _check_tokens(tokens: np.ndarray, vocab_size: int, where: str, field: str) -> None:
