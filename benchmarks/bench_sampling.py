@@ -5,6 +5,8 @@ greedy, no stop), in the same run, the sides taking turns (a round runs each sid
 
 * **batched**: the N ``sample`` calls submitted together to one ``LocalSamplingClient`` (as an RL loop or many
   ``tinkerflow serve`` clients do); its scheduler decodes them as one batch;
+* **batched_row_by_row**: the same with a decode step's attention one call per row, as before consecutive rows of
+  one key length shared a call (``invariant._decode_runs``): the gain of that grouping, in the same run;
 * **batched_nondeterministic**: the same with ``LocalSamplingClient(..., deterministic=False)``: the model's own
   batched attention instead of the batch-invariant row attention (equal only up to rounding);
 * **one at a time**: the same calls, each awaited before the next is sent (how a loop of ``.result()`` runs);
@@ -38,6 +40,7 @@ from tinkerflow.shell.backends.local.models import EMBEDDED_MODEL, embedded_mode
 
 SIDES = (
     "batched",
+    "batched_row_by_row",
     "batched_nondeterministic",
     "one_at_a_time",
     "generate",
@@ -54,6 +57,18 @@ def _prompts(count: int, vocab: int, seed: int = 0) -> list[np.ndarray]:
 def _batched(sampler: LocalSamplingClient, prompts: list[np.ndarray], params: SamplingParams) -> list[list[int]]:
     futures = [sampler.sample(ModelInput.from_tokens(prompt), 1, params) for prompt in prompts]
     return [future.result().sequences[0].tokens_T.tolist() for future in futures]
+
+
+def _row_by_row(run: Callable[[], list[list[int]]]) -> list[list[int]]:
+    """``run()`` with the batch-invariant decode attention one call per row (the run grouping switched off)."""
+    from tinkerflow.shell.backends.local import invariant
+
+    grouping = invariant._runs_are_invariant
+    invariant._runs_are_invariant = lambda *args: False  # type: ignore[assignment]  # a benchmark's A/B switch
+    try:
+        return run()
+    finally:
+        invariant._runs_are_invariant = grouping
 
 
 def _one_at_a_time(sampler: LocalSamplingClient, prompts: list[np.ndarray], params: SamplingParams) -> list[list[int]]:
@@ -137,6 +152,7 @@ def main() -> None:
         fast = LocalSamplingClient(base, base.build(), "fast", deterministic=False)
         sides: dict[str, Callable[[], list[list[int]]]] = {
             "batched": lambda: _batched(sampler, prompts, params),
+            "batched_row_by_row": lambda: _row_by_row(lambda: _batched(sampler, prompts, params)),
             "batched_nondeterministic": lambda: _batched(fast, prompts, params),
             "one_at_a_time": lambda: _one_at_a_time(sampler, prompts, params),
             "generate": lambda: _in_thread(lambda: _generate(model, prompts, new_tokens, logits=True)),
@@ -168,7 +184,7 @@ def main() -> None:
     }
     agreement = {
         f"greedy_agreement_batched_vs_{name}": round(_agreement(tokens["batched"], tokens[name]), 4)
-        for name in ("one_at_a_time", "generate")
+        for name in ("one_at_a_time", "generate", "batched_row_by_row")
         if name in tokens and "batched" in tokens
     }
     figures: dict[str, object] = {

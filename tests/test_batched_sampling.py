@@ -4,6 +4,7 @@ one, a multi-sample prompt is prefilled once, errors fail only the requests conc
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -420,6 +421,71 @@ def test_row_attention_equals_each_row_alone_and_sdpa_up_to_rounding(lengths: li
             query[row : row + 1], key[row : row + 1], value[row : row + 1], attn_mask=mask, scale=0.5, enable_gqa=True
         ).transpose(1, 2)
         torch.testing.assert_close(alone, reference, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.integers(1, 70), st.integers(1, 5)), min_size=1, max_size=5),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 2**31),
+)
+def test_decode_rows_of_one_length_attend_in_one_call_with_each_rows_bits(
+    runs: list[tuple[int, int]], dtype: str, seed: int
+) -> None:
+    """A decode step's consecutive rows of one key length (a request's samples, prompts of one length admitted
+    together) share one SDPA call, and each row still gets the bits it gets alone."""
+    lengths = [length for length, count in runs for _ in range(count)]
+    generator = torch.Generator().manual_seed(seed)
+    heads, kv_heads, dim, width = 9, 3, 64, max(lengths)
+    query, key, value = (
+        torch.randn(len(lengths), count, size, dim, generator=generator).to(getattr(torch, dtype))
+        for count, size in ((heads, 1), (kv_heads, width), (kv_heads, width))
+    )
+    calls: list[int] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(q: torch.Tensor, *args: object, **kwargs: Any) -> torch.Tensor:
+        calls.append(q.shape[0])
+        return sdpa(q, *args, **kwargs)
+
+    from tinkerflow.shell.backends.local import invariant
+
+    assert invariant._runs_are_invariant(query, key, heads // kv_heads)  # this machine's SDPA passes the probe
+    module = torch.nn.Module()
+    with row_lengths(lengths), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+        batched, _ = row_attention(module, query, key, value, None, scaling=0.125)
+    expected = [len(list(run)) for _, run in itertools.groupby(lengths)]
+    assert calls == expected  # one call per run of equal lengths, holding the run's rows
+    for row, length in enumerate(lengths):
+        with row_lengths([length]):
+            alone, _ = row_attention(
+                module,
+                query[row : row + 1],
+                key[row : row + 1, :, width - length :].contiguous(),
+                value[row : row + 1, :, width - length :].contiguous(),
+                None,
+                scaling=0.125,
+            )
+        assert torch.equal(batched[row : row + 1], alone)
+
+
+def test_without_invariant_runs_decode_rows_attend_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the probe finds a run's rows differ from each alone, every row gets its own call."""
+    from tinkerflow.shell.backends.local import invariant
+
+    query, key, value = torch.randn(4, 4, 1, 8), torch.randn(4, 2, 6, 8), torch.randn(4, 2, 6, 8)
+    monkeypatch.setattr(invariant, "_runs_are_invariant", lambda *args: False)
+    calls: list[int] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda q, *a, **k: calls.append(q.shape[0]) or sdpa(q, *a, **k),
+    )
+    with row_lengths([6, 6, 6, 6]):
+        row_attention(torch.nn.Module(), query, key, value, None, scaling=0.5)
+    assert calls == [1, 1, 1, 1]
 
 
 @settings(max_examples=10, deadline=None)

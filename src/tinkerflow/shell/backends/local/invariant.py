@@ -130,6 +130,9 @@ def _rows(
     # decided by the row's own size, so a row gets the same bits alone or batched; one switch for a batch of them
     cpu = query.device.type == "cpu"
     every_row_small = cpu and min(queries, max(spans)) <= SMALL_ROW_QUERIES
+    if queries == 1 and every_row_small and _runs_are_invariant(query, key, groups):
+        with single_threaded():
+            return _decode_runs(query, key, value, spans, groups, scaling)
     outputs = []
     with single_threaded() if every_row_small else contextlib.nullcontext():
         for row, length in enumerate(spans):
@@ -150,6 +153,67 @@ def _rows(
                 out = torch.cat([out.new_zeros((1, out.shape[1], queries - tail, out.shape[3])), out], dim=2)
             outputs.append(out)
     return torch.cat(outputs).transpose(1, 2).contiguous()
+
+
+def _decode_runs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    spans: list[int],
+    groups: int,
+    scaling: float | None,
+) -> torch.Tensor:
+    """A decode step's attention (one query per row), consecutive rows of one key length in one call: the samples
+    of a request, and the prompts of one length that a prefill admitted together (it orders them by length), are
+    such runs. Views of the cache, no copies; on one thread, where :func:`_runs_are_invariant` found a row's bits
+    the same in a run as alone."""
+    keys = key.shape[2]
+    outputs = []
+    start = 0
+    while start < len(spans):
+        end = start + 1
+        while end < len(spans) and spans[end] == spans[start]:
+            end += 1
+        first = keys - spans[start]
+        outputs.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                query[start:end],
+                key[start:end, :, first:],
+                value[start:end, :, first:],
+                scale=scaling,
+                enable_gqa=groups > 1,
+            )
+        )
+        start = end
+    return torch.cat(outputs).transpose(1, 2).contiguous()
+
+
+_run_checks: dict[tuple[torch.dtype, str, int, int, int], bool] = {}
+
+
+def _runs_are_invariant(query: torch.Tensor, key: torch.Tensor, groups: int) -> bool:
+    """Whether, on one thread, SDPA gives each of several one-query rows sharing a key length the same bits as
+    that row alone, for this dtype, device and head layout (checked once, on random data of a few lengths and run
+    sizes, before :func:`_decode_runs` relies on it)."""
+    heads, dim = query.shape[1], query.shape[3]
+    probe = (query.dtype, query.device.type, heads, key.shape[1], dim)
+    if probe not in _run_checks:
+        generator = torch.Generator().manual_seed(0)
+        invariant = True
+        with torch.inference_mode(), single_threaded():
+            for length, run in ((1, 3), (7, 2), (33, 5), (130, 4), (517, 3)):
+                q, k, v = (
+                    torch.randn(run, count, length if index else 1, dim, generator=generator).to(query)
+                    for index, count in enumerate((heads, key.shape[1], key.shape[1]))
+                )
+                together = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=groups > 1)
+                for row in range(run):
+                    alone = torch.nn.functional.scaled_dot_product_attention(
+                        q[row : row + 1], k[row : row + 1], v[row : row + 1], enable_gqa=groups > 1
+                    )
+                    invariant = invariant and torch.equal(alone, together[row : row + 1])
+        _run_checks[probe] = invariant
+    return _run_checks[probe]
 
 
 def _fallback(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
