@@ -24,6 +24,10 @@ The raw tokenizer cost is the fastest way found to tokenize the same texts (ever
 Rust tokenizer: ``encode_batch_fast`` in batches of 8, 64 and per conversation (the best is reported, as
 ``raw_s``); plain per-text ``encode`` is reported too.
 
+The Python work on top of the tokenizer is also timed stage by stage (``render_chunks`` and ``pack_chunk`` CPU
+time on one thread, the encodings made beforehand; keys ``*python_render_us`` / ``*python_pack_us``, per
+conversation): it hardly depends on the load of the machine.
+
 Run: ``python benchmarks/bench_render.py`` (``--conversations N`` to change the size). The last line is a JSON
 object with the figures; the targets are ``speedup_vs_cookbook >= 3`` and a ratio to the raw tokenizer of at most
 1.1 (``ratio_to_raw_tokenizer`` is ``build_supervised_batch`` with ``qwen3``; the ``qwen3_5_*`` and ``*_packed``
@@ -206,7 +210,7 @@ def main() -> None:
     from tinker_cookbook.renderers import get_renderer as cookbook_get_renderer
     from transformers import AutoTokenizer
 
-    from tinkerflow.render.packing import packed_batches
+    from tinkerflow.render.packing import encode_chunk, pack_chunk, packed_batches, render_chunks
     from tinkerflow.shell.io import prefetch
 
     tokenizer = offline_tokenizer("qwen3")
@@ -275,6 +279,23 @@ def main() -> None:
         for name in renderers:
             record(f"{name}_overlapped", overlapped(name))
             record(f"{name}_one_by_one", one_by_one(name))
+    # the Python work on top of the tokenizer, stage by stage (CPU seconds on this thread, the encodings made
+    # beforehand): unlike the wall-clock ratios it hardly depends on the load of the machine
+    stage_cpu: dict[str, float] = {}
+    for name in renderers:
+        encodings = [encode_chunk(tokenizer, chunk) for chunk in render_chunks(ours[name], data)]
+        for _ in range(max(args.rounds, 5)):
+            spent = {"render": 0.0, "pack": 0.0}
+            chunks = render_chunks(ours[name], data)
+            for encoded in encodings:  # chunk by chunk, as packed_batches runs them
+                start = time.process_time()
+                chunk = next(chunks)
+                middle = time.process_time()
+                pack_chunk(ours[name], chunk, encoded)
+                spent["render"] += middle - start
+                spent["pack"] += time.process_time() - middle
+            for stage, seconds in spent.items():
+                stage_cpu[f"{name}_{stage}"] = min(stage_cpu.get(f"{name}_{stage}", float("inf")), seconds)
     cookbook_s = {
         name: _timed(lambda name=name: [theirs[name].build_supervised_example(m) for m in as_dicts])
         for name in renderers
@@ -312,8 +333,16 @@ def main() -> None:
             f"[{name}] CPU-time ratio          batch {cpu['']:.2f}x, packed {cpu['_packed']:.2f}x,"
             f" overlapped {cpu['_overlapped']:.2f}x"
         )
+        render_us, pack_us = (stage_cpu[f"{name}_{stage}"] * 1e6 / len(data) for stage in ("render", "pack"))
+        raw_us = raw_cpu_s * 1e6 / len(data)
+        print(
+            f"[{name}] Python work (CPU)      render {render_us:.1f} us + pack {pack_us:.1f} us per conversation"
+            f" (raw tokenizer CPU {raw_us:.0f} us: +{(render_us + pack_us) / raw_us:.1%})"
+        )
         figures.update(
             {
+                f"{prefix}python_render_us": round(render_us, 2),
+                f"{prefix}python_pack_us": round(pack_us, 2),
                 f"{prefix}tinkerflow_s": round(ours_s, 3),
                 f"{prefix}tinkerflow_packed_s": round(best[f"{name}_packed"], 3),
                 f"{prefix}tinkerflow_overlapped_s": round(best[f"{name}_overlapped"], 3),

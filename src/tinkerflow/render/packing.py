@@ -19,13 +19,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from tinkerflow.arrays import frozen_array
-from tinkerflow.chat import Conversation, Message, ToolSpec
-from tinkerflow.render.assemble import assemble, encode_flat, encode_units, prefill_tokens
+from tinkerflow.chat import Conversation
+from tinkerflow.render.assemble import assemble, encode_flat, encode_units
+from tinkerflow.render.control import encode_control_text
 from tinkerflow.render.plan import (
     ConversationLike,
     Plan,
     Unit,
-    last_user_index,
     plan_conversation,
     resolve_train_on,
 )
@@ -128,11 +128,11 @@ def pack_chunk(renderer: Renderer, chunk: RenderedChunk, encoded: Sequence[Seque
     array (the second half of packing; pure given the encodings).
 
     Every piece becomes one part (a run of ids); numpy concatenates the ids in one pass, and per-unit lengths
-    (for the weights) come from cumulative part lengths, so the Python work is one step per piece.
+    (for the weights) come from cumulative part lengths, so the Python work is one step per piece, plus the
+    generation-prompt check per conversation (its zeroing done for the whole chunk at once).
     """
     plans, pieces = chunk.plans, chunk.pieces
     text_plans = [plan for plan in plans if not plan.images]
-    units = [unit for plan in text_plans for unit in plan.units]
     next_encoding = iter(encoded).__next__
     parts: list[Sequence[int]] = [
         piece if type(piece) is tuple else (piece,) if type(piece) is int else next_encoding() if piece else ()
@@ -141,33 +141,44 @@ def pack_chunk(renderer: Renderer, chunk: RenderedChunk, encoded: Sequence[Seque
     part_ends = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=part_ends[1:])
     tokens_N = np.fromiter(chain.from_iterable(parts), dtype=np.int64, count=int(part_ends[-1]))
-    unit_ends = np.zeros(len(units) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, units), dtype=np.int64, count=len(units)), out=unit_ends[1:])
+    unit_lengths = np.fromiter(map(len, chain.from_iterable(plan.units for plan in text_plans)), dtype=np.int64)
+    unit_ends = np.zeros(len(unit_lengths) + 1, dtype=np.int64)
+    np.cumsum(unit_lengths, out=unit_ends[1:])
     unit_token_ends = part_ends[unit_ends]  # where each unit ends in tokens_N (a leading 0 first)
     unit_weights = np.fromiter(chain.from_iterable(plan.weights for plan in text_plans), dtype=np.float32)
     weights_N = np.repeat(unit_weights, np.diff(unit_token_ends))
-    plan_unit_ends = np.zeros(len(plans) + 1, dtype=np.int64)
-    np.cumsum([0 if plan.images else len(plan.units) for plan in plans], out=plan_unit_ends[1:])
-    offsets = unit_token_ends[plan_unit_ends]
+    ends = unit_token_ends.tolist()  # Python ints: read a few times per conversation below
+    offsets: list[int] = []
     images: dict[int, SupervisedExample] = {}
+    prompt_ends: list[int] = []  # per conversation: the end of its untrained generation prompt
+    first_unit = 0  # the plan's first unit in `units`
     for index, plan in enumerate(plans):
+        start = ends[first_unit]
+        offsets.append(start)
         if plan.images:
             segments = encode_units(renderer, plan.units)
             model_input, weights_T, _ = assemble(renderer, segments, plan.weights)
             images[index] = SupervisedExample(model_input=model_input, weights_T=frozen_array(weights_T))
-        elif plan.boundary is not None:
-            first_unit = int(plan_unit_ends[index])
-            length = _prompt_length(renderer, plan, tokens_N, unit_token_ends, first_unit)
-            if length:
-                start = int(offsets[index])
-                weights_N[start : start + length] = 0.0
-    return PackedBatch(frozen_array(tokens_N), frozen_array(weights_N), frozen_array(offsets), images)
+            prompt_ends.append(start)
+            continue
+        if plan.boundary is not None:
+            start += _prompt_length(renderer, plan, tokens_N, ends, first_unit)
+        prompt_ends.append(start)
+        first_unit += len(plan.units)
+    offsets.append(ends[first_unit])
+    offsets_N = np.asarray(offsets, dtype=np.int64)
+    # zero the trained positions inside a generation prompt: only the few weighted positions are looked at
+    trained = np.flatnonzero(weights_N)
+    if trained.size:
+        plan_of = np.searchsorted(offsets_N, trained, side="right") - 1
+        weights_N[trained[trained < np.asarray(prompt_ends, dtype=np.int64)[plan_of]]] = 0.0
+    return PackedBatch(frozen_array(tokens_N), frozen_array(weights_N), frozen_array(offsets_N), images)
 
 
 _new_tuple = tuple.__new__
 
 
-def _prompt_context(plan: Plan, index: int, boundary: int, last_user: int, prompt_turn: int) -> RenderContext:
+def _prompt_context(plan: Plan, index: int, boundary: int, prompt_turn: int) -> RenderContext:
     """The context of message ``index`` in the generation prompt of ``messages[:boundary]``: as the full
     conversation renders it (the plan's contexts, or built alone when the renderer's ``render_units`` fast path
     made the units), in the prompt's last assistant turn from ``prompt_turn`` on; the prompt's last message has
@@ -185,12 +196,7 @@ def _prompt_context(plan: Plan, index: int, boundary: int, last_user: int, promp
     previous = messages[index - 1] if index > 0 else None
     following = None if is_last else messages[index + 1]
     # RenderContext(idx, is_last, prev_message, next_message, last_user_index, in_last_assistant_turn, tools)
-    return _new_tuple(RenderContext, (index, is_last, previous, following, last_user, in_last_turn, plan.tools))
-
-
-def _suffix_context(prefix: tuple[Message, ...], tools: tuple[ToolSpec, ...], last_user: int) -> RenderContext:
-    """:func:`~tinkerflow.render.plan.suffix_context` of ``prefix`` given its last user index."""
-    return _new_tuple(RenderContext, (len(prefix), True, prefix[-1] if prefix else None, None, last_user, True, tools))
+    return _new_tuple(RenderContext, (index, is_last, previous, following, plan.last_user, in_last_turn, plan.tools))
 
 
 def _ids_of(tokenizer: Tokenizer, pending: list[Unit]) -> list[int]:
@@ -207,11 +213,9 @@ def _ids_of(tokenizer: Tokenizer, pending: list[Unit]) -> list[int]:
     return ids
 
 
-def _prompt_length(
-    renderer: Renderer, plan: Plan, tokens_N: np.ndarray, unit_token_ends: np.ndarray, first_unit: int
-) -> int:
-    """Length of the prefix of the plan's tokens (``tokens_N`` from ``unit_token_ends[first_unit]``) equal to
-    ``build_generation_prompt(messages[:boundary])``, or 0.
+def _prompt_length(renderer: Renderer, plan: Plan, tokens_N: np.ndarray, ends: list[int], first_unit: int) -> int:
+    """Length of the prefix of the plan's tokens (``tokens_N`` from ``ends[first_unit]``, ``ends`` the unit end
+    positions) equal to ``build_generation_prompt(messages[:boundary])``, or 0.
 
     The prompt renders messages ``0..boundary-2`` exactly as the full conversation does (their contexts are
     equal, unless the renderer's :meth:`~tinkerflow.render.renderer.Renderer.turn_start` puts the prompt's last
@@ -219,40 +223,45 @@ def _prompt_length(
     ``boundary-1`` (now last) and the suffix are rendered again, and their encodings are reused when their pieces
     did not change; only the tokens after the shared part are compared.
     """
-    messages, units, first_unit_of = plan.messages, plan.units, plan.first_unit_of
-    boundary = plan.boundary
+    messages, units, boundary, turn_start = plan.messages, plan.units, plan.boundary, plan.turn_start
     assert boundary is not None
-    prefix = messages[:boundary]
-    last_user = last_user_index(messages)  # also the prefix's: the boundary message is an assistant message
+    last_user = plan.last_user  # also the prefix's: the boundary message is an assistant message
     # the prompt's last assistant turn: the plan's under the default rule (both start after the last user message
     # before the boundary) and when the prompt is messages[:-1]; a family's own rule may start it elsewhere
-    prompt_turn = plan.turn_start
+    prompt_turn = turn_start
     if boundary != len(messages) - 1 and type(renderer).turn_start is not Renderer.turn_start:
-        prompt_turn = renderer.turn_start(prefix)
+        prompt_turn = renderer.turn_start(messages[:boundary])
+    # messages before `first` have the same context in the prompt as in the conversation
+    first = max(0, boundary - 1 if prompt_turn == turn_start else min(boundary - 1, prompt_turn, turn_start))
+    shared = plan.first + 2 * first  # the units before `shared` are the prompt's too
     pending: list[Unit] = []
-    if boundary > 0:
-        # messages before `first` have the same context in the prompt as in the conversation
-        first = boundary - 1
-        if prompt_turn != plan.turn_start:
-            first = max(0, min(first, prompt_turn, plan.turn_start))
-        shared = first_unit_of[first]
-        for index in range(first, boundary):
-            context = _prompt_context(plan, index, boundary, last_user, prompt_turn)
-            rendered = renderer.render_message(messages[index], context)
-            unit = first_unit_of[index]
-            if not pending and rendered.header == units[unit] and rendered.output == units[unit + 1]:
-                shared = unit + 2
-            else:
-                pending.extend((rendered.header, rendered.output))
-    else:
-        shared = first_unit_of[0]
-    pending.append(renderer.generation_suffix("assistant", _suffix_context(prefix, plan.tools, last_user)))
+    for index in range(first, boundary):
+        rendered = renderer.render_message(messages[index], _prompt_context(plan, index, boundary, prompt_turn))
+        if not pending and rendered.header == units[shared] and rendered.output == units[shared + 1]:
+            shared += 2
+        else:
+            pending.extend((rendered.header, rendered.output))
+    previous = messages[boundary - 1] if boundary else None
+    # the suffix's context (plan.suffix_context of messages[:boundary]), built without the slice:
+    # RenderContext(idx, is_last, prev_message, next_message, last_user_index, in_last_assistant_turn, tools)
+    context = _new_tuple(RenderContext, (boundary, True, previous, None, last_user, True, plan.tools))
+    suffix = renderer.generation_suffix("assistant", context)
+    prefill = (
+        None
+        if type(renderer).generation_prefill is Renderer.generation_prefill
+        else renderer.generation_prefill(messages[:boundary], None)
+    )
+    base = ends[first_unit]
+    if not pending and not prefill and suffix == units[shared]:
+        # the suffix has the pieces of the boundary's header, so it has its tokens too: no encoding, no compare
+        return ends[first_unit + shared + 1] - base
+    pending.append(suffix)
     extra = _ids_of(renderer.tokenizer, pending)
-    extra.extend(prefill_tokens(renderer, prefix, None))
-    base = int(unit_token_ends[first_unit])
-    middle = int(unit_token_ends[first_unit + shared])
+    if prefill:
+        extra.extend(encode_control_text(renderer.tokenizer, prefill, renderer.control_regex))
+    middle = ends[first_unit + shared]
     end = middle + len(extra)
-    if end > int(unit_token_ends[first_unit + len(units)]) or tokens_N[middle:end].tolist() != extra:
+    if end > ends[first_unit + len(units)] or tokens_N[middle:end].tolist() != extra:
         if renderer.disables_thinking:
             raise renderer._error(
                 f"messages[{boundary}].content",

@@ -175,24 +175,17 @@ def _prompt_boundary(messages: tuple[Message, ...], mode: TrainOnWhat) -> int | 
     return boundary if messages[boundary].role == "assistant" else None
 
 
-def _prepared(
-    renderer: Renderer, conversation: ConversationLike, where: str
-) -> tuple[tuple[Message, ...], tuple[Message, ...], tuple[ToolSpec, ...]]:
-    messages, tools = split_conversation(conversation, where)
-    renderer.validate(messages, tools)
-    return messages, renderer.prepare(messages, tools), tools
-
-
 class Plan(NamedTuple):
     """A conversation rendered to pieces, before tokenization (internal)."""
 
     messages: tuple[Message, ...]
     contexts: list[RenderContext] | None  # None when the renderer's render_units fast path made the units
     turn_start: int  # renderer.turn_start(messages[:-1]): the first message of the last assistant turn
+    last_user: int  # last_user_index(messages)
     tools: tuple[ToolSpec, ...]
-    units: list[Unit]
+    units: list[Unit]  # BOS (when the renderer has one), then header and output of each message, then the overlap
     weights: list[float]
-    first_unit_of: list[int]
+    first: int  # units before the first message's header: message i's header is units[first + 2 * i]
     boundary: int | None
     images: bool
 
@@ -206,11 +199,41 @@ _ROLE_MODES: Final[dict[TrainOnWhat, frozenset[str] | None]] = {
 """Modes whose output weights depend on the (train) role only: the roles trained, ``None`` for every role."""
 
 
+def _output_weights(
+    renderer: Renderer, messages: tuple[Message, ...], mode: TrainOnWhat, turn_start: int
+) -> list[float]:
+    """The weight of each message's output under ``mode``."""
+    count = len(messages)
+    if mode in _ROLE_MODES and type(renderer).train_role is Renderer.train_role:
+        trained_roles = _ROLE_MODES[mode]
+        if trained_roles is None:
+            return [1.0] * count
+        return [1.0 if message.role in trained_roles else 0.0 for message in messages]
+    train_role = renderer.train_role
+    last = count - 1
+    return [
+        1.0 if _output_trained(mode, train_role(message), message, index == last, index >= turn_start) else 0.0
+        for index, message in enumerate(messages)
+    ]
+
+
 def plan_conversation(renderer: Renderer, conversation: ConversationLike, mode: TrainOnWhat, where: str) -> Plan:
     """``conversation`` validated, prepared and rendered to units (BOS, then header and output of each message,
     then the stop overlap), with one weight per unit for ``mode``. Raises :class:`RenderError`."""
-    original, messages, tools = _prepared(renderer, conversation, where)
-    _check_trainable(original, mode, where)
+    # runs once per conversation of a dataset: the common case (a Conversation, the default turn rule, the
+    # family's render_units fast path, last_assistant_message) takes few calls and builds few objects
+    if type(conversation) is Conversation:
+        original, tools = conversation.messages, conversation.tools
+    else:
+        original, tools = split_conversation(conversation, where)
+    renderer.validate(original, tools)
+    messages = renderer.prepare(original, tools)
+    if mode is TrainOnWhat.CUSTOMIZED:
+        _check_trainable(original, mode, where)
+    else:
+        for message in original:
+            if message.trainable is not None:
+                _check_trainable(original, mode, where)  # raises, naming the first flagged message
     count = len(messages)
     last = count - 1
     last_user = last_user_index(messages)
@@ -228,38 +251,30 @@ def plan_conversation(renderer: Renderer, conversation: ConversationLike, mode: 
         rendered = list(map(renderer.render_message, messages, contexts))
         message_units = [unit for header, output, _ in rendered for unit in (header, output)]
         last_overlap = rendered[-1].stop_overlap if rendered else ()
-    trained_roles = _ROLE_MODES.get(mode)
-    if mode in _ROLE_MODES and type(renderer).train_role is Renderer.train_role:
-        output_weights = (
-            [1.0] * count
-            if trained_roles is None
-            else [1.0 if message.role in trained_roles else 0.0 for message in messages]
-        )
-    elif mode is TrainOnWhat.LAST_ASSISTANT_MESSAGE:  # the last message only, when it is (trained as) an assistant's
-        output_weights = [0.0] * count
-        if count and renderer.train_role(messages[-1]) == "assistant":
-            output_weights[-1] = 1.0
-    else:
-        train_role = renderer.train_role
-        output_weights = [
-            1.0 if _output_trained(mode, train_role(message), message, index == last, index >= turn_start) else 0.0
-            for index, message in enumerate(messages)
-        ]
-    header_weight = 1.0 if mode is TrainOnWhat.ALL_TOKENS else 0.0
     bos = renderer.bos_tokens()
     first = 1 if bos else 0
     units: list[Unit] = [(bos,), *message_units] if bos else message_units
-    weights: list[float] = [0.0] if bos else []
-    weights += [weight for output_weight in output_weights for weight in (header_weight, output_weight)]
-    first_unit_of = list(range(first, first + 2 * count, 2))
+    if mode is TrainOnWhat.LAST_ASSISTANT_MESSAGE:  # the last output only, when it is (trained as) an assistant's
+        weights = [0.0] * (first + 2 * count)
+        last_weight = 1.0 if count and renderer.train_role(messages[-1]) == "assistant" else 0.0
+        if count:
+            weights[-1] = last_weight
+    else:
+        output_weights = _output_weights(renderer, messages, mode, turn_start)
+        header_weight = 1.0 if mode is TrainOnWhat.ALL_TOKENS else 0.0
+        weights = [0.0] if bos else []
+        weights += [weight for output_weight in output_weights for weight in (header_weight, output_weight)]
+        last_weight = output_weights[-1] if count else 0.0
     if last_overlap:
         units.append(last_overlap)
-        weights.append(output_weights[-1])
+        weights.append(last_weight)
     # image pieces come from part content only, so text-only conversations skip the scan of every piece
-    images = (
-        renderer.supports_images
-        and any(type(message.content) is not str for message in messages)
-        and any(type(piece) is ImagePart for unit in units for piece in unit)
-    )
+    images = False
+    if renderer.supports_images:
+        for message in messages:
+            if type(message.content) is not str:
+                images = any(type(piece) is ImagePart for unit in units for piece in unit)
+                break
     boundary = _prompt_boundary(messages, mode)
-    return Plan(messages, contexts, turn_start, tools, units, weights, first_unit_of, boundary, images)
+    # Plan(...) without the keyword handling of a NamedTuple's __new__
+    return _new_tuple(Plan, (messages, contexts, turn_start, last_user, tools, units, weights, first, boundary, images))

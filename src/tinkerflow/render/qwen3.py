@@ -101,6 +101,8 @@ class Qwen3Renderer(Renderer):
     # ``"\n\n"`` inside an empty thinking frame (the same ids as the text, without a tokenizer call per message)
     _header_units: dict[tuple[str, bool], tuple[Piece, ...]] = attrs.field(init=False, repr=False, factory=dict)
     _blank: list[tuple[int, ...]] = attrs.field(init=False, repr=False, factory=list)
+    # the header units by role (a tool result in a user turn), for the first message and for a later one
+    _role_units: list[dict[str, tuple[Piece, ...]]] = attrs.field(init=False, repr=False, factory=list)
 
     name: ClassVar[str] = "qwen3"
     roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant", "tool"})
@@ -116,6 +118,9 @@ class Qwen3Renderer(Renderer):
         self._ids.update(control_ids(self.tokenizer, _CONTROL))
         self._headers.update(chatml_headers(self.tokenizer, self._ids["<|im_start|>"], ("system", "user", "assistant")))
         self._header_units.update({key: (header,) for key, header in self._headers.items()})
+        for later in (False, True):
+            units = {role: self._header_units[role, later] for role in ("system", "user", "assistant")}
+            self._role_units.append({**units, "tool": units["user"]})
         self._blank.append(tuple(self.tokenizer.encode("\n\n")))
         self._tools_tail.extend(split_control(self.tokenizer, _TOOLS_TAIL))
 
@@ -190,22 +195,27 @@ class Qwen3Renderer(Renderer):
         unless every message is plain text without tool calls and no tools are declared."""
         if tools or type(self).render_message is not Qwen3Renderer.render_message:
             return None  # tools, or a subclass that writes messages its own way (qwen3_vl)
-        headers, plain_output = self._header_units, self._plain_output
+        plain_output = self._plain_output
+        headers, later_headers = self._role_units
+        end = self._ids["<|im_end|>"]
+        end_only = (end,)
         framing = self.frames_thinking and last_user_index >= 0
         frame_all = framing and not self.strip_thinking_from_history
         last = len(messages) - 1
         units: list[tuple[Piece, ...]] = []
-        append = units.append
         for index, message in enumerate(messages):
             content = message.content
             if type(content) is not str or message.tool_calls:
                 return None
             role = message.role
-            header = headers.get(("user" if role == "tool" else role, index > 0))
+            header = headers.get(role)
             if header is None:
                 return None
-            append(header)
-            append(plain_output(role, content, frame_all or (framing and index == last)))
+            headers = later_headers
+            if role == "user" or role == "system":  # _plain_output's last case, inline (most messages)
+                units += (header, (content, end) if content else end_only)
+            else:
+                units += (header, plain_output(role, content, frame_all or (framing and index == last)))
         return units
 
     def render_message(self, message: Message, ctx: RenderContext) -> RenderedMessage:

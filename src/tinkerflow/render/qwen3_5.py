@@ -296,7 +296,8 @@ class Qwen35Renderer(Qwen3VLRenderer):
             or cls._system_with_tools is not Qwen35Renderer._system_with_tools
         ):
             return None
-        headers, ids = self._header_units, self._ids
+        ids = self._ids
+        headers, later_headers = self._role_units
         end = ids["<|im_end|>"]
         last = len(messages) - 1
         block = self._block()
@@ -309,9 +310,10 @@ class Qwen35Renderer(Qwen3VLRenderer):
             role = message.role
             if type(content) is not str or message.tool_calls or role == "tool":
                 return None
-            header = headers.get((role, index > 0))
+            header = headers.get(role)
             if header is None:
                 return None
+            headers = later_headers
             text = content.strip()
             if role == "assistant" and index > last_user_index:
                 if index == last and not self.disables_thinking:

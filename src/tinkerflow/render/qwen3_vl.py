@@ -39,6 +39,11 @@ class Qwen3VLRenderer(Qwen3Renderer):
 
     def validate(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> None:
         super().validate(messages, tools)
+        for message in messages:  # plain-text chats (the common case) have no image to check
+            if type(message.content) is not str:
+                break
+        else:
+            return
         for index, message in enumerate(messages):
             if isinstance(message.content, tuple):
                 for part_index, part in enumerate(message.content):
