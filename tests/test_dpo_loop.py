@@ -526,9 +526,10 @@ def test_config_validation_names_the_field(values: dict[str, object], field: str
 
 def test_every_config_field_is_used() -> None:
     """Each field is read by the recipe (shell/recipes/dpo.py and the modules it reads the config through: the data
-    loader, the pairing, the reference, the step count) or the command (cli._run_dpo), which builds the backend,
-    renderer and sinks from the config; and changing any field changes the run directory's config.json, so a
-    resumed run can never silently ignore one."""
+    loader, the pairing, the reference, the step count) or the command (cli._run_dpo and the shared cli._execute
+    and cli._backend), which build the backend (with its ``local`` options), renderer and sinks from the config;
+    and changing any field changes the run directory's config.json, so a resumed run can never silently ignore
+    one."""
     from tinkerflow import cli
     from tinkerflow.config import DataConfig
     from tinkerflow.preference import dpo_data
@@ -537,7 +538,7 @@ def test_every_config_field_is_used() -> None:
 
     readers = [dpo_module, data, dpo_data, dpo_reference, run, DataConfig.total_steps]
     sources = "".join(inspect.getsource(reader).replace("self.", "config.") for reader in readers)
-    sources += inspect.getsource(cli._run_dpo)
+    sources += "".join(inspect.getsource(command) for command in (cli._run_dpo, cli._execute, cli._backend))
     unused = [field.name for field in attrs.fields(DPOConfig) if f"config.{field.name}" not in sources]
     assert unused == []
     base = DPOConfig(train_data="hf:org/prefs", hf_split="train", hf_test_split="test", hf_subset="x")
