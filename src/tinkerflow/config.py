@@ -108,7 +108,8 @@ LocalDtype: TypeAlias = Literal["auto", "float32", "bfloat16", "float16"]
 @attrs.frozen(kw_only=True)
 class LocalOptions:
     """Settings of the local backend (``LocalBackend``'s arguments of the same names; docs/backends.md measures
-    them). Only ``dtype`` and ``device`` change results; the others trade speed for memory with the same numbers.
+    them). ``dtype``, ``device`` and ``sampling_engine`` change results; the memory settings trade speed for memory
+    and change results at most by float rounding (the same sums in other groupings).
 
     Attributes:
         dtype: the base weights' dtype: ``auto`` (bf16 on CUDA, fp32 on CPU), ``float32``, ``bfloat16`` or
@@ -159,7 +160,7 @@ class LocalOptions:
             )
 
 
-#: Config fields a resumed run may change: they bound memory and speed, never the numbers.
+#: Config fields a resumed run may change: they bound memory and speed, and change results at most by float rounding.
 RESULT_NEUTRAL_FIELDS: Final = frozenset(
     f"local.{name}"
     for name in ("max_tokens_per_batch", "logprob_chunk_tokens", "checkpoint_layers", "return_freed_memory")

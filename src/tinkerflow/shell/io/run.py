@@ -76,8 +76,8 @@ CONFIG_FILE = "config.json"
 
 def check_resumable_config(config_file: pathlib.Path, config: object) -> None:
     """Raise :class:`RunDirError` unless the run saved in ``config_file`` has the same config as ``config``, but for
-    the fields that never change results (:data:`~tinkerflow.config.RESULT_NEUTRAL_FIELDS`: the local backend's
-    memory settings), which a resumed run may change.
+    the fields that change results at most by float rounding (:data:`~tinkerflow.config.RESULT_NEUTRAL_FIELDS`:
+    the local backend's memory settings), which a resumed run may change.
 
     The saved JSON is structured into ``config``'s class (fields added since take their defaults) and compared
     field by field, nested records included; the error names every changed field with its old and new value.
