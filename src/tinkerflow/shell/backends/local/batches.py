@@ -15,12 +15,14 @@ import torch
 from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.model_input import ModelInput
+from tinkerflow.sampling import SamplingParams
 from tinkerflow.shell.backends.local.models import BaseModel
 from tinkerflow.shell.backends.protocol import check_prompt
 
 __all__ = [
     "Batch",
     "Packed",
+    "check_room",
     "encode_data",
     "microbatches",
     "pack",
@@ -192,3 +194,22 @@ def packed_inputs(
         values = np.concatenate([batch.data[index].loss_inputs()[key] for index in group]).astype(np.float32)
         result[key] = torch.from_numpy(values).to(device)
     return result
+
+
+def check_room(prompt_size: int, params: SamplingParams, max_context: int, vocab_size: int) -> int:
+    """The request's ``max_tokens`` (the room left by default), after the checks every sampling engine makes:
+    the prompt plus ``max_tokens`` fit the context, stop tokens are in the vocabulary."""
+    where = "sample"
+    room = max_context - prompt_size
+    max_tokens = params.max_tokens if params.max_tokens is not None else room
+    if max_tokens > room or room <= 0:
+        raise ValidationError(
+            where,
+            "prompt",
+            f"{prompt_size} prompt tokens + max_tokens {max_tokens} exceed the model's context of {max_context}.",
+            "shorten the prompt or lower max_tokens.",
+        )
+    for index, token in enumerate(params.stop_tokens):
+        if token >= vocab_size:
+            raise ValidationError(where, f"sampling_params.stop_tokens[{index}]", f"{token} is outside the vocabulary.")
+    return max_tokens

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from tinkerflow._validate import positive_int
-from tinkerflow.errors import ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampleResponse, SamplingParams
 from tinkerflow.shell.backends.base import SamplingClientBase
-from tinkerflow.shell.backends.local.batches import prompt_tokens
+from tinkerflow.shell.backends.local.batches import check_room, prompt_tokens
 from tinkerflow.shell.backends.local.checkpoint import LocalPath, read_meta, read_weights
 from tinkerflow.shell.backends.local.decoding import score_prompt
 from tinkerflow.shell.backends.local.lora import LoraSetup, merge_adapters
@@ -101,22 +100,7 @@ class LocalSamplingClient(SamplingClientBase[np.ndarray]):
     def _sample(
         self, tokens: np.ndarray, num_samples: int, params: SamplingParams, prompt_logprobs: bool, topk: int
     ) -> APIFuture[SampleResponse]:
-        where = "sample"
-        room = self._base.max_context - tokens.size
-        max_tokens = params.max_tokens if params.max_tokens is not None else room
-        if max_tokens > room or room <= 0:
-            raise ValidationError(
-                where,
-                "prompt",
-                f"{tokens.size} prompt tokens + max_tokens {max_tokens} exceed the model's context of "
-                f"{self._base.max_context}.",
-                "shorten the prompt or lower max_tokens.",
-            )
-        for index, token in enumerate(params.stop_tokens):
-            if token >= self._base.vocab_size:
-                raise ValidationError(
-                    where, f"sampling_params.stop_tokens[{index}]", f"{token} is outside the vocabulary."
-                )
+        max_tokens = check_room(int(tokens.size), params, self._base.max_context, self._base.vocab_size)
         # torch generators take 64-bit seeds: any int maps to one, deterministically
         seed = params.seed % (1 << 64) if params.seed is not None else secrets.randbits(63)
         with self._lock:

@@ -54,7 +54,7 @@ from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.model_input import ModelInput
 from tinkerflow.sampling import SampleResponse, SamplingParams
 from tinkerflow.shell.backends.base import SamplingClientBase
-from tinkerflow.shell.backends.local.batches import prompt_tokens
+from tinkerflow.shell.backends.local.batches import check_room, prompt_tokens
 from tinkerflow.shell.backends.local.checkpoint import (
     ADAPTER_FILE,
     CheckpointMeta,
@@ -69,7 +69,6 @@ from tinkerflow.shell.backends.local.sampling import ModelSource
 from tinkerflow.shell.backends.local.vllm_outputs import (
     RequestOutputLike,
     VllmRequestError,
-    check_room,
     prompt_scores,
     sample_kwargs,
     sample_seeds,

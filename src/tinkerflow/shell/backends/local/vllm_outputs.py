@@ -28,7 +28,7 @@ from typing import Final, Protocol
 
 import numpy as np
 
-from tinkerflow.errors import TinkerflowError, ValidationError
+from tinkerflow.errors import TinkerflowError
 from tinkerflow.sampling import SampledSequence, SampleResponse, SamplingParams, StopReason
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "LogprobLike",
     "RequestOutputLike",
     "VllmRequestError",
-    "check_room",
     "prompt_scores",
     "sample_kwargs",
     "sample_seeds",
@@ -86,24 +85,6 @@ class RequestOutputLike(Protocol):
 
     @property
     def finished(self) -> bool: ...
-
-
-def check_room(prompt_size: int, params: SamplingParams, max_context: int, vocab_size: int) -> int:
-    """The request's ``max_tokens`` (the room left by default), after the local sampler's checks (same errors)."""
-    where = "sample"
-    room = max_context - prompt_size
-    max_tokens = params.max_tokens if params.max_tokens is not None else room
-    if max_tokens > room or room <= 0:
-        raise ValidationError(
-            where,
-            "prompt",
-            f"{prompt_size} prompt tokens + max_tokens {max_tokens} exceed the model's context of {max_context}.",
-            "shorten the prompt or lower max_tokens.",
-        )
-    for index, token in enumerate(params.stop_tokens):
-        if token >= vocab_size:
-            raise ValidationError(where, f"sampling_params.stop_tokens[{index}]", f"{token} is outside the vocabulary.")
-    return max_tokens
 
 
 def sample_seeds(seed: int | None, num_samples: int) -> list[int | None]:
