@@ -67,13 +67,68 @@ def lora_targets(
     return tuple(name for name in wanted if name in present)
 
 
+class _LoraProduct(torch.autograd.Function):
+    """``x @ W^T (+ bias) + scale * (x @ A^T) @ B^T`` with a hand-written backward pass (see :class:`LoraLinear`).
+
+    The adapters (fp32 masters on a bf16/fp16 base) are cast to the base's dtype once per call, so every product
+    runs in the base's dtype and no activation-sized tensor is converted; their gradients come back in the masters'
+    dtype. ``scale`` is the ``alpha`` of the in-place ``addmm_`` (peft's order: the product, then the scale).
+    """
+
+    @staticmethod
+    def forward(  # ctx is torch's FunctionCtx; the signature is torch.autograd.Function's
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        master_a: torch.Tensor,
+        master_b: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        a, b = master_a.to(weight.dtype), master_b.to(weight.dtype)
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+        hidden = torch.mm(rows, a.t())
+        out.addmm_(hidden, b.t(), alpha=scale)
+        ctx.save_for_backward(rows, weight, a, b, hidden)
+        ctx.scale = scale  # type: ignore[attr-defined]  # FunctionCtx carries per-call attributes by design
+        ctx.in_shape = x.shape  # type: ignore[attr-defined]  # likewise
+        ctx.adapter_dtype = master_a.dtype  # type: ignore[attr-defined]  # likewise
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(  # the signature is torch.autograd.Function's
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        rows, weight, a, b, hidden = cast("tuple[torch.Tensor, ...]", ctx.saved_tensors)  # type: ignore[attr-defined]  # set by save_for_backward
+        scale: float = ctx.scale  # type: ignore[attr-defined]  # set in forward
+        needs = cast("tuple[bool, ...]", ctx.needs_input_grad)  # type: ignore[attr-defined]  # set by autograd
+        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_hidden = torch.mm(grad_rows, b)
+        grad_b = torch.mm(grad_rows.t(), hidden)
+        if scale != 1.0:
+            grad_hidden.mul_(scale)
+            grad_b.mul_(scale)
+        grad_a = torch.mm(grad_hidden.t(), rows)
+        grad_x = grad_weight = grad_bias = None
+        if needs[0]:
+            grad_x = torch.mm(grad_rows, weight).addmm_(grad_hidden, a).view(ctx.in_shape)  # type: ignore[attr-defined]  # set in forward
+        if needs[1]:
+            grad_weight = torch.mm(grad_rows.t(), rows)
+        if needs[2]:
+            grad_bias = grad_rows.sum(0)
+        dtype: torch.dtype = ctx.adapter_dtype  # type: ignore[attr-defined]  # set in forward
+        return grad_x, grad_weight, grad_bias, grad_a.to(dtype), grad_b.to(dtype), None
+
+
 class LoraLinear(torch.nn.Module):
     """``base(x) + scale * (x @ A^T) @ B^T`` with ``scale = alpha / rank``: LoRA as peft defines it.
 
     Parameters are named as peft names them and initialized as peft initializes them, from an explicit generator.
-    Unlike peft's layer, the scale multiplies the rank-wide intermediate and the update is accumulated into the
-    base output in place (one fused matmul), which saves two full-width passes per layer, a lot for the
-    unembedding. Adapters are fp32 on bf16/fp16 bases.
+    Unlike peft's layer, the update is accumulated into the base output in place (one fused ``addmm_``, the scale
+    as its ``alpha``) and the forward and backward products are written out by hand (:class:`_LoraProduct`), which
+    saves several activation-sized passes per layer, a lot for the unembedding. Adapters are fp32 on bf16/fp16
+    bases; the products run in the base's dtype (mixed precision: fp32 masters, bf16 arithmetic).
     """
 
     def __init__(self, base_layer: torch.nn.Linear, rank: int, alpha: int, generator: torch.Generator) -> None:
@@ -90,12 +145,11 @@ class LoraLinear(torch.nn.Module):
         self.scale = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = cast("torch.Tensor", self.base_layer(x))
-        adapter = self.lora_A.weight
-        hidden = torch.nn.functional.linear(x.to(adapter.dtype), adapter) * self.scale
-        flat = out.view(-1, out.shape[-1])
-        flat.addmm_(hidden.reshape(-1, hidden.shape[-1]).to(out.dtype), self.lora_B.weight.t().to(out.dtype))
-        return out
+        base = self.base_layer
+        out = _LoraProduct.apply(  # type: ignore[no-untyped-call]  # torch leaves Function.apply untyped
+            x, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight, self.scale
+        )
+        return cast("torch.Tensor", out)
 
 
 def build_trainable(
