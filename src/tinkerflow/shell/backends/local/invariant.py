@@ -26,13 +26,13 @@ unembedding sees the last four positions of each row (:func:`prefill_width`, :da
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Final, cast
+from typing import Final, cast
 
 import torch
 
+from tinkerflow.shell.backends.local.attention import switch_attention
 from tinkerflow.shell.backends.local.openmp import single_threaded
 
 __all__ = [
@@ -224,28 +224,9 @@ def _fallback(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torc
 
 def use_row_attention(model: torch.nn.Module) -> bool:
     """Switch ``model`` to :func:`row_attention` (registering it once); False, model untouched, where its
-    attention implementation is not PyTorch's SDPA, which this module stands in for (it then keeps its own)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    holders = [sub for sub in model.modules() if hasattr(getattr(sub, "config", None), "_attn_implementation")]
-    originals: dict[int, Any] = {id(sub.config): sub.config for sub in holders}  # PretrainedConfig (untyped)
-    if not originals or any(
-        config._attn_implementation not in ("sdpa", ROW_ATTENTION) for config in originals.values()
-    ):
-        return False
-    with _registered:
-        if ROW_ATTENTION not in AttentionInterface._global_mapping:
-            AttentionInterface.register(ROW_ATTENTION, row_attention)
-            AttentionMaskInterface.register(ROW_ATTENTION, sdpa_mask)
-    # the model's own copies of its configs: models built on the same base weights share the config object, and
-    # training models must keep plain SDPA
-    copies = {key: copy.copy(config) for key, config in originals.items()}
-    for config in copies.values():
-        config._attn_implementation = ROW_ATTENTION
-    for sub in holders:
-        sub.config = copies[id(sub.config)]
-    return True
+    attention implementation is not PyTorch's SDPA, which this module stands in for (it then keeps its own).
+    Training models keep their attention: the switch copies the model's configs (see ``switch_attention``)."""
+    return switch_attention(model, ROW_ATTENTION, row_attention)
 
 
 def rows_are_invariant(model: torch.nn.Module, max_rows: int, *, max_tokens: int = 0, seed: int = 0) -> bool:

@@ -20,6 +20,7 @@ from tinkerflow.datum import Datum
 from tinkerflow.errors import ConfigError, NonFiniteError, ValidationError
 from tinkerflow.losses import LossFnType
 from tinkerflow.shell.backends.local import heap
+from tinkerflow.shell.backends.local.attention import use_train_attention
 from tinkerflow.shell.backends.local.batches import Batch, encode_data, microbatches, to_numpy
 from tinkerflow.shell.backends.local.checkpoint import (
     OPTIMIZER_FILE,
@@ -90,6 +91,8 @@ class LocalTrainingClient:
         self._head = PlainHead.of(self._model)
         if backend.checkpoint_layers:
             checkpoint_layers(self._model)
+            if base.dtype in (torch.bfloat16, torch.float16):  # one layer's probabilities held at a time
+                use_train_attention(self._model)
         self._optimizer = self._new_optimizer()
         self._steps = 0
         self._last_lr: float | None = None
