@@ -6,9 +6,9 @@ heads that share a key/value head. On the CPU it measured about twice as fast as
 for these shapes, forward and backward (figures in docs/backends.md). Its scores are rounded to the input's dtype
 before the softmax, as transformers' ``eager`` attention does (the flash kernel keeps them in fp32), and it holds
 one layer's ``[heads, tokens, tokens]`` probabilities for the backward pass, so the training client uses it only
-with a bf16/fp16 base and activation checkpointing (one layer's probabilities at a time), and only up to
-:data:`MAX_SCORES` scores per call. Everything else (fp32, a mask, decoding, dropout, soft-capping, attention
-sinks, longer passes) goes to transformers' ``sdpa`` unchanged.
+on the CPU (GPUs have fast flash kernels), with a bf16/fp16 base and activation checkpointing (one layer's
+probabilities at a time), and only up to :data:`MAX_SCORES` scores per call. Everything else (fp32, a mask,
+decoding, dropout, soft-capping, attention sinks, longer passes) goes to transformers' ``sdpa`` unchanged.
 """
 
 from __future__ import annotations
