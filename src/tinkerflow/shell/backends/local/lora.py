@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import attrs
 import torch
@@ -67,6 +67,18 @@ def lora_targets(
     return tuple(name for name in wanted if name in present)
 
 
+class _Context(Protocol):
+    """What :class:`_LoraProduct` keeps on torch's ``FunctionCtx`` (which takes any attribute) between its passes."""
+
+    saved_tensors: tuple[torch.Tensor, ...]
+    needs_input_grad: tuple[bool, ...]
+    scale: float
+    in_shape: torch.Size
+    adapter_dtype: torch.dtype
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None: ...
+
+
 class _LoraProduct(torch.autograd.Function):
     """``x @ W^T (+ bias) + scale * (x @ A^T) @ B^T`` with a hand-written backward pass (see :class:`LoraLinear`).
 
@@ -76,8 +88,8 @@ class _LoraProduct(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # ctx is torch's FunctionCtx; the signature is torch.autograd.Function's
-        ctx: torch.autograd.function.FunctionCtx,
+    def forward(
+        ctx: _Context,
         x: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -91,18 +103,15 @@ class _LoraProduct(torch.autograd.Function):
         hidden = torch.mm(rows, a.t())
         out.addmm_(hidden, b.t(), alpha=scale)
         ctx.save_for_backward(rows, weight, a, b, hidden)
-        ctx.scale = scale  # type: ignore[attr-defined]  # FunctionCtx carries per-call attributes by design
-        ctx.in_shape = x.shape  # type: ignore[attr-defined]  # likewise
-        ctx.adapter_dtype = master_a.dtype  # type: ignore[attr-defined]  # likewise
+        ctx.scale = scale
+        ctx.in_shape = x.shape
+        ctx.adapter_dtype = master_a.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
-    def backward(  # the signature is torch.autograd.Function's
-        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        rows, weight, a, b, hidden = cast("tuple[torch.Tensor, ...]", ctx.saved_tensors)  # type: ignore[attr-defined]  # set by save_for_backward
-        scale: float = ctx.scale  # type: ignore[attr-defined]  # set in forward
-        needs = cast("tuple[bool, ...]", ctx.needs_input_grad)  # type: ignore[attr-defined]  # set by autograd
+    def backward(ctx: _Context, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, weight, a, b, hidden = ctx.saved_tensors
+        scale, needs = ctx.scale, ctx.needs_input_grad
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = torch.mm(grad_rows, b)
         grad_b = torch.mm(grad_rows.t(), hidden)
@@ -112,12 +121,12 @@ class _LoraProduct(torch.autograd.Function):
         grad_a = torch.mm(grad_hidden.t(), rows)
         grad_x = grad_weight = grad_bias = None
         if needs[0]:
-            grad_x = torch.mm(grad_rows, weight).addmm_(grad_hidden, a).view(ctx.in_shape)  # type: ignore[attr-defined]  # set in forward
+            grad_x = torch.mm(grad_rows, weight).addmm_(grad_hidden, a).view(ctx.in_shape)
         if needs[1]:
             grad_weight = torch.mm(grad_rows.t(), rows)
         if needs[2]:
             grad_bias = grad_rows.sum(0)
-        dtype: torch.dtype = ctx.adapter_dtype  # type: ignore[attr-defined]  # set in forward
+        dtype = ctx.adapter_dtype
         return grad_x, grad_weight, grad_bias, grad_a.to(dtype), grad_b.to(dtype), None
 
 
