@@ -55,7 +55,6 @@ SMALL_ROW_QUERIES: Final = 128
 ROW_MULTIPLE: Final = 4
 
 _state = threading.local()
-_registered = threading.Lock()
 
 
 #: Positions per row whose logits a batch-invariant prefill computes (only the last is used): the unembedding's row
