@@ -18,6 +18,7 @@ from tests.helpers import cached_tokenizer
 
 from tinkerflow import Conversation, Message
 from tinkerflow import testing as tft
+from tinkerflow.chat import Role
 from tinkerflow.datum import Datum
 from tinkerflow.errors import TinkerflowError
 from tinkerflow.interop import datum_to_tinker
@@ -31,6 +32,7 @@ from tinkerflow.render import (
 )
 from tinkerflow.render.packing import packed_batches
 from tinkerflow.render.plan import last_user_index, message_contexts
+from tinkerflow.render.records import RenderContext
 from tinkerflow.shell.io import prefetch
 from tinkerflow.supervised import conversation_datum, conversation_datums
 
@@ -207,12 +209,27 @@ def test_batch_equals_one_by_one(
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.data(), st.sampled_from(sorted(_FAMILIES)), _MODES, _MAX_LENGTHS, _REDUCTIONS, st.integers(1, 4))
+@given(
+    st.data(),
+    st.sampled_from(sorted(_FAMILIES)),
+    _MODES,
+    _MAX_LENGTHS,
+    _REDUCTIONS,
+    st.integers(1, 4),
+    st.integers(1, 3),
+)
 def test_overlapped_equals_sequential(
-    data: st.DataObject, name: str, mode: TrainOnWhat, max_length: int | None, reduction: Any, batch_size: int
+    data: st.DataObject,
+    name: str,
+    mode: TrainOnWhat,
+    max_length: int | None,
+    reduction: Any,
+    batch_size: int,
+    workers: int,
 ) -> None:
-    """conversation_datums with the shell's overlapped packer (tokenizer on a helper thread) equals the sequential one:
-    the same datums, exactly, or the same error; and its packed batches are the core's, batch for batch."""
+    """conversation_datums with the shell's overlapped packer (tokenizer on helper threads) equals the sequential
+    one: the same datums, exactly, or the same error; and its packed batches are the core's, batch for batch, with
+    one or several helper threads."""
     renderer = _get(name)
     conversations = data.draw(_batch(name, mode))
     settings_ = {"renderer": renderer, "train_on": mode, "max_length": max_length, "reduction": reduction}
@@ -222,7 +239,9 @@ def test_overlapped_equals_sequential(
     )
     assert actual == expected
     sequential = _outcome(lambda: list(packed_batches(renderer, conversations, mode, batch_size=batch_size)))
-    overlapped = _outcome(lambda: list(prefetch.packed_batches(renderer, conversations, mode, batch_size=batch_size)))
+    overlapped = _outcome(
+        lambda: list(prefetch.packed_batches(renderer, conversations, mode, batch_size=batch_size, workers=workers))
+    )
     if isinstance(sequential, list) and isinstance(overlapped, list):
         assert len(overlapped) == len(sequential)
         for ours, theirs in zip(overlapped, sequential, strict=True):
@@ -290,6 +309,104 @@ def test_render_units_is_render_message(name: str, conversation: Conversation, p
     rendered = [renderer.render_message(message, ctx) for message, ctx in zip(messages, contexts, strict=True)]
     assert units == [unit for header, output, _ in rendered for unit in (header, output)]
     assert all(not overlap for _, _, overlap in rendered)
+
+
+_CONTEXT_FREE = (
+    "llama3",
+    "qwen3",
+    "qwen3_disable_thinking",
+    "qwen3_instruct",
+    "qwen3_vl",
+    "qwen3_5",
+    "qwen3_5_disable_thinking",
+)
+
+
+_CONTEXT_FREE_MORE = (  # not in _FAMILIES: built with the Qwen3 vocabulary, which spells their control tokens
+    "qwen3_vl_instruct",
+    "qwen3_5_preserve_thinking",
+    "qwen3_8_disable_thinking",
+    "qwen3_8_low_reasoning",
+    "qwen3_8_medium_reasoning",
+    "qwen3_8_xhigh_reasoning",
+)
+
+
+_TOOL_RESULT = Message(role="tool", content="42", tool_call_id="call_0")
+
+
+def _declaring_classes() -> set[type[Renderer]]:
+    """Every renderer class (built-in subclasses included) that declares context-free roles."""
+    found: set[type[Renderer]] = set()
+    pending: list[type[Renderer]] = [Renderer]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.context_free_roles:
+            found.add(cls)
+    return found
+
+
+def test_every_context_free_declaration_is_tested() -> None:
+    """A family that declares context_free_roles is in the property below (the declaration is never trusted)."""
+    import tinkerflow.render.registry  # noqa: F401  (imports every built-in family)
+
+    tested = {type(_get(name)) for name in _CONTEXT_FREE} | {
+        type(get_renderer(name, cached_tokenizer("qwen3"))) for name in _CONTEXT_FREE_MORE
+    }
+    declaring = {cls for cls in _declaring_classes() if cls.__module__.startswith("tinkerflow.")}
+    assert declaring <= tested, sorted(cls.__name__ for cls in declaring - tested)
+    assert not type(get_renderer("nemotron3", cached_tokenizer("qwen3"))).context_free_roles
+
+
+_NEIGHBOURS = st.sampled_from(
+    [
+        None,
+        _TOOL_RESULT,
+        Message(role="user", content="question"),
+        Message(role="assistant", content="answer"),
+        Message(role="system", content="be brief"),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([*_CONTEXT_FREE, *_CONTEXT_FREE_MORE]),
+    st.sampled_from(["system", "user", "assistant", "tool"]),
+    tft.texts(),
+    st.integers(0, 4),
+    st.lists(tft.tool_specs(), max_size=1).map(tuple),
+    st.data(),
+)
+def test_context_free_roles_render_alike_in_any_position(
+    name: str, role: Role, text: str, index: int, tools: tuple[Any, ...], data: st.DataObject
+) -> None:
+    """A plain message of a role in ``context_free_roles`` renders to the same pieces whatever ``is_last``,
+    ``next_message`` and ``in_last_assistant_turn`` say, the rest of its context equal (what the generation-prompt
+    check of packing relies on)."""
+    renderer = get_renderer(name, cached_tokenizer("qwen3")) if name not in _FAMILIES else _get(name)
+    assume(role in renderer.context_free_roles)
+    message = Message(role=role, content=text, tool_call_id="call_0" if role == "tool" else None)
+    try:
+        renderer.validate((message,), tools)
+    except TinkerflowError:
+        assume(False)
+    context = RenderContext(
+        idx=index,
+        is_last=data.draw(st.booleans()),
+        prev_message=None if index == 0 else data.draw(_NEIGHBOURS),
+        next_message=data.draw(_NEIGHBOURS),
+        last_user_index=data.draw(st.integers(-1, index)),
+        in_last_assistant_turn=data.draw(st.booleans()),
+        tools=tools,
+    )
+    other = context._replace(
+        is_last=data.draw(st.booleans()),
+        next_message=data.draw(_NEIGHBOURS),
+        in_last_assistant_turn=data.draw(st.booleans()),
+    )
+    assert renderer.render_message(message, other) == renderer.render_message(message, context)
 
 
 # -- differential: the batch vs tinker-cookbook's conversation_to_datum ------------------------------------------

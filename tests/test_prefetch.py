@@ -56,11 +56,17 @@ def _run(iterator: Iterator[tuple[int, int]]) -> tuple[list[tuple[int, int]], Ba
     st.one_of(st.none(), st.integers(0, 12)),
     st.one_of(st.none(), st.integers(0, 20)),
     st.integers(1, 4),
+    st.integers(1, 3),
 )
-def test_prefetch_equals_sequential(values: list[int], fail_at: int | None, fail_on: int | None, ahead: int) -> None:
-    """Same pairs in the same order, and the same error after the same pairs, whatever fails where."""
+def test_prefetch_equals_sequential(
+    values: list[int], fail_at: int | None, fail_on: int | None, ahead: int, workers: int
+) -> None:
+    """Same pairs in the same order, and the same error after the same pairs, whatever fails where, on one or
+    several helper threads."""
     expected = _run((value, _work(value, fail_on)) for value in _source(values, fail_at))
-    actual = _run(prefetch.prefetch(_source(values, fail_at), lambda value: _work(value, fail_on), ahead=ahead))
+    actual = _run(
+        prefetch.prefetch(_source(values, fail_at), lambda value: _work(value, fail_on), ahead=ahead, workers=workers)
+    )
     assert actual[0] == expected[0]
     assert type(actual[1]) is type(expected[1])
     assert repr(actual[1]) == repr(expected[1])
@@ -101,6 +107,65 @@ def test_prefetch_stops_when_the_consumer_stops() -> None:
 def test_prefetch_refuses_a_bad_ahead_at_the_call() -> None:
     with pytest.raises(ConfigError, match="ahead"):
         prefetch.prefetch([1], abs, ahead=0)
+    with pytest.raises(ConfigError, match="workers"):
+        prefetch.prefetch([1], abs, workers=0)
+
+
+def test_several_workers_run_side_by_side_and_keep_the_order() -> None:
+    """With three workers and three items ahead, the items run at once (each waits for the other two to start),
+    and the results come back in the items' order though the last one finishes first."""
+    started = threading.Barrier(3, timeout=10)
+    finished: list[int] = []
+    threads: set[str] = set()
+
+    def work(value: int) -> int:
+        threads.add(threading.current_thread().name)
+        if value < 3:
+            started.wait()  # raises BrokenBarrierError (the test fails) unless all three run side by side
+            threading.Event().wait(0.05 * (3 - value))  # item 2 finishes first, item 0 last
+        finished.append(value)
+        return value * 10
+
+    assert list(prefetch.prefetch(range(6), work, ahead=3, workers=3)) == [(v, v * 10) for v in range(6)]
+    assert finished.index(2) < finished.index(1) < finished.index(0)
+    assert len(threads) == 3
+    assert not any(thread.name.startswith("tinkerflow-prefetch") for thread in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ("value", "pooled"),
+    [
+        (None, True),
+        ("true", True),
+        ("1", True),
+        ("TRUE", True),
+        ("false", False),
+        ("0", False),
+        ("OFF", False),
+        ("", False),
+        ("no", False),
+    ],
+)
+def test_encode_workers_follows_the_tokenizers_parallelism_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, pooled: bool
+) -> None:
+    """One helper while the Rust library encodes batches on its own pool; one per usable CPU (at most 8) when
+    TOKENIZERS_PARALLELISM turns the pool off, read as the library reads it."""
+    if value is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", value)
+    monkeypatch.setattr(prefetch.os, "sched_getaffinity", lambda _pid: set(range(12)), raising=False)
+    assert prefetch.encode_workers() == (1 if pooled else prefetch.MAX_ENCODE_WORKERS)
+    monkeypatch.setattr(prefetch.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert prefetch.encode_workers() == (1 if pooled else 2)
+
+
+def test_packed_batches_refuses_bad_workers() -> None:
+    renderer = get_renderer("llama3", offline_tokenizer("llama3"))
+    chats = [Conversation(messages=(Message(role="user", content="q"), Message(role="assistant", content="a")))]
+    with pytest.raises(ConfigError, match="workers"):
+        next(prefetch.packed_batches(renderer, chats * 3, batch_size=1, workers=0))
 
 
 def test_overlapped_conversation_datums_worked_example() -> None:

@@ -23,7 +23,14 @@ from tinkerflow.chat_format import ChatFormatError, conversation_from_json
 from tinkerflow.config import SLConfig
 from tinkerflow.errors import ConfigError, ValidationError
 from tinkerflow.render import build_supervised_example
-from tinkerflow.shell.io.data import DataError, load_chat_hf, load_chat_jsonl, parse_chat_rows
+from tinkerflow.shell.io.data import (
+    DataError,
+    chat_format,
+    load_chat_hf,
+    load_chat_jsonl,
+    load_split,
+    parse_chat_rows,
+)
 from tinkerflow.shell.io.run_dir import MetricsLog
 from tinkerflow.shell.recipes.sl import SLData, prepare_sl_data, run_sl
 from tinkerflow.supervised import supervised_datum
@@ -276,3 +283,43 @@ def test_conversation_records_are_used_as_given(tmp_path: pathlib.Path) -> None:
     model_input, weights = example.model_input, example.weights_T
     assert data.train == (supervised_datum(model_input, weights, reduction=config.reduction),) * 3
     assert data.test == ()
+
+
+@pytest.mark.parametrize("parallelism", ["false", "true"])
+def test_prepared_data_renders_with_the_tokenizer_ahead_and_equals_the_core(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, parallelism: str
+) -> None:
+    """prepare_sl_data renders with the shell's overlapped packer (the tokenizer on helper threads: two when
+    TOKENIZERS_PARALLELISM is off, one otherwise); the data equals the core's sequential rendering, rows too long
+    or with nothing to train on counted the same, in memory and streamed from a file."""
+    from tinkerflow.render import get_renderer
+    from tinkerflow.shell.io import prefetch
+    from tinkerflow.shell.io.tokenizers import offline_tokenizer
+    from tinkerflow.sl_data import sl_data
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", parallelism)
+    monkeypatch.setattr(prefetch.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    used: list[int] = []
+    original = prefetch.prefetch
+
+    def counting(*args: object, **kwargs: object) -> object:
+        used.append(kwargs["workers"])  # type: ignore[arg-type]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prefetch, "prefetch", counting)
+    renderer = get_renderer("qwen3", offline_tokenizer("qwen3"))
+    rows: list[dict[str, object]] = [_row(i) for i in range(300)]
+    rows[70] = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "y"}]}
+    rows[140] = {"messages": [{"role": "user", "content": "no answer"}]}
+    config = _config(tmp_path, bad_rows="skip", test_fraction=0.1)
+    sequential = sl_data(load_split(config, chat_format(None), train_rows=rows), renderer, config)
+    assert sequential.skipped_rows == 2
+    _same(prepare_sl_data(config, renderer, train_rows=rows), sequential)
+    path = _write_jsonl(tmp_path / "rows.jsonl", rows)
+    from_file = prepare_sl_data(attrs.evolve(config, train_data=str(path)), renderer)
+    _same(
+        from_file,
+        sl_data(load_split(attrs.evolve(config, train_data=str(path)), chat_format(None)), renderer, config),
+    )
+    assert used
+    assert set(used) == {2 if parallelism == "false" else 1}

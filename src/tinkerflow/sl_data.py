@@ -19,6 +19,7 @@ from tinkerflow.config import SLConfig
 from tinkerflow.datum import Datum
 from tinkerflow.errors import TinkerflowError
 from tinkerflow.render import Renderer, SupervisedExample, build_supervised_batch, build_supervised_example
+from tinkerflow.render.packing import BatchPacker, packed_batches
 from tinkerflow.rows import DataError, SplitRows
 from tinkerflow.supervised import supervised_datum
 
@@ -88,15 +89,19 @@ def _datum_of(row: SourcedRow[Conversation], example: SupervisedExample, config:
 
 
 def datum_outcomes(
-    rows: Sequence[SourcedRow[Conversation]], renderer: Renderer, config: SLConfig
+    rows: Sequence[SourcedRow[Conversation]],
+    renderer: Renderer,
+    config: SLConfig,
+    *,
+    packer: BatchPacker = packed_batches,
 ) -> list[Datum | TinkerflowError]:
     """:func:`checked_datum` of each row, the error in its place where it raises; the rows are rendered in one
-    batched call (:func:`tinkerflow.render.build_supervised_batch`: same tokens, much faster), and one by one,
-    to tell which fails, when that call raises."""
+    batched call (:func:`tinkerflow.render.build_supervised_batch` with ``packer``: same tokens, much faster),
+    and one by one, to tell which fails, when that call raises."""
     examples: Sequence[SupervisedExample] | None = None
     if len(rows) > 1:
         try:
-            examples = build_supervised_batch(renderer, [row.value for row in rows], config.train_on)
+            examples = build_supervised_batch(renderer, [row.value for row in rows], config.train_on, packer=packer)
         except TinkerflowError:
             examples = None
     outcomes: list[Datum | TinkerflowError] = []
@@ -112,14 +117,18 @@ def datum_outcomes(
 
 
 def checked_datums(
-    rows: Sequence[SourcedRow[Conversation]], renderer: Renderer, config: SLConfig
+    rows: Sequence[SourcedRow[Conversation]],
+    renderer: Renderer,
+    config: SLConfig,
+    *,
+    packer: BatchPacker = packed_batches,
 ) -> tuple[list[Datum], list[Conversation], int]:
-    """Each row rendered by :func:`checked_datum` (:func:`datum_outcomes`); a row it refuses raises
+    """Each row rendered by :func:`checked_datum` (:func:`datum_outcomes`, with ``packer``); a row it refuses raises
     (``bad_rows="raise"``) or is counted. Returns the datums, the conversations kept and the number of bad rows."""
     datums: list[Datum] = []
     kept: list[Conversation] = []
     skipped = 0
-    for row, outcome in zip(rows, datum_outcomes(rows, renderer, config), strict=True):
+    for row, outcome in zip(rows, datum_outcomes(rows, renderer, config, packer=packer), strict=True):
         if isinstance(outcome, TinkerflowError):
             if config.bad_rows == "raise":
                 raise outcome
@@ -150,15 +159,19 @@ def shown_prompts(conversations: Sequence[Conversation], limit: int) -> tuple[tu
     return tuple(prompts)
 
 
-def sl_data(rows: SplitRows[Conversation], renderer: Renderer, config: SLConfig) -> SLData:
-    """:class:`SLData` of the rows a source gave (see the module docstring).
+def sl_data(
+    rows: SplitRows[Conversation], renderer: Renderer, config: SLConfig, *, packer: BatchPacker = packed_batches
+) -> SLData:
+    """:class:`SLData` of the rows a source gave (see the module docstring); ``packer`` as for
+    :func:`tinkerflow.render.build_supervised_batch` (the shell passes its overlapped one).
 
     Raises:
         DataError: a bad row under ``bad_rows="raise"``, or no usable training conversation at all (every row was
             bad or had nothing to train on): before any training work.
     """
-    train, _, bad_train = checked_datums(rows.train, renderer, config)
-    return sl_data_of(train, rows.test, renderer, config, skipped=rows.skipped + bad_train, source=rows.train_source)
+    train, _, bad_train = checked_datums(rows.train, renderer, config, packer=packer)
+    skipped = rows.skipped + bad_train
+    return sl_data_of(train, rows.test, renderer, config, skipped=skipped, source=rows.train_source, packer=packer)
 
 
 def sl_data_of(
@@ -169,14 +182,16 @@ def sl_data_of(
     *,
     skipped: int,
     source: str,
+    packer: BatchPacker = packed_batches,
 ) -> SLData:
     """:class:`SLData` of training datums already checked (a tuple, or a sequence that renders them when read:
-    the streamed rows of a file) and the held-out rows; ``skipped`` counts the bad rows so far.
+    the streamed rows of a file) and the held-out rows (rendered with ``packer``); ``skipped`` counts the bad rows
+    so far.
 
     Raises:
         DataError: a bad held-out row under ``bad_rows="raise"``, or no training datum at all.
     """
-    test, test_kept, bad_test = checked_datums(test_rows, renderer, config)
+    test, test_kept, bad_test = checked_datums(test_rows, renderer, config, packer=packer)
     if not len(train):
         raise DataError(
             source,

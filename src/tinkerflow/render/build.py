@@ -20,7 +20,7 @@ import numpy as np
 from tinkerflow.chat import Conversation, Role
 from tinkerflow.model_input import ModelInput, TokenChunk
 from tinkerflow.render.assemble import assemble, encode_units, prefill_tokens
-from tinkerflow.render.packing import packed_batches
+from tinkerflow.render.packing import BatchPacker, packed_batches
 from tinkerflow.render.plan import (
     ConversationLike,
     Unit,
@@ -68,11 +68,16 @@ def build_supervised_batch(
     train_on: TrainOn = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
     *,
     batch_size: int = 64,
+    packer: BatchPacker = packed_batches,
 ) -> tuple[SupervisedExample, ...]:
     """:func:`build_supervised_example` for many conversations, the text of ``batch_size`` conversations
-    tokenized in one call (the fast way to render a dataset). Same results, in order."""
+    tokenized in one call (the fast way to render a dataset). Same results, in order.
+
+    ``packer`` renders and packs the batches: :func:`tinkerflow.render.packing.packed_batches` (everything on this
+    thread) by default; the shell's :func:`tinkerflow.shell.io.prefetch.packed_batches` gives the same examples
+    with the tokenizer on helper threads."""
     results: list[SupervisedExample] = []
-    for batch in packed_batches(renderer, conversations, train_on, batch_size=batch_size):
+    for batch in packer(renderer, conversations, train_on, batch_size=batch_size):
         bounds = batch.offsets.tolist()
         for index in range(len(bounds) - 1):
             example = batch.images.get(index)

@@ -33,6 +33,7 @@ class Llama3Renderer(Renderer):
     _header_units: dict[str, tuple[Piece, ...]] = attrs.field(init=False, repr=False, factory=dict)
 
     name: ClassVar[str] = "llama3"
+    context_free_roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

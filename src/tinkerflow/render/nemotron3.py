@@ -119,6 +119,7 @@ class Nemotron3Renderer(Qwen35Renderer):
 
     name: ClassVar[str] = "nemotron3"
     supports_images: ClassVar[bool] = False
+    context_free_roles: ClassVar[frozenset[str]] = frozenset()  # the effort marker goes on the last user message
     ultra: ClassVar[bool] = False
     effort_marker: ClassVar[str] = ""
     """Text appended to the last user message (low / medium effort)."""

@@ -19,7 +19,6 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from tinkerflow.arrays import frozen_array
-from tinkerflow.chat import Conversation
 from tinkerflow.render.assemble import assemble, encode_flat, encode_units
 from tinkerflow.render.control import encode_control_text
 from tinkerflow.render.plan import (
@@ -119,7 +118,7 @@ class BatchPacker(Protocol):
     overlapped one)."""
 
     def __call__(
-        self, renderer: Renderer, conversations: Sequence[Conversation], train_on: TrainOn, *, batch_size: int
+        self, renderer: Renderer, conversations: Sequence[ConversationLike], train_on: TrainOn, *, batch_size: int
     ) -> Iterator[PackedBatch]: ...
 
 
@@ -235,8 +234,13 @@ def _prompt_length(renderer: Renderer, plan: Plan, tokens_N: np.ndarray, ends: l
     first = max(0, boundary - 1 if prompt_turn == turn_start else min(boundary - 1, prompt_turn, turn_start))
     shared = plan.first + 2 * first  # the units before `shared` are the prompt's too
     pending: list[Unit] = []
+    context_free = renderer.context_free_roles
     for index in range(first, boundary):
-        rendered = renderer.render_message(messages[index], _prompt_context(plan, index, boundary, prompt_turn))
+        message = messages[index]
+        if not pending and message.role in context_free and type(message.content) is str and not message.tool_calls:
+            shared += 2  # renders in the prompt as in the conversation (Renderer.context_free_roles)
+            continue
+        rendered = renderer.render_message(message, _prompt_context(plan, index, boundary, prompt_turn))
         if not pending and rendered.header == units[shared] and rendered.output == units[shared + 1]:
             shared += 2
         else:

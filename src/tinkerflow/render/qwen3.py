@@ -106,6 +106,7 @@ class Qwen3Renderer(Renderer):
 
     name: ClassVar[str] = "qwen3"
     roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant", "tool"})
+    context_free_roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "tool"})
     supports_tools: ClassVar[bool] = True
     supports_thinking: ClassVar[bool] = True
     frames_thinking: ClassVar[bool] = True

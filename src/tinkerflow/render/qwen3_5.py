@@ -157,6 +157,7 @@ class Qwen35Renderer(Qwen3VLRenderer):
     _runs: dict[str, tuple[int, ...]] = attrs.field(init=False, repr=False, factory=dict)
 
     name: ClassVar[str] = "qwen3_5"
+    context_free_roles: ClassVar[frozenset[str]] = frozenset({"system", "user"})  # a tool result reads its neighbours
     keeps_text_after_empty_thinking: ClassVar[bool] = False  # its frame writes "\n\n" after the block, as Qwen3's
 
     def __attrs_post_init__(self) -> None:

@@ -38,6 +38,11 @@ class Renderer:
         supports_images: image parts can be rendered.
         disables_thinking: the generation prompt closes the thinking block (a trained turn that reasoned is
             then an error).
+        context_free_roles: roles whose plain messages (``str`` content, no tool calls) render to the same
+            header, output and stop overlap whatever the context's ``is_last``, ``next_message`` and
+            ``in_last_assistant_turn`` (the rest of the context equal). Supervised rendering then reuses such a
+            message's pieces in the generation-prompt check instead of rendering it again; a test renders every
+            declared role both ways (``tests/test_conversation_datum.py``). Empty (nothing assumed) by default.
     """
 
     tokenizer: Tokenizer = attrs.field(repr=False)
@@ -49,6 +54,7 @@ class Renderer:
     supports_thinking: ClassVar[bool] = False
     supports_images: ClassVar[bool] = False
     disables_thinking: ClassVar[bool] = False
+    context_free_roles: ClassVar[frozenset[str]] = frozenset()
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.tokenizer, Tokenizer):

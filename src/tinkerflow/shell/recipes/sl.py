@@ -38,6 +38,7 @@ from tinkerflow.sampling import SamplingParams
 from tinkerflow.serde import to_json
 from tinkerflow.shell.backends.protocol import APIFuture, Backend, SamplingClient, TrainingClient
 from tinkerflow.shell.evals.inline import InlineEvals
+from tinkerflow.shell.io import prefetch
 from tinkerflow.shell.io.data import chat_format, load_split
 from tinkerflow.shell.io.run import Run
 from tinkerflow.shell.io.scan import passes, scan_split, streamed
@@ -91,12 +92,15 @@ def prepare_sl_data(
     ``"<memory>"``) and pass the same rows again to resume.
     """
     format = chat_format(config.hf_messages_field)
+    packer = prefetch.packed_batches  # the tokenizer on helper threads: the same datums, sooner
     if train_rows is not None:
-        return sl_data(load_split(config, format, train_rows=train_rows, test_rows=test_rows), renderer, config)
-    make_many = functools.partial(datum_outcomes, renderer=renderer, config=config)
+        rows = load_split(config, format, train_rows=train_rows, test_rows=test_rows)
+        return sl_data(rows, renderer, config, packer=packer)
+    make_many = functools.partial(datum_outcomes, renderer=renderer, config=config, packer=packer)
     split = scan_split(config, format, [passes(make_many)], test_rows=test_rows)
     train = streamed(split, make_many, item_type=Datum, name="train datums")
-    return sl_data_of(train, split.test, renderer, config, skipped=split.skipped, source=config.train_data)
+    skipped, source = split.skipped, config.train_data
+    return sl_data_of(train, split.test, renderer, config, skipped=skipped, source=source, packer=packer)
 
 
 def train_pipeline(data: SLData, config: SLConfig) -> Pipeline[tuple[Datum, ...]]:
