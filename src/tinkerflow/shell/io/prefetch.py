@@ -14,9 +14,10 @@ datums, bit for bit, or the same error.
 How many helpers (:func:`encode_workers`): the Rust ``tokenizers`` library encodes a batch on its own thread pool
 unless ``TOKENIZERS_PARALLELISM`` turns that off. With its pool, one helper feeds it. With it off (as training
 scripts often set, to avoid its warning on ``fork``), each batch is encoded on the calling thread, so one helper
-per CPU encodes chunks side by side: on two cores that path renders within about 1.02x of the wall-clock time of
-the library's own parallel batch call on the bare texts (``benchmarks/bench_render.py``), against 1.1-1.2x with
-one helper feeding the library's pool, whose idle workers spin against the rendering thread.
+per CPU encodes chunks side by side. On two cores (``benchmarks/bench_render.py``) that path rendered in 0.97-1.0x
+the wall-clock time of the library's own pool on the bare texts and 1.10-1.12x that of the bare texts on two
+helper threads; one helper feeding the pool took 1.07-1.29x the pool's time (its workers compete with the
+rendering thread for the two cores).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def prefetch(
     * an exception raised by ``function`` is raised when its item's turn comes;
     * an exception raised by ``items`` itself is raised after the results of the items before it;
     * nothing runs on the helper thread once the consumer stops iterating: ``close()`` (or dropping the
-      generator) cancels the pending work and joins the thread.
+      generator) cancels the pending work and joins the threads.
 
     Raises:
         ConfigError: ``ahead`` or ``workers`` is not a positive int (at the call, not at the first ``next``).
