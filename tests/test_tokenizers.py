@@ -108,6 +108,16 @@ def test_encode_batch_equals_encode(named: tuple[str, FastTokenizer]) -> None:
     assert tokenizer.encode_batch([]) == []
 
 
+@given(st.lists(st.text(st.characters(exclude_categories=["Cs"]), max_size=30), max_size=12))
+def test_encode_batch_keeps_order_and_input(texts: list[str]) -> None:
+    tokenizer = cached_tokenizer("qwen3")
+    before = list(texts)
+    expected = [tokenizer.encode(text) for text in texts]
+    assert tokenizer.encode_batch(texts) == expected
+    assert tokenizer.encode_batch(tuple(texts)) == expected
+    assert texts == before  # the caller's list is neither reordered nor emptied
+
+
 @given(
     st.text(st.characters(exclude_categories=["Cs"]), max_size=60).filter(
         lambda t: unicodedata.normalize("NFC", t) == t

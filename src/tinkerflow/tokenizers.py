@@ -206,7 +206,12 @@ class FastTokenizer:
         if not texts:
             return []
         encodings = self._plain.encode_batch_fast(list(texts), add_special_tokens=False)
-        return [encoding.ids for encoding in encodings]
+        # each Rust encoding is freed right after its ids are read, not all of them at the end: the freeing
+        # then no longer evicts the fresh id lists from the cache before the caller reads them (packing one
+        # conversation took ~1.2 us less, about 0.5% of its tokenization; see docs/rendering.md)
+        encodings.reverse()
+        pop = encodings.pop
+        return [pop().ids for _ in range(len(encodings))]
 
     def decode(self, tokens: Sequence[int] | np.ndarray) -> str:
         """Ids to text; control tokens are spelled out, nothing is skipped or cleaned up."""
