@@ -1,10 +1,10 @@
 """Packed supervised batches: many conversations' examples as one token array, one weight array and offsets.
 
 Packing runs in three steps per chunk of ``batch_size`` conversations: :func:`render_chunks` (pure Python: plans
-and the texts to encode), :func:`encode_chunk` (one batch call of the tokenizer) and :func:`pack_chunk` (numpy:
-the ids concatenated, weights per position, the generation prompt of a trained turn zeroed). :func:`packed_batches`
-runs them in order; :func:`tinkerflow.shell.io.prefetch.packed_batches` runs the tokenizer a chunk or two ahead on
-a helper thread, with the same results.
+and the texts to encode), :func:`encode_chunk` (one batch call of the tokenizer) and :func:`pack_chunk` (the ids
+concatenated into one array, weights per position, the generation prompt of a trained turn zeroed).
+:func:`packed_batches` runs them in order; :func:`tinkerflow.shell.io.prefetch.packed_batches` runs the tokenizer a
+chunk or two ahead on helper threads, with the same results.
 
 In the ``last_assistant_message`` / ``last_assistant_turn`` modes the prefix equal to the generation prompt of
 the trained turn is zeroed (so a prefilled ``<think>`` is never trained), as tinker-cookbook 0.6.1 does.
@@ -127,9 +127,10 @@ def pack_chunk(renderer: Renderer, chunk: RenderedChunk, encoded: Sequence[Seque
     """A rendered chunk and the encodings of its texts (``encode_chunk``, in order) -> one packed token/weight
     array (the second half of packing; pure given the encodings).
 
-    Every piece becomes one part (a run of ids); numpy concatenates the ids in one pass, and per-unit lengths
-    (for the weights) come from cumulative part lengths, so the Python work is one step per piece, plus the
-    generation-prompt check per conversation (its zeroing done for the whole chunk at once).
+    Every piece becomes one part (a run of ids); the parts are joined and packed into one array in one call
+    (:func:`_int64_array`), and per-unit lengths (for the weights) come from cumulative part lengths, so the
+    Python work is one step per piece, plus the generation-prompt check per conversation (its zeroing done for the
+    whole chunk at once, unit by unit).
     """
     plans, pieces = chunk.plans, chunk.pieces
     text_plans = [plan for plan in plans if not plan.images]

@@ -15,7 +15,7 @@ How many helpers (:func:`encode_workers`): the Rust ``tokenizers`` library encod
 unless ``TOKENIZERS_PARALLELISM`` turns that off. With its pool, one helper feeds it. With it off (as training
 scripts often set, to avoid its warning on ``fork``), each batch is encoded on the calling thread, so one helper
 per CPU encodes chunks side by side. On two cores (``benchmarks/bench_render.py``) that path rendered in 0.97-1.0x
-the wall-clock time of the library's own pool on the bare texts and 1.10-1.12x that of the bare texts on two
+the wall-clock time of the library's own pool on the bare texts and 1.10-1.15x that of the bare texts on two
 helper threads; one helper feeding the pool took 1.07-1.29x the pool's time (its workers compete with the
 rendering thread for the two cores).
 """
