@@ -10,8 +10,10 @@ import json
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+import attrs
 import pytest
 
+from tinkerflow.chat import Conversation, Message
 from tinkerflow.cli import main
 from tinkerflow.config import SLConfig
 from tinkerflow.shell.io.tokenizers import offline_tokenizer
@@ -98,3 +100,22 @@ def assert_cli_refuses(capsys: pytest.CaptureFixture[str], arguments: list[str],
 def cached_tokenizer(name: str) -> FastTokenizer:
     """``offline_tokenizer(name)``, built once per session (each build reads the cached files: about a second)."""
     return offline_tokenizer(name)
+
+
+def writable_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
+    """``messages`` as renderers can mostly write them: no unparsed tool calls (no renderer writes them), no
+    ``trainable`` flags, and a call id on every tool result."""
+    return tuple(
+        attrs.evolve(
+            message,
+            unparsed_tool_calls=(),
+            trainable=None,
+            tool_call_id=(message.tool_call_id or "call_1") if message.role == "tool" else None,
+        )
+        for message in messages
+    )
+
+
+def writable(conversation: Conversation) -> Conversation:
+    """``conversation`` with :func:`writable_messages`."""
+    return attrs.evolve(conversation, messages=writable_messages(conversation.messages))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from tests.helpers import cached_tokenizer
+from tests.helpers import cached_tokenizer, writable_messages
 
 from tinkerflow import Conversation, Message
 from tinkerflow import testing as tft
@@ -169,16 +169,7 @@ def _batch(draw: st.DrawFn, name: str, mode: TrainOnWhat) -> list[Conversation]:
     )
     result = []
     for conversation in conversations:
-        # no renderer writes unparsed tool calls, a tool result needs a call id, flags are set below: few errors
-        messages = tuple(
-            attrs.evolve(
-                message,
-                unparsed_tool_calls=(),
-                trainable=None,
-                tool_call_id=(message.tool_call_id or "call_1") if message.role == "tool" else None,
-            )
-            for message in conversation.messages
-        )
+        messages = writable_messages(conversation.messages)  # flags are set below: few errors
         if (mode is TrainOnWhat.CUSTOMIZED) != (draw(st.integers(0, 49)) == 23):  # rarely the wrong way
             flags = draw(st.lists(st.booleans(), min_size=len(messages), max_size=len(messages)))
             messages = tuple(attrs.evolve(m, trainable=f) for m, f in zip(messages, flags, strict=True))

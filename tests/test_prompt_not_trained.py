@@ -14,7 +14,7 @@ import functools
 import attrs
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from tests.helpers import cached_tokenizer
+from tests.helpers import cached_tokenizer, writable
 
 from tinkerflow import Conversation
 from tinkerflow import testing as tft
@@ -75,21 +75,7 @@ def test_the_generation_prompt_is_never_trained(
     name: str, mode: TrainOnWhat, drawn: list[Conversation], batch_size: int
 ) -> None:
     renderer = _get(name)
-    conversations = [
-        attrs.evolve(
-            conversation,
-            messages=tuple(
-                attrs.evolve(
-                    message,
-                    unparsed_tool_calls=(),
-                    trainable=None,
-                    tool_call_id=(message.tool_call_id or "call_1") if message.role == "tool" else None,
-                )
-                for message in conversation.messages
-            ),
-        )
-        for conversation in drawn
-    ]
+    conversations = [writable(conversation) for conversation in drawn]
     try:
         examples = build_supervised_batch(renderer, conversations, mode, batch_size=batch_size)
     except TinkerflowError:
