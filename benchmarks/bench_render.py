@@ -218,6 +218,9 @@ def _timed_both(function: Callable[[], object]) -> tuple[float, float]:
 
 RENDERERS = ("qwen3", "qwen3_5")
 
+CHUNK = 64
+"""Conversations per tokenizer call: ``packed_batches``' default chunk, which the raw chunked baselines copy."""
+
 
 @contextlib.contextmanager
 def tokenizer_pool(on: bool) -> Iterator[None]:
@@ -275,10 +278,10 @@ def main() -> None:
         return lambda: build_supervised_batch(ours[name], data)
 
     def packed(name: str) -> Callable[[], object]:
-        return lambda: sum(1 for _ in packed_batches(ours[name], data))
+        return lambda: sum(1 for _ in packed_batches(ours[name], data, batch_size=CHUNK))
 
     def overlapped(name: str) -> Callable[[], object]:
-        return lambda: sum(1 for _ in prefetch.packed_batches(ours[name], data))
+        return lambda: sum(1 for _ in prefetch.packed_batches(ours[name], data, batch_size=CHUNK))
 
     def one_by_one(name: str) -> Callable[[], object]:
         return lambda: [build_supervised_example(ours[name], conversation) for conversation in data]
@@ -286,7 +289,7 @@ def main() -> None:
     texts_per = [[m.text() for m in c.messages] for c in data]
     flat = [text for texts in texts_per for text in texts]
     chunk_texts = [
-        [text for texts in texts_per[start : start + 64] for text in texts] for start in range(0, len(data), 64)
+        [text for texts in texts_per[start : start + CHUNK] for text in texts] for start in range(0, len(data), CHUNK)
     ]
     with tokenizer_pool(False):
         workers = prefetch.encode_workers()
@@ -334,13 +337,13 @@ def main() -> None:
         spent = [0.0, 0.0]
         renderer = ours[name]
         for index, texts in enumerate(chunk_texts):
-            part = data[index * 64 : (index + 1) * 64]
+            part = data[index * CHUNK : (index + 1) * CHUNK]
             for side in (0, 1) if (index + flip) % 2 == 0 else (1, 0):
                 start = time.process_time()
                 if side == 0:
                     tokenizer.encode_batch(texts)
                 else:
-                    for _ in packed_batches(renderer, part):
+                    for _ in packed_batches(renderer, part, batch_size=CHUNK):
                         pass
                 spent[side] += time.process_time() - start
         return spent[1] / spent[0]

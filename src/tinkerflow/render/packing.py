@@ -177,9 +177,8 @@ def pack_chunk(renderer: Renderer, chunk: RenderedChunk, encoded: Sequence[Seque
         plan_of = np.searchsorted(offsets_N, starts, side="right") - 1
         stops = np.minimum(unit_token_ends[trained + 1], np.asarray(prompt_ends, dtype=np.int64)[plan_of])
         inside = stops > starts
-        if inside.any():
-            for start, stop in zip(starts[inside].tolist(), stops[inside].tolist(), strict=True):
-                weights_N[start:stop] = 0.0
+        for start, stop in zip(starts[inside].tolist(), stops[inside].tolist(), strict=True):
+            weights_N[start:stop] = 0.0
     return PackedBatch(frozen_array(tokens_N), frozen_array(weights_N), frozen_array(offsets_N), images)
 
 
